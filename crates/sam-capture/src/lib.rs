@@ -1,0 +1,1 @@
+//! sam-capture (being built).

@@ -1,0 +1,5 @@
+//! One module per group of commands. Each owns its clap types (a
+//! `#[derive(Subcommand)]` enum flattened into the top level) and a
+//! `run(cmd, &Ctx)` function that calls into the library crates.
+
+pub mod store;

@@ -1,0 +1,57 @@
+//! `sam`: turn a coding assistant's own history into better models.
+//!
+//! The binary is thin: it parses the command line, picks the command and calls
+//! into the library crates. Each group of commands lives in its own module
+//! under `cmd/`, owning its clap types and its `run` function; this file only
+//! joins them.
+
+mod cmd;
+mod ctx;
+
+use clap::{Parser, Subcommand};
+
+/// sam — collect, clean, prepare and train LoRA adapters from your coding
+/// assistant's own history, on your own machine.
+///
+/// Everything lives under SAM_HOME (default ~/.sam): the store (store.db),
+/// prepared datasets, training runs and adapters.
+#[derive(Parser, Debug)]
+#[command(name = "sam", version, about, long_about, propagate_version = true)]
+struct Cli {
+    /// Home folder for sam's data [default: $SAM_HOME, else ~/.sam]
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<std::path::PathBuf>,
+
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG also works
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Print machine-readable JSON instead of tables (where a command has output)
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand, Debug)]
+enum Commands {
+    #[command(flatten)]
+    Store(cmd::store::StoreCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    ctx::init_tracing(cli.verbose);
+    let ctx = match ctx::Ctx::new(cli.home, cli.json) {
+        Ok(c) => c,
+        Err(e) => return ctx::report(e),
+    };
+    let res = match cli.command {
+        Commands::Store(c) => cmd::store::run(c, &ctx),
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => ctx::report(e),
+    }
+}

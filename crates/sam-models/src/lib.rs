@@ -1,0 +1,1 @@
+//! sam-models (being built).

@@ -1,0 +1,1 @@
+//! sam-prep (being built).

@@ -1,0 +1,1 @@
+//! sam-schema (being built).

@@ -1,0 +1,1 @@
+//! sam-trainer (being built).

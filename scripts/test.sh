@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# sam's whole test run: fetch the test model, check formatting and lints, then
+# build and run every test, doc test and example in the workspace.
+#
+#   scripts/test.sh
+#
+# This is the command the README gives and the one CI (.ci/run) calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SAM_TEST_MODEL="$(scripts/fetch-test-model.sh)"
+export SAM_TEST_MODEL
+echo "test model: $SAM_TEST_MODEL"
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --all-targets --locked
+cargo test --workspace --doc --locked
