@@ -1,0 +1,428 @@
+//! The decoder: Llama and Qwen2 in one configurable implementation.
+//!
+//! RMSNorm, rotary embeddings (rotate-half, the Hugging Face layout), grouped
+//! query attention with a causal mask, a SwiGLU MLP, tied or separate output
+//! head. Every projection is a [`Linear`] that can carry a LoRA adapter. All
+//! activations are f32; frozen weights may be stored in bf16/f16 and are
+//! widened per matmul. Every op used here has a backward in candle (no fused
+//! `softmax_last_dim`, `rms_norm` or `rope`, which silently cut gradients).
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::lora::{DropoutRng, Linear, LoraConfig, Target};
+use candle_core::{D, DType, Device, Tensor, Var};
+use rand::{SeedableRng, rngs::StdRng};
+
+/// One decoder layer's attention projections.
+#[derive(Debug)]
+pub(crate) struct Attention {
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) o: Linear,
+}
+
+/// One decoder layer's SwiGLU MLP.
+#[derive(Debug)]
+pub(crate) struct Mlp {
+    pub(crate) gate: Linear,
+    pub(crate) up: Linear,
+    pub(crate) down: Linear,
+}
+
+/// One decoder layer.
+#[derive(Debug)]
+pub(crate) struct Layer {
+    pub(crate) attn_norm: Tensor,
+    pub(crate) attn: Attention,
+    pub(crate) mlp_norm: Tensor,
+    pub(crate) mlp: Mlp,
+}
+
+impl Layer {
+    pub(crate) fn linear(&self, t: Target) -> &Linear {
+        match t {
+            Target::Q => &self.attn.q,
+            Target::K => &self.attn.k,
+            Target::V => &self.attn.v,
+            Target::O => &self.attn.o,
+            Target::Gate => &self.mlp.gate,
+            Target::Up => &self.mlp.up,
+            Target::Down => &self.mlp.down,
+        }
+    }
+
+    pub(crate) fn linear_mut(&mut self, t: Target) -> &mut Linear {
+        match t {
+            Target::Q => &mut self.attn.q,
+            Target::K => &mut self.attn.k,
+            Target::V => &mut self.attn.v,
+            Target::O => &mut self.attn.o,
+            Target::Gate => &mut self.mlp.gate,
+            Target::Up => &mut self.mlp.up,
+            Target::Down => &mut self.mlp.down,
+        }
+    }
+}
+
+/// Keys and values of past positions, one entry per layer, for generation.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many positions the cache holds.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dims()[2])
+            .unwrap_or(0)
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How a forward pass runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Mode<'a> {
+    /// Apply LoRA adapters (false: the base model alone).
+    pub adapter: bool,
+    /// Dropout mask source in training; `None` at inference.
+    pub dropout: Option<&'a DropoutRng>,
+}
+
+impl Mode<'_> {
+    /// Inference with adapters.
+    pub const INFER: Mode<'static> = Mode {
+        adapter: true,
+        dropout: None,
+    };
+    /// Inference with adapters switched off.
+    pub const BASE: Mode<'static> = Mode {
+        adapter: false,
+        dropout: None,
+    };
+}
+
+/// A Llama/Qwen2 decoder with frozen base weights and optional LoRA adapters.
+#[derive(Debug)]
+pub struct Decoder {
+    cfg: ModelConfig,
+    pub(crate) embed: Tensor,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: Tensor,
+    pub(crate) lm_head: Option<Tensor>,
+    lora: Option<LoraConfig>,
+    device: Device,
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+}
+
+fn softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+/// `x: [b, h, t, d]`, `cos`/`sin`: `[t, d]` (halves repeated).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
+}
+
+impl Decoder {
+    pub(crate) fn from_parts(
+        cfg: ModelConfig,
+        embed: Tensor,
+        layers: Vec<Layer>,
+        norm: Tensor,
+        lm_head: Option<Tensor>,
+    ) -> Self {
+        let device = embed.device().clone();
+        Self {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            lora: None,
+            device,
+        }
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The LoRA configuration of the attached adapters, if any.
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref()
+    }
+
+    /// Attaches fresh adapters (A random from `seed`, B zero) per `cfg`.
+    pub fn attach_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<()> {
+        cfg.validate()?;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let n = self.layers.len();
+        for i in cfg.layers.indices(n) {
+            for &t in &cfg.targets {
+                self.layers[i].linear_mut(t).attach(cfg, &mut rng)?;
+            }
+        }
+        self.lora = Some(cfg.clone());
+        Ok(())
+    }
+
+    pub(crate) fn set_lora_config(&mut self, cfg: Option<LoraConfig>) {
+        self.lora = cfg;
+    }
+
+    /// Removes all adapters.
+    pub fn detach_lora(&mut self) {
+        for l in &mut self.layers {
+            for t in Target::ALL {
+                l.linear_mut(t).take_lora();
+            }
+        }
+        self.lora = None;
+    }
+
+    /// Folds all adapters into the base weights (`sam fuse`).
+    pub fn merge_lora(&mut self) -> Result<()> {
+        for l in &mut self.layers {
+            for t in Target::ALL {
+                l.linear_mut(t).merge()?;
+            }
+        }
+        self.lora = None;
+        Ok(())
+    }
+
+    /// The trainable variables, named like PEFT's modules without the
+    /// `base_model.model.` prefix and `.weight` suffix:
+    /// `model.layers.3.self_attn.q_proj.lora_A`.
+    pub fn lora_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for t in Target::ALL {
+                if let Some(w) = l.linear(t).lora() {
+                    let base = format!("model.layers.{i}.{}", t.path());
+                    out.push((format!("{base}.lora_A"), w.a.clone()));
+                    out.push((format!("{base}.lora_B"), w.b.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Layers that carry adapters, with their targets.
+    pub(crate) fn adapted(&self) -> Vec<(usize, Target)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for t in Target::ALL {
+                if l.linear(t).lora().is_some() {
+                    out.push((i, t));
+                }
+            }
+        }
+        out
+    }
+
+    fn rope_tables(&self, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let hd = self.cfg.head_dim;
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| (1.0 / self.cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
+            .collect();
+        let mut cos = Vec::with_capacity(t * hd);
+        let mut sin = Vec::with_capacity(t * hd);
+        for p in offset..offset + t {
+            for _half in 0..2 {
+                for f in &inv {
+                    let a = p as f32 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (t, hd), &self.device)?,
+            Tensor::from_vec(sin, (t, hd), &self.device)?,
+        ))
+    }
+
+    fn causal_mask(&self, t: usize, offset: usize) -> Result<Tensor> {
+        let tk = t + offset;
+        let v: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                (0..tk).map(move |j| {
+                    if j > i + offset {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect();
+        Ok(Tensor::from_vec(v, (t, tk), &self.device)?)
+    }
+
+    /// Final hidden states (after the last norm), `[b * t, hidden]`, for
+    /// token ids `[b, t]`. With `cache`, the ids continue the cached prefix.
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        mode: Mode<'_>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        if let Some(c) = cache.as_mut()
+            && c.layers.len() != self.layers.len()
+        {
+            c.layers = (0..self.layers.len()).map(|_| None).collect();
+        }
+        let (cos, sin) = self.rope_tables(offset, t)?;
+        let mask = if t > 1 {
+            Some(self.causal_mask(t, offset)?)
+        } else {
+            None
+        };
+        let flat = ids.flatten_all()?;
+        let mut x = self.embed.index_select(&flat, 0)?.to_dtype(DType::F32)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.attn_norm, cfg.rms_norm_eps)?;
+            let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+                Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+            };
+            let q = heads(layer.attn.q.forward(&h, mode.adapter, mode.dropout)?, nh)?;
+            let k = heads(layer.attn.k.forward(&h, mode.adapter, mode.dropout)?, nkv)?;
+            let v = heads(layer.attn.v.forward(&h, mode.adapter, mode.dropout)?, nkv)?;
+            let q = rope(&q, &cos, &sin)?;
+            let mut k = rope(&k, &cos, &sin)?;
+            let mut v = v;
+            if let Some(c) = cache.as_mut() {
+                if let Some((pk, pv)) = &c.layers[li] {
+                    k = Tensor::cat(&[pk, &k], 2)?;
+                    v = Tensor::cat(&[pv, &v], 2)?;
+                }
+                c.layers[li] = Some((k.clone(), v.clone()));
+            }
+            let tk = k.dim(2)?;
+            let (k, v) = if nh != nkv {
+                let rep = nh / nkv;
+                let r = |x: Tensor| -> Result<Tensor> {
+                    Ok(x.unsqueeze(2)?
+                        .broadcast_as((b, nkv, rep, tk, hd))?
+                        .reshape((b, nh, tk, hd))?)
+                };
+                (r(k)?, r(v)?)
+            } else {
+                (k, v)
+            };
+            let mut att = (q.matmul(&k.t()?)? * scale)?;
+            if let Some(m) = &mask {
+                att = att.broadcast_add(m)?;
+            }
+            let att = softmax(&att)?;
+            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
+            let y = layer.attn.o.forward(&y, mode.adapter, mode.dropout)?;
+            x = (x + y)?;
+            let h = rms_norm(&x, &layer.mlp_norm, cfg.rms_norm_eps)?;
+            let g = layer.mlp.gate.forward(&h, mode.adapter, mode.dropout)?;
+            let u = layer.mlp.up.forward(&h, mode.adapter, mode.dropout)?;
+            let y = layer
+                .mlp
+                .down
+                .forward(&(g.silu()? * u)?, mode.adapter, mode.dropout)?;
+            x = (x + y)?;
+        }
+        rms_norm(&x, &self.norm, cfg.rms_norm_eps)
+    }
+
+    /// The output head applied to hidden rows `[n, hidden]` → `[n, vocab]`.
+    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(if w.dtype() == DType::F32 {
+            hidden.matmul(&w.t()?)?
+        } else {
+            hidden
+                .to_dtype(w.dtype())?
+                .matmul(&w.t()?)?
+                .to_dtype(DType::F32)?
+        })
+    }
+
+    /// Logits `[b, t, vocab]` for token ids `[b, t]` (every position).
+    pub fn logits(&self, ids: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let h = self.hidden(ids, mode, None)?;
+        Ok(self.head(&h)?.reshape((b, t, self.cfg.vocab_size))?)
+    }
+
+    /// Logits `[vocab]` of the last position of `ids` (`[t]`), continuing
+    /// the cached prefix and extending the cache.
+    pub fn next_logits(&self, ids: &[u32], mode: Mode<'_>, cache: &mut KvCache) -> Result<Tensor> {
+        if ids.is_empty() {
+            return Err(Error::InvalidData("no tokens to feed".into()));
+        }
+        let t = ids.len();
+        let ids = Tensor::from_slice(ids, (1, t), &self.device)?;
+        let h = self.hidden(&ids, mode, Some(cache))?;
+        let last = h.narrow(0, t - 1, 1)?;
+        Ok(self.head(&last)?.squeeze(0)?)
+    }
+
+    /// All base weights with their Hugging Face names (`fuse` writes these).
+    pub fn named_weights(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![
+            ("model.embed_tokens.weight".to_string(), self.embed.clone()),
+            ("model.norm.weight".to_string(), self.norm.clone()),
+        ];
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h.clone()));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), l.attn_norm.clone()));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.mlp_norm.clone(),
+            ));
+            for t in Target::ALL {
+                let lin = l.linear(t);
+                out.push((format!("{p}.{}.weight", t.path()), lin.weight().clone()));
+                if let Some(b) = lin.bias() {
+                    out.push((format!("{p}.{}.bias", t.path()), b.clone()));
+                }
+            }
+        }
+        out
+    }
+}
