@@ -177,8 +177,7 @@ pub fn sft_cache_path(dir: &Path, split: Split) -> PathBuf {
 
 /// `DIR/cache/preference-<split>.bin`.
 pub fn preference_cache_path(dir: &Path, split: Split) -> PathBuf {
-    dir.join("cache")
-        .join(format!("preference-{}.bin", split.name()))
+    dir.join("cache").join(format!("preference-{}.bin", split.name()))
 }
 
 /// Write SFT examples to a cache file, atomically (temporary file + rename).
@@ -190,12 +189,7 @@ pub fn write_sft(path: &Path, examples: &[TokenizedExample]) -> Result<(), Cache
             if ex.input_ids.len() != ex.loss_mask.len() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!(
-                        "example {}: {} ids but {} mask entries",
-                        ex.id,
-                        ex.input_ids.len(),
-                        ex.loss_mask.len()
-                    ),
+                    format!("example {}: {} ids but {} mask entries", ex.id, ex.input_ids.len(), ex.loss_mask.len()),
                 ));
             }
             put_str(w, &ex.id)?;
@@ -233,17 +227,9 @@ pub fn read_sft(path: &Path) -> Result<Vec<TokenizedExample>, CacheError> {
         let mut mask = vec![0u8; input_ids.len()];
         r.read_exact(&mut mask)?;
         if mask.iter().any(|&m| m > 1) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "loss mask byte is not 0 or 1",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "loss mask byte is not 0 or 1"));
         }
-        Ok(TokenizedExample {
-            id,
-            domain,
-            input_ids,
-            loss_mask: mask.into_iter().map(|m| m == 1).collect(),
-        })
+        Ok(TokenizedExample { id, domain, input_ids, loss_mask: mask.into_iter().map(|m| m == 1).collect() })
     })
 }
 
@@ -260,23 +246,15 @@ pub fn read_preference(path: &Path) -> Result<Vec<TokenizedPair>, CacheError> {
     })
 }
 
-fn write_atomic(
-    path: &Path,
-    body: impl FnOnce(&mut BufWriter<fs::File>) -> io::Result<()>,
-) -> Result<(), CacheError> {
-    let io_err = |source| CacheError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+fn write_atomic(path: &Path, body: impl FnOnce(&mut BufWriter<fs::File>) -> io::Result<()>) -> Result<(), CacheError> {
+    let io_err = |source| CacheError::Io { path: path.to_path_buf(), source };
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(io_err)?;
     }
     let tmp = path.with_extension("bin.tmp");
     let file = fs::File::create(&tmp).map_err(io_err)?;
     let mut w = BufWriter::new(file);
-    let res = body(&mut w)
-        .and_then(|()| w.flush())
-        .and_then(|()| w.get_ref().sync_all());
+    let res = body(&mut w).and_then(|()| w.flush()).and_then(|()| w.get_ref().sync_all());
     if let Err(e) = res {
         let _ = fs::remove_file(&tmp);
         return Err(io_err(e));
@@ -290,18 +268,11 @@ fn read_file<T>(
     magic: &[u8; 8],
     mut record: impl FnMut(&mut BufReader<fs::File>) -> io::Result<T>,
 ) -> Result<Vec<T>, CacheError> {
-    let corrupt = |reason: String| CacheError::Corrupt {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let file = fs::File::open(path).map_err(|source| CacheError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let corrupt = |reason: String| CacheError::Corrupt { path: path.to_path_buf(), reason };
+    let file = fs::File::open(path).map_err(|source| CacheError::Io { path: path.to_path_buf(), source })?;
     let mut r = BufReader::new(file);
     let mut head = [0u8; 16];
-    r.read_exact(&mut head)
-        .map_err(|e| corrupt(format!("cannot read header: {e}")))?;
+    r.read_exact(&mut head).map_err(|e| corrupt(format!("cannot read header: {e}")))?;
     if &head[..8] != magic {
         return Err(corrupt(format!(
             "not a sam cache file of this kind (expected magic {:?})",
@@ -346,9 +317,7 @@ fn get_ids(r: &mut impl Read) -> io::Result<Vec<u32>> {
     let n = get_u32(r)? as usize;
     let mut b = vec![0u8; n * 4];
     r.read_exact(&mut b)?;
-    Ok(b.chunks_exact(4)
-        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect())
+    Ok(b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
 }
 
 #[cfg(test)]
@@ -365,12 +334,7 @@ mod tests {
                 input_ids: vec![1, 2, 3],
                 loss_mask: vec![false, true, true],
             },
-            TokenizedExample {
-                id: "é".into(),
-                domain: String::new(),
-                input_ids: vec![],
-                loss_mask: vec![],
-            },
+            TokenizedExample { id: "é".into(), domain: String::new(), input_ids: vec![], loss_mask: vec![] },
         ];
         let p = sft_cache_path(dir.path(), Split::Train);
         write_sft(&p, &sft).unwrap();
@@ -395,12 +359,8 @@ mod tests {
     fn truncated_file_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let p = sft_cache_path(dir.path(), Split::Train);
-        let ex = TokenizedExample {
-            id: "a".into(),
-            domain: "d".into(),
-            input_ids: vec![1, 2, 3],
-            loss_mask: vec![true; 3],
-        };
+        let ex =
+            TokenizedExample { id: "a".into(), domain: "d".into(), input_ids: vec![1, 2, 3], loss_mask: vec![true; 3] };
         write_sft(&p, &[ex]).unwrap();
         let bytes = fs::read(&p).unwrap();
         fs::write(&p, &bytes[..bytes.len() - 2]).unwrap();
