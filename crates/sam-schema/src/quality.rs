@@ -108,10 +108,8 @@ pub fn assess(content: &Content, cfg: &QualityConfig) -> Assessment {
                 add("dangling_turn", "the conversation ends on a non-assistant turn".into(), 0.2);
             }
         }
-        Content::Preference { chosen, rejected, .. } => {
-            if normalize(chosen) == normalize(rejected) {
-                add("same_responses", "chosen and rejected are the same text".into(), 1.0);
-            }
+        Content::Preference { chosen, rejected, .. } if normalize(chosen) == normalize(rejected) => {
+            add("same_responses", "chosen and rejected are the same text".into(), 1.0);
         }
         _ => {}
     }
