@@ -105,9 +105,7 @@ impl ModelConfig {
         } else if kind.starts_with("llama") || kind.starts_with("mistral") {
             Arch::Llama
         } else {
-            return Err(Error::UnsupportedModel(format!(
-                "model_type `{kind}`: sam supports llama and qwen2 decoders"
-            )));
+            return Err(Error::UnsupportedModel(format!("model_type `{kind}`: sam supports llama and qwen2 decoders")));
         };
         if let Some(act) = &hf.hidden_act
             && act != "silu"
@@ -122,10 +120,8 @@ impl ModelConfig {
                 return Err(Error::UnsupportedModel(format!("rope_scaling {s}")));
             }
         }
-        let rope_theta = hf
-            .rope_theta
-            .or_else(|| hf.rope_parameters.as_ref().and_then(|p| p.rope_theta))
-            .unwrap_or(10_000.0);
+        let rope_theta =
+            hf.rope_theta.or_else(|| hf.rope_parameters.as_ref().and_then(|p| p.rope_theta)).unwrap_or(10_000.0);
         let many = |v: Option<OneOrMany>| match v {
             None => Vec::new(),
             Some(OneOrMany::One(x)) => vec![x],
@@ -139,9 +135,7 @@ impl ModelConfig {
             num_layers: hf.num_hidden_layers,
             num_heads: hf.num_attention_heads,
             num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-            head_dim: hf
-                .head_dim
-                .unwrap_or(hf.hidden_size / hf.num_attention_heads),
+            head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads),
             rope_theta,
             rms_norm_eps: hf.rms_norm_eps.unwrap_or(1e-6),
             attention_bias: hf.attention_bias.unwrap_or(arch == Arch::Qwen2),
@@ -174,9 +168,7 @@ impl ModelConfig {
         };
         let key = |k: &str| format!("{arch_name}.{k}");
         let req_usize = |k: &str| -> Result<usize> {
-            let v = get(&key(k)).ok_or_else(|| {
-                Error::UnsupportedModel(format!("GGUF metadata lacks `{}`", key(k)))
-            })?;
+            let v = get(&key(k)).ok_or_else(|| Error::UnsupportedModel(format!("GGUF metadata lacks `{}`", key(k))))?;
             Ok(v.to_u64().or_else(|_| v.to_u32().map(u64::from))? as usize)
         };
         let opt_f64 = |k: &str| -> Option<f64> {
@@ -223,18 +215,14 @@ impl ModelConfig {
 
     /// Checks the shape arithmetic the decoder relies on.
     pub fn validate(&self) -> Result<()> {
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
-        {
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
             return Err(Error::InvalidConfig(format!(
                 "{} query heads are not a multiple of {} key/value heads",
                 self.num_heads, self.num_kv_heads
             )));
         }
         if self.head_dim % 2 != 0 {
-            return Err(Error::InvalidConfig(format!(
-                "odd head_dim {}",
-                self.head_dim
-            )));
+            return Err(Error::InvalidConfig(format!("odd head_dim {}", self.head_dim)));
         }
         Ok(())
     }

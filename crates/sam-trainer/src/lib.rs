@@ -17,14 +17,26 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod adapter;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod load;
 pub mod lora;
+pub mod loss;
 pub mod model;
+pub mod optim;
+pub mod train;
 
+pub use adapter::{AdapterFormat, load_adapter, save_adapter, save_hf_model};
 pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
+pub use generate::{GenerateConfig, generate};
 pub use load::{LoadOptions, load_model, read_config};
 pub use lora::{Layers, Linear, LoraConfig, Target};
+pub use loss::{Batch, Sequence, mean_loss, nll_sum};
 pub use model::{Decoder, KvCache, Mode};
+pub use train::{
+    Duration, EvalMetrics, NoopObserver, Observer, SftTrainer, StepMetrics, TrainConfig, TrainOutcome, Trainer,
+    train_sft,
+};

@@ -24,10 +24,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self {
-            dtype: DType::F32,
-            device: Device::Cpu,
-        }
+        Self { dtype: DType::F32, device: Device::Cpu }
     }
 }
 
@@ -90,10 +87,7 @@ fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
     let out = dims[0];
     let rest: usize = dims[1..].iter().product();
     let hd = out / heads;
-    Ok(w.reshape((heads, hd / 2, 2, rest))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape(dims)?)
+    Ok(w.reshape((heads, hd / 2, 2, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)?)
 }
 
 impl Weights for GgufWeights {
@@ -125,10 +119,7 @@ fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(Error::UnsupportedModel(format!(
-            "{}: no *.safetensors files",
-            dir.display()
-        )));
+        return Err(Error::UnsupportedModel(format!("{}: no *.safetensors files", dir.display())));
     }
     Ok(files)
 }
@@ -152,23 +143,14 @@ pub fn load_model(path: &Path, opts: &LoadOptions) -> Result<Decoder> {
         // SAFETY: the files are memory-mapped read-only; sam does not write
         // to base model files while a model is loaded.
         let st = unsafe { MmapedSafetensors::multi(&files)? };
-        let mut w = HfWeights {
-            st,
-            device: opts.device.clone(),
-        };
+        let mut w = HfWeights { st, device: opts.device.clone() };
         build(cfg, &mut w, opts)
     } else if path.is_file() {
         let mut file = std::fs::File::open(path).map_err(io_err(path))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| {
-            Error::UnsupportedModel(format!("{}: not a readable GGUF file: {e}", path.display()))
-        })?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| Error::UnsupportedModel(format!("{}: not a readable GGUF file: {e}", path.display())))?;
         let cfg = ModelConfig::from_gguf(&content)?;
-        let mut w = GgufWeights {
-            content,
-            file,
-            cfg: cfg.clone(),
-            device: opts.device.clone(),
-        };
+        let mut w = GgufWeights { content, file, cfg: cfg.clone(), device: opts.device.clone() };
         build(cfg, &mut w, opts)
     } else {
         Err(Error::Io {
@@ -180,9 +162,7 @@ pub fn load_model(path: &Path, opts: &LoadOptions) -> Result<Decoder> {
 
 fn build(cfg: ModelConfig, w: &mut dyn Weights, opts: &LoadOptions) -> Result<Decoder> {
     let mut req = |name: &str, dt: DType| -> Result<Tensor> {
-        let t = w
-            .get(name)?
-            .ok_or_else(|| Error::MissingWeight(name.to_string()))?;
+        let t = w.get(name)?.ok_or_else(|| Error::MissingWeight(name.to_string()))?;
         Ok(t.to_dtype(dt)?)
     };
     let mat = opts.dtype;
@@ -192,16 +172,9 @@ fn build(cfg: ModelConfig, w: &mut dyn Weights, opts: &LoadOptions) -> Result<De
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
         let p = format!("model.layers.{i}");
-        let lin = |req: &mut dyn FnMut(&str, DType) -> Result<Tensor>,
-                   m: &str,
-                   bias: bool|
-         -> Result<Linear> {
+        let lin = |req: &mut dyn FnMut(&str, DType) -> Result<Tensor>, m: &str, bias: bool| -> Result<Linear> {
             let wt = req(&format!("{p}.{m}.weight"), mat)?;
-            let b = if bias {
-                Some(req(&format!("{p}.{m}.bias"), f32)?)
-            } else {
-                None
-            };
+            let b = if bias { Some(req(&format!("{p}.{m}.bias"), f32)?) } else { None };
             Ok(Linear::new(wt, b))
         };
         let bias = cfg.attention_bias;
@@ -221,10 +194,6 @@ fn build(cfg: ModelConfig, w: &mut dyn Weights, opts: &LoadOptions) -> Result<De
             },
         });
     }
-    let lm_head = if cfg.tie_word_embeddings {
-        None
-    } else {
-        Some(req("lm_head.weight", mat)?)
-    };
+    let lm_head = if cfg.tie_word_embeddings { None } else { Some(req("lm_head.weight", mat)?) };
     Ok(Decoder::from_parts(cfg, embed, layers, norm, lm_head))
 }

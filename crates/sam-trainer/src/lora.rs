@@ -34,15 +34,7 @@ pub enum Target {
 
 impl Target {
     /// All targets, in checkpoint order.
-    pub const ALL: [Target; 7] = [
-        Target::Q,
-        Target::K,
-        Target::V,
-        Target::O,
-        Target::Gate,
-        Target::Up,
-        Target::Down,
-    ];
+    pub const ALL: [Target; 7] = [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
 
     /// The module's name in a Hugging Face checkpoint (`q_proj`…).
     pub fn module_name(self) -> &'static str {
@@ -147,11 +139,7 @@ impl Default for LoraConfig {
 impl LoraConfig {
     /// The multiplier applied to `B A x`.
     pub fn scale(&self) -> f64 {
-        if self.rslora {
-            self.alpha / (self.rank as f64).sqrt()
-        } else {
-            self.alpha / self.rank as f64
-        }
+        if self.rslora { self.alpha / (self.rank as f64).sqrt() } else { self.alpha / self.rank as f64 }
     }
 
     /// Checks ranges.
@@ -160,10 +148,7 @@ impl LoraConfig {
             return Err(Error::InvalidConfig("LoRA rank must be at least 1".into()));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::InvalidConfig(format!(
-                "LoRA dropout {} is not in [0, 1)",
-                self.dropout
-            )));
+            return Err(Error::InvalidConfig(format!("LoRA dropout {} is not in [0, 1)", self.dropout)));
         }
         if self.targets.is_empty() {
             return Err(Error::InvalidConfig("no LoRA target modules".into()));
@@ -207,9 +192,7 @@ impl DropoutRng {
         let n: usize = shape.iter().product();
         let keep = 1.0 / (1.0 - p);
         let mut rng = self.0.lock().expect("dropout rng poisoned");
-        let v: Vec<f32> = (0..n)
-            .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
-            .collect();
+        let v: Vec<f32> = (0..n).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
         Ok(Tensor::from_vec(v, shape, dev)?)
     }
 }
@@ -217,11 +200,7 @@ impl DropoutRng {
 impl Linear {
     /// A frozen layer from its `[out, in]` weight and optional `[out]` bias.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self {
-            weight,
-            bias,
-            lora: None,
-        }
+        Self { weight, bias, lora: None }
     }
 
     /// The frozen weight, `[out, in]`.
@@ -254,9 +233,7 @@ impl Linear {
     pub fn attach(&mut self, cfg: &LoraConfig, rng: &mut StdRng) -> Result<()> {
         let (out, inp, r) = (self.out_dim(), self.in_dim(), cfg.rank);
         let bound = 1.0 / (inp as f32).sqrt();
-        let a: Vec<f32> = (0..r * inp)
-            .map(|_| rng.random_range(-bound..bound))
-            .collect();
+        let a: Vec<f32> = (0..r * inp).map(|_| rng.random_range(-bound..bound)).collect();
         let dev = self.weight.device();
         let a = Tensor::from_vec(a, (r, inp), dev)?;
         let b = Tensor::zeros((out, r), DType::F32, dev)?;
@@ -303,19 +280,12 @@ impl Linear {
     /// `x: [n, in]` (f32) → `[n, out]` (f32). `adapter` false skips the
     /// adapter (the DPO reference, the base-model evaluation); `dropout` is
     /// the mask source in training, `None` at inference.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        adapter: bool,
-        dropout: Option<&DropoutRng>,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, adapter: bool, dropout: Option<&DropoutRng>) -> Result<Tensor> {
         let w = &self.weight;
         let mut y = if w.dtype() == x.dtype() {
             x.matmul(&w.t()?)?
         } else {
-            x.to_dtype(w.dtype())?
-                .matmul(&w.t()?)?
-                .to_dtype(x.dtype())?
+            x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(x.dtype())?
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;

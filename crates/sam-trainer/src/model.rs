@@ -79,11 +79,7 @@ impl KvCache {
 
     /// How many positions the cache holds.
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map(|(k, _)| k.dims()[2])
-            .unwrap_or(0)
+        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dims()[2]).unwrap_or(0)
     }
 
     /// Whether the cache is empty.
@@ -103,15 +99,9 @@ pub struct Mode<'a> {
 
 impl Mode<'_> {
     /// Inference with adapters.
-    pub const INFER: Mode<'static> = Mode {
-        adapter: true,
-        dropout: None,
-    };
+    pub const INFER: Mode<'static> = Mode { adapter: true, dropout: None };
     /// Inference with adapters switched off.
-    pub const BASE: Mode<'static> = Mode {
-        adapter: false,
-        dropout: None,
-    };
+    pub const BASE: Mode<'static> = Mode { adapter: false, dropout: None };
 }
 
 /// A Llama/Qwen2 decoder with frozen base weights and optional LoRA adapters.
@@ -157,15 +147,7 @@ impl Decoder {
         lm_head: Option<Tensor>,
     ) -> Self {
         let device = embed.device().clone();
-        Self {
-            cfg,
-            embed,
-            layers,
-            norm,
-            lm_head,
-            lora: None,
-            device,
-        }
+        Self { cfg, embed, layers, norm, lm_head, lora: None, device }
     }
 
     /// The model's configuration.
@@ -239,24 +221,10 @@ impl Decoder {
         out
     }
 
-    /// Layers that carry adapters, with their targets.
-    pub(crate) fn adapted(&self) -> Vec<(usize, Target)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
-            for t in Target::ALL {
-                if l.linear(t).lora().is_some() {
-                    out.push((i, t));
-                }
-            }
-        }
-        out
-    }
-
     fn rope_tables(&self, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
         let hd = self.cfg.head_dim;
-        let inv: Vec<f32> = (0..hd / 2)
-            .map(|i| (1.0 / self.cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
-            .collect();
+        let inv: Vec<f32> =
+            (0..hd / 2).map(|i| (1.0 / self.cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32).collect();
         let mut cos = Vec::with_capacity(t * hd);
         let mut sin = Vec::with_capacity(t * hd);
         for p in offset..offset + t {
@@ -268,36 +236,19 @@ impl Decoder {
                 }
             }
         }
-        Ok((
-            Tensor::from_vec(cos, (t, hd), &self.device)?,
-            Tensor::from_vec(sin, (t, hd), &self.device)?,
-        ))
+        Ok((Tensor::from_vec(cos, (t, hd), &self.device)?, Tensor::from_vec(sin, (t, hd), &self.device)?))
     }
 
     fn causal_mask(&self, t: usize, offset: usize) -> Result<Tensor> {
         let tk = t + offset;
-        let v: Vec<f32> = (0..t)
-            .flat_map(|i| {
-                (0..tk).map(move |j| {
-                    if j > i + offset {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-            })
-            .collect();
+        let v: Vec<f32> =
+            (0..t).flat_map(|i| (0..tk).map(move |j| if j > i + offset { f32::NEG_INFINITY } else { 0.0 })).collect();
         Ok(Tensor::from_vec(v, (t, tk), &self.device)?)
     }
 
     /// Final hidden states (after the last norm), `[b * t, hidden]`, for
     /// token ids `[b, t]`. With `cache`, the ids continue the cached prefix.
-    pub fn hidden(
-        &self,
-        ids: &Tensor,
-        mode: Mode<'_>,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, mode: Mode<'_>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -308,11 +259,7 @@ impl Decoder {
             c.layers = (0..self.layers.len()).map(|_| None).collect();
         }
         let (cos, sin) = self.rope_tables(offset, t)?;
-        let mask = if t > 1 {
-            Some(self.causal_mask(t, offset)?)
-        } else {
-            None
-        };
+        let mask = if t > 1 { Some(self.causal_mask(t, offset)?) } else { None };
         let flat = ids.flatten_all()?;
         let mut x = self.embed.index_select(&flat, 0)?.to_dtype(DType::F32)?;
         let scale = 1.0 / (hd as f64).sqrt();
@@ -338,9 +285,7 @@ impl Decoder {
             let (k, v) = if nh != nkv {
                 let rep = nh / nkv;
                 let r = |x: Tensor| -> Result<Tensor> {
-                    Ok(x.unsqueeze(2)?
-                        .broadcast_as((b, nkv, rep, tk, hd))?
-                        .reshape((b, nh, tk, hd))?)
+                    Ok(x.unsqueeze(2)?.broadcast_as((b, nkv, rep, tk, hd))?.reshape((b, nh, tk, hd))?)
                 };
                 (r(k)?, r(v)?)
             } else {
@@ -357,10 +302,7 @@ impl Decoder {
             let h = rms_norm(&x, &layer.mlp_norm, cfg.rms_norm_eps)?;
             let g = layer.mlp.gate.forward(&h, mode.adapter, mode.dropout)?;
             let u = layer.mlp.up.forward(&h, mode.adapter, mode.dropout)?;
-            let y = layer
-                .mlp
-                .down
-                .forward(&(g.silu()? * u)?, mode.adapter, mode.dropout)?;
+            let y = layer.mlp.down.forward(&(g.silu()? * u)?, mode.adapter, mode.dropout)?;
             x = (x + y)?;
         }
         rms_norm(&x, &self.norm, cfg.rms_norm_eps)
@@ -372,10 +314,7 @@ impl Decoder {
         Ok(if w.dtype() == DType::F32 {
             hidden.matmul(&w.t()?)?
         } else {
-            hidden
-                .to_dtype(w.dtype())?
-                .matmul(&w.t()?)?
-                .to_dtype(DType::F32)?
+            hidden.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32)?
         })
     }
 
@@ -411,10 +350,7 @@ impl Decoder {
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             out.push((format!("{p}.input_layernorm.weight"), l.attn_norm.clone()));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                l.mlp_norm.clone(),
-            ));
+            out.push((format!("{p}.post_attention_layernorm.weight"), l.mlp_norm.clone()));
             for t in Target::ALL {
                 let lin = l.linear(t);
                 out.push((format!("{p}.{}.weight", t.path()), lin.weight().clone()));

@@ -10,11 +10,7 @@ use sam_trainer::{LoadOptions, Mode, load_model};
 const TOL: f32 = 1e-2;
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i)
-        .unwrap()
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap()
 }
 
 fn logsumexp(v: &[f32]) -> f64 {
@@ -25,12 +21,7 @@ fn logsumexp(v: &[f32]) -> f64 {
 fn sam_logits(model: &sam_trainer::Decoder, ids: &[u32]) -> Vec<Vec<f32>> {
     let t = Tensor::from_slice(ids, (1, ids.len()), model.device()).unwrap();
     let l = model.logits(&t, Mode::INFER).unwrap();
-    l.squeeze(0)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec2()
-        .unwrap()
+    l.squeeze(0).unwrap().to_dtype(DType::F32).unwrap().to_vec2().unwrap()
 }
 
 #[test]
@@ -49,10 +40,7 @@ fn smollm2_gguf_logits_match_transformers() {
             let am = refpos["argmax"].as_u64().unwrap() as usize;
             assert_eq!(argmax(row), am, "prompt {pi} position {t}: argmax differs");
             let mut diff = 0f32;
-            for (id, v) in common::ids(&refpos["top_ids"])
-                .iter()
-                .zip(common::floats(&refpos["top_values"]))
-            {
+            for (id, v) in common::ids(&refpos["top_ids"]).iter().zip(common::floats(&refpos["top_values"])) {
                 diff = diff.max((row[*id as usize] - v).abs());
             }
             for (k, v) in common::floats(&refpos["strided"]).iter().enumerate() {
@@ -93,10 +81,7 @@ fn tiny_qwen2_logits_match_transformers() {
 fn bf16_base_weights_stay_close_to_f32() {
     let dir = common::fixture("tiny_qwen2");
     let f = load_model(&dir, &LoadOptions::default()).unwrap();
-    let opts = LoadOptions {
-        dtype: DType::BF16,
-        ..Default::default()
-    };
+    let opts = LoadOptions { dtype: DType::BF16, ..Default::default() };
     let h = load_model(&dir, &opts).unwrap();
     let ids = [5u32, 17, 200, 3, 99];
     let a = sam_logits(&f, &ids);
@@ -114,27 +99,15 @@ fn kv_cache_decoding_matches_full_forward() {
     let ids = [5u32, 17, 200, 3, 99, 42, 7];
     let full = sam_logits(&model, &ids);
     let mut cache = sam_trainer::KvCache::new();
-    let first = model
-        .next_logits(&ids[..4], Mode::INFER, &mut cache)
-        .unwrap();
+    let first = model.next_logits(&ids[..4], Mode::INFER, &mut cache).unwrap();
     let mut steps = vec![first.to_vec1::<f32>().unwrap()];
     for &id in &ids[4..] {
-        steps.push(
-            model
-                .next_logits(&[id], Mode::INFER, &mut cache)
-                .unwrap()
-                .to_vec1()
-                .unwrap(),
-        );
+        steps.push(model.next_logits(&[id], Mode::INFER, &mut cache).unwrap().to_vec1().unwrap());
     }
     assert_eq!(cache.len(), ids.len());
     for (k, row) in steps.iter().enumerate() {
         let refrow = &full[3 + k];
-        let d = row
-            .iter()
-            .zip(refrow)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let d = row.iter().zip(refrow).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(d < 1e-4, "cached step {k} differs by {d}");
     }
 }

@@ -21,9 +21,7 @@ pub fn test_model() -> PathBuf {
 
 /// A file under tests/fixtures.
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// Reads a JSON fixture.
@@ -35,18 +33,10 @@ pub fn json(name: &str) -> serde_json::Value {
 
 /// `[u32]` from a JSON array.
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_u64().expect("integer") as u32)
-        .collect()
+    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("integer") as u32).collect()
 }
 
 /// `[f32]` from a JSON array.
 pub fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number") as f32)
-        .collect()
+    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect()
 }

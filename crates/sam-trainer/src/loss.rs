@@ -1,0 +1,125 @@
+//! Masked next-token cross-entropy, computed only where it counts.
+//!
+//! `loss_mask[i]` marks token `i` as trained on, so position `i - 1`
+//! predicts it. Only those positions go through the output head, in chunks,
+//! so the `[tokens × vocab]` logits of prompt tokens are never built.
+
+use crate::error::{Error, Result};
+use crate::model::{Decoder, Mode};
+use candle_core::{D, Tensor};
+
+/// Rows of the output head evaluated at once.
+const HEAD_CHUNK: usize = 256;
+
+/// One example, cut to the length the model will see.
+#[derive(Debug, Clone, Copy)]
+pub struct Sequence<'a> {
+    /// Token ids.
+    pub ids: &'a [u32],
+    /// Per token: whether it is trained on.
+    pub mask: &'a [bool],
+}
+
+/// A padded batch ready for the model.
+#[derive(Debug)]
+pub struct Batch {
+    /// `[b, t]` token ids (right-padded).
+    pub ids: Tensor,
+    /// Flat row indices (`b * t + pos`) of positions whose next token counts.
+    pub rows: Tensor,
+    /// The token each of those rows must predict.
+    pub targets: Tensor,
+    /// Number of predicted tokens.
+    pub n_targets: usize,
+    /// Number of real (unpadded) tokens.
+    pub n_tokens: usize,
+}
+
+impl Batch {
+    /// Pads `seqs` on the right with `pad` and collects the loss positions.
+    pub fn new(seqs: &[Sequence<'_>], pad: u32, dev: &candle_core::Device) -> Result<Self> {
+        let t = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+        if t == 0 {
+            return Err(Error::InvalidData("empty batch".into()));
+        }
+        let mut ids = Vec::with_capacity(seqs.len() * t);
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        let mut n_tokens = 0;
+        for (b, s) in seqs.iter().enumerate() {
+            if s.ids.len() != s.mask.len() {
+                return Err(Error::InvalidData(format!("{} ids but {} mask entries", s.ids.len(), s.mask.len())));
+            }
+            n_tokens += s.ids.len();
+            ids.extend_from_slice(s.ids);
+            ids.extend(std::iter::repeat_n(pad, t - s.ids.len()));
+            for i in 1..s.ids.len() {
+                if s.mask[i] {
+                    rows.push((b * t + i - 1) as u32);
+                    targets.push(s.ids[i]);
+                }
+            }
+        }
+        let n_targets = rows.len();
+        Ok(Self {
+            ids: Tensor::from_vec(ids, (seqs.len(), t), dev)?,
+            rows: Tensor::from_vec(rows, n_targets, dev)?,
+            targets: Tensor::from_vec(targets, n_targets, dev)?,
+            n_targets,
+            n_tokens,
+        })
+    }
+}
+
+/// Sum of the negative log-likelihoods of the batch's targets (a scalar
+/// tensor that backpropagates into the adapters), or `None` when the batch
+/// has nothing to predict.
+pub fn nll_sum(model: &Decoder, batch: &Batch, mode: Mode<'_>) -> Result<Option<Tensor>> {
+    if batch.n_targets == 0 {
+        return Ok(None);
+    }
+    let hidden = model.hidden(&batch.ids, mode, None)?;
+    let hidden = hidden.index_select(&batch.rows, 0)?;
+    let mut total: Option<Tensor> = None;
+    let mut start = 0;
+    while start < batch.n_targets {
+        let n = HEAD_CHUNK.min(batch.n_targets - start);
+        let logits = model.head(&hidden.narrow(0, start, n)?)?;
+        let tgt = batch.targets.narrow(0, start, n)?;
+        let max = logits.max_keepdim(D::Minus1)?.detach();
+        let shifted = logits.broadcast_sub(&max)?;
+        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let picked = shifted.gather(&tgt.unsqueeze(1)?, 1)?;
+        let nll = (lse - picked)?.sum_all()?;
+        total = Some(match total {
+            None => nll,
+            Some(t) => (t + nll)?,
+        });
+        start += n;
+    }
+    Ok(total)
+}
+
+/// Mean loss and token count over `seqs`, evaluated `batch` at a time
+/// without keeping gradients (validation, test, reports).
+pub fn mean_loss(
+    model: &Decoder,
+    seqs: &[Sequence<'_>],
+    batch: usize,
+    pad: u32,
+    mode: Mode<'_>,
+) -> Result<(f64, usize)> {
+    let mut sum = 0f64;
+    let mut n = 0usize;
+    for chunk in seqs.chunks(batch.max(1)) {
+        let b = Batch::new(chunk, pad, model.device())?;
+        if let Some(l) = nll_sum(model, &b, mode)? {
+            sum += l.detach().to_scalar::<f32>()? as f64;
+            n += b.n_targets;
+        }
+    }
+    if n == 0 {
+        return Err(Error::InvalidData("no trained-on tokens to evaluate".into()));
+    }
+    Ok((sum / n as f64, n))
+}
