@@ -1,1 +1,170 @@
-//! sam-store (being built).
+//! The store of sam: every example in one SQLite file, with what was done to
+//! them — validation, deduplication, exports, training runs — and the lines
+//! that could not be stored.
+//!
+//! - [`Store`] is the seam: insert a [`Batch`], query by [`Filter`], validate,
+//!   deduplicate, export, record [`TrainingRun`]s, compute [`Stats`], keep
+//!   bad lines in quarantine. It is object-safe, so an embedder can bring
+//!   another implementation behind `Box<dyn Store>`.
+//! - [`SqliteStore`] is the implementation: WAL journal, `synchronous=NORMAL`,
+//!   a busy timeout, every write in one `BEGIN IMMEDIATE` transaction (so two
+//!   writer processes queue instead of failing with "database is locked"),
+//!   and the schema versioned with `PRAGMA user_version`.
+//! - [`StoreError`] is the one error type.
+//!
+//! Exact duplicates never reach the table: an example whose content hash is
+//! already stored counts as a duplicate on insert. [`Store::dedup`] then
+//! removes examples that ask the same question (same input hash), keeping the
+//! best one. A batch commits whole or not at all, together with its
+//! quarantined lines and its source's cursor, so a crash mid-ingest leaves
+//! exactly the batches that committed.
+//!
+//! A source's health (in [`Stats`]) is `100 × mean quality of its validated
+//! examples × share of its offered examples that were valid`: a source that
+//! sends junk or examples that fail validation scores low; one that only
+//! repeats itself is not punished (duplicates are reported beside it).
+//!
+//! ```
+//! use sam_schema::{Content, Example, Tier};
+//! use sam_store::{Filter, SqliteStore, Store, ValidateOptions};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let mut store = SqliteStore::open(dir.path().join("store.db"))?;
+//! let ex = Example::new(Content::Instruction {
+//!     instruction: "What does `git stash pop` do?".into(),
+//!     input: String::new(),
+//!     output: "It re-applies the most recent stash and drops it from the stash list.".into(),
+//! })
+//! .with_source("docs");
+//! let empty = Example::new(Content::Completion { text: " ".into() });
+//!
+//! let report = store.insert(&[ex.clone(), ex.clone(), empty])?;
+//! assert_eq!((report.inserted, report.duplicates, report.rejected), (1, 1, 1));
+//! assert_eq!(store.quarantined(None)?.len(), 1); // the empty one, with its reason
+//!
+//! store.validate(&ValidateOptions::default(), &mut |_, _| {})?;
+//! let gold = store.query(&Filter::default().tiers([Tier::Gold]))?;
+//! assert_eq!(gold[0].id, ex.id);
+//!
+//! let record = store.export(&Filter::default(), &dir.path().join("out.jsonl"), Default::default())?;
+//! assert_eq!(record.rows, 1);
+//! assert_eq!(store.latest_export()?.unwrap().hash, record.hash);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+
+mod error;
+pub mod near_dup;
+mod schema;
+mod sqlite;
+mod types;
+
+use std::path::Path;
+
+use sam_schema::{Example, LineError};
+
+pub use error::StoreError;
+pub use sqlite::SqliteStore;
+pub use types::{
+    Batch, DailyCount, DedupReport, ExportFormat, ExportRecord, Filter, InsertReport, QuarantineEntry, Rejection,
+    SourceHealth, Stats, StoreConfig, TrainingRun, ValidateOptions, ValidateReport, ValidationEntry,
+};
+
+/// Where sam keeps its examples and what it did with them.
+///
+/// Writes take `&mut self`; each is atomic. Methods that report progress take
+/// a callback `(done, total)`.
+pub trait Store {
+    /// Store a batch in one transaction: its examples (duplicates by content
+    /// hash are counted and skipped; examples that fail basic validity are
+    /// quarantined with their reason), its unreadable lines (quarantined) and
+    /// its source's cursor.
+    fn insert_batch(&mut self, batch: &Batch<'_>) -> Result<InsertReport, StoreError>;
+
+    /// Store examples (see [`Store::insert_batch`]).
+    fn insert(&mut self, examples: &[Example]) -> Result<InsertReport, StoreError> {
+        self.insert_batch(&Batch::new(examples))
+    }
+
+    /// Store examples and set `source`'s cursor in the same transaction, so
+    /// that incremental mining resumes exactly after what was stored.
+    fn insert_with_cursor(
+        &mut self,
+        examples: &[Example],
+        source: &str,
+        cursor: &str,
+    ) -> Result<InsertReport, StoreError> {
+        self.insert_batch(&Batch { cursor: Some((source, cursor)), ..Batch::new(examples) })
+    }
+
+    /// The cursor last stored for `source`.
+    fn cursor(&self, source: &str) -> Result<Option<String>, StoreError>;
+
+    /// Quarantine lines that could not be read; returns how many were new.
+    fn quarantine(&mut self, lines: &[LineError]) -> Result<u64, StoreError> {
+        Ok(self.insert_batch(&Batch { bad_lines: lines, ..Batch::default() })?.quarantined)
+    }
+
+    /// Quarantined lines, oldest first, at most `limit`.
+    fn quarantined(&self, limit: Option<u64>) -> Result<Vec<QuarantineEntry>, StoreError>;
+
+    /// Remove quarantined lines: those numbered in `ids`, or all with `None`.
+    /// Returns how many were removed.
+    fn clear_quarantine(&mut self, ids: Option<&[i64]>) -> Result<u64, StoreError>;
+
+    /// Visit every example the filter selects, oldest first.
+    fn scan(&self, filter: &Filter, visit: &mut dyn FnMut(Example) -> Result<(), StoreError>)
+    -> Result<(), StoreError>;
+
+    /// The examples the filter selects, oldest first.
+    fn query(&self, filter: &Filter) -> Result<Vec<Example>, StoreError> {
+        let mut out = Vec::new();
+        self.scan(filter, &mut |ex| {
+            out.push(ex);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// How many examples the filter selects.
+    fn count(&self, filter: &Filter) -> Result<u64, StoreError>;
+
+    /// Score examples (empty content, length, repetition, completeness,
+    /// boilerplate), set their quality and tier, and log the reasons of
+    /// every example that lost points.
+    fn validate(
+        &mut self,
+        opts: &ValidateOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<ValidateReport, StoreError>;
+
+    /// The validation log of an example (by id), newest pass first.
+    fn validation_log(&self, example_id: &str) -> Result<Vec<ValidationEntry>, StoreError>;
+
+    /// Remove exact duplicates, keeping the best copy (highest tier, then
+    /// highest quality, then the oldest). Examples with the same input hash
+    /// ask the same question; preference pairs are left alone, since several
+    /// pairs for one prompt are legitimate. With `dry_run`, only count.
+    fn dedup(&mut self, dry_run: bool) -> Result<DedupReport, StoreError>;
+
+    /// Write the examples the filter selects to `path` as JSONL (atomically:
+    /// a temporary file renamed into place) and record it in the export history.
+    fn export(&mut self, filter: &Filter, path: &Path, format: ExportFormat) -> Result<ExportRecord, StoreError>;
+
+    /// The export history, oldest first.
+    fn exports(&self) -> Result<Vec<ExportRecord>, StoreError>;
+
+    /// The most recent export.
+    fn latest_export(&self) -> Result<Option<ExportRecord>, StoreError> {
+        Ok(self.exports()?.pop())
+    }
+
+    /// Record a training run, or update the run with the same id.
+    fn record_training_run(&mut self, run: &TrainingRun) -> Result<(), StoreError>;
+
+    /// Recorded training runs, oldest first.
+    fn training_runs(&self) -> Result<Vec<TrainingRun>, StoreError>;
+
+    /// Counts, daily trend and per-source health.
+    fn stats(&self) -> Result<Stats, StoreError>;
+}

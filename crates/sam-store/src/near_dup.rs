@@ -1,0 +1,1 @@
+//! Near-duplicate detection (MinHash/LSH) over stored examples.
