@@ -1,14 +1,43 @@
-//! Dataset preparation for sam (being built): chat templates, tokenisation,
-//! loss masks, truncation, stable stratified splits.
+//! Dataset preparation for sam: the model's own chat template, its real
+//! tokenizer, loss masks, truncation and stable stratified splits.
 //!
-//! - [`cache`]: the tokenised cache that prep writes and the trainer reads.
-//! - [`template`]: the model's chat template, rendered like transformers.
-//! - [`encode`]: token ids and loss masks.
+//! Input is a store export or any JSONL files of examples
+//! ([`prepare::read_inputs`]); output is a dataset folder that sam's trainer
+//! reads through [`cache::PreparedData`] and that `mlx_lm.lora --data DIR`
+//! reads unchanged. Main pieces:
+//!
+//! - [`template::ChatTemplate`]: the model's Jinja chat template rendered as
+//!   transformers renders it (byte-identical on SmolLM2's and Qwen2.5's).
+//! - [`encode::Encoder`]: rendering + tokenisation + per-token loss masks
+//!   (every assistant turn and its end-of-turn token).
+//! - [`split::SplitRatios`]: the stable id-hash split.
+//! - [`prepare::Preparer`]: the whole pipeline, writing JSONL splits, the
+//!   token [`cache`] and `manifest.json`.
+//!
+//! Prep reads exports and files, never the store's database.
+//!
+//! ```
+//! use sam_prep::template::{ChatTemplate, CHATML_TEMPLATE, TemplateTokens};
+//! use sam_prep::split::SplitRatios;
+//! use sam_schema::Message;
+//!
+//! let t = ChatTemplate::new(CHATML_TEMPLATE, TemplateTokens::default())?;
+//! let text = t.render(&[Message::user("Hi")], true)?;
+//! assert_eq!(text, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+//! // A split depends on the example's id only.
+//! let r = SplitRatios::default();
+//! assert_eq!(r.split_of("ex-1"), r.split_of("ex-1"));
+//! # Ok::<(), sam_prep::Error>(())
+//! ```
 #![deny(missing_docs)]
 
 pub mod cache;
 pub mod encode;
+pub mod prepare;
+pub mod split;
 pub mod template;
+
+use std::path::PathBuf;
 
 /// Errors of dataset preparation.
 #[derive(Debug, thiserror::Error)]
@@ -20,4 +49,15 @@ pub enum Error {
     /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// An I/O error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Writing the token cache failed.
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
 }

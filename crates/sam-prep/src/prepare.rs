@@ -1,0 +1,724 @@
+//! The preparation pipeline: examples in, a dataset folder out.
+//!
+//! 1. **Convert** each [`Example`]: instruction, chat and prompt/completion
+//!    become a conversation (with the configured system prompt first, when
+//!    the conversation has none); a preference pair becomes a prompt plus two
+//!    responses; a completion stays text.
+//! 2. **Tokenise** with the model's tokenizer and chat template
+//!    ([`crate::encode`]), with per-token loss masks. Without a tokenizer,
+//!    lengths are estimated at ~4 characters a token (with a warning) and no
+//!    token cache is written.
+//! 3. **Truncate** to `max_seq_len` (see [`TRUNCATION_POLICY`]).
+//! 4. **Split** by id ([`crate::split`]).
+//! 5. **Write** `train/valid/test.jsonl` (mlx-lm's `messages` form; raw text
+//!    rows in `text/` when the dataset also has conversations, since mlx-lm
+//!    reads the form from the first row), `preference/*.jsonl`
+//!    (`prompt`/`chosen`/`rejected`), the token cache ([`crate::cache`]) and
+//!    `manifest.json`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use sam_models::BaseModel;
+use sam_schema::{Content, Example, JsonlReader, Message, Prompt, Role};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokenizers::Tokenizer;
+
+use crate::Error;
+use crate::cache::{self, Split, TokenizedExample, TokenizedPair};
+use crate::encode::{Encoder, estimate_tokens};
+use crate::split::{SPLIT_RULE, SplitRatios};
+use crate::template::ChatTemplate;
+
+/// How sequences longer than `max_seq_len` are handled.
+pub const TRUNCATION_POLICY: &str = "conversations: keep the response (the last assistant turn through its end token) whole and the head of the prompt, cutting the tokens just before the response; drop the example when the response alone exceeds max_seq_len. completions: keep the first max_seq_len tokens. preference pairs: cut the prompt from the left so that prompt + the longer response fit; drop the pair when the longer response alone does not leave room for one prompt token.";
+
+/// Options of a preparation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrepConfig {
+    /// Longest sequence in tokens (default 512).
+    pub max_seq_len: usize,
+    /// Split proportions (default 90/5/5).
+    pub split: SplitRatios,
+    /// System prompt put first in every conversation that has none.
+    pub system_prompt: Option<String>,
+    /// Worker threads (default: available parallelism).
+    pub threads: usize,
+}
+
+impl Default for PrepConfig {
+    fn default() -> Self {
+        Self {
+            max_seq_len: 512,
+            split: SplitRatios::default(),
+            system_prompt: None,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// One input file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SourceFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// blake3 of its bytes.
+    pub blake3: String,
+    /// Rows read.
+    pub rows: usize,
+    /// Rows that did not parse (skipped).
+    pub bad_rows: usize,
+}
+
+/// Examples read from JSONL files, and where they came from.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    /// The examples, in file order.
+    pub examples: Vec<Example>,
+    /// The files.
+    pub sources: Vec<SourceFile>,
+}
+
+/// Read examples from JSONL files or folders of `*.jsonl` files (any form
+/// `sam_schema::parse_line` accepts: a store export, or hand-written rows).
+/// Bad rows are logged and counted, not fatal.
+pub fn read_inputs(paths: &[PathBuf]) -> Result<Input, Error> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut in_dir: Vec<PathBuf> = fs::read_dir(p)
+                .map_err(|e| io_err(p, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "jsonl") && f.is_file())
+                .collect();
+            in_dir.sort();
+            files.extend(in_dir);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut input = Input::default();
+    for f in files {
+        let bytes = fs::read(&f).map_err(|e| io_err(&f, e))?;
+        let mut src =
+            SourceFile { path: f.clone(), blake3: blake3::hash(&bytes).to_hex().to_string(), rows: 0, bad_rows: 0 };
+        for row in JsonlReader::new(&bytes[..], Some(f.clone())) {
+            src.rows += 1;
+            match row {
+                Ok(p) => input.examples.push(p.example),
+                Err(e) => {
+                    src.bad_rows += 1;
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+        input.sources.push(src);
+    }
+    Ok(input)
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> Error {
+    Error::Io { path: path.to_path_buf(), source: e }
+}
+
+/// Token statistics over sequences.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TokenStats {
+    /// Sequences counted.
+    pub count: usize,
+    /// Tokens in all.
+    pub total: usize,
+    /// Tokens trained on (mask true), for SFT.
+    pub trained: usize,
+    /// Mean length.
+    pub mean: f64,
+    /// Median length.
+    pub p50: usize,
+    /// 95th percentile length.
+    pub p95: usize,
+    /// Longest.
+    pub max: usize,
+}
+
+impl TokenStats {
+    fn from_lengths(mut lens: Vec<usize>, trained: usize) -> Self {
+        if lens.is_empty() {
+            return Self::default();
+        }
+        lens.sort_unstable();
+        let n = lens.len();
+        let total: usize = lens.iter().sum();
+        // Nearest-rank percentiles.
+        let pct = |p: f64| lens[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
+        Self {
+            count: n,
+            total,
+            trained,
+            mean: total as f64 / n as f64,
+            p50: pct(0.50),
+            p95: pct(0.95),
+            max: lens[n - 1],
+        }
+    }
+}
+
+/// Counts of one split.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SplitCounts {
+    /// Train rows.
+    pub train: usize,
+    /// Validation rows.
+    pub valid: usize,
+    /// Test rows.
+    pub test: usize,
+}
+
+impl SplitCounts {
+    fn add(&mut self, s: Split) {
+        match s {
+            Split::Train => self.train += 1,
+            Split::Valid => self.valid += 1,
+            Split::Test => self.test += 1,
+        }
+    }
+}
+
+/// What happened to examples on the way.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Drops {
+    /// Truncated (kept, shortened).
+    pub truncated: usize,
+    /// Dropped: the response alone does not fit in `max_seq_len`.
+    pub dropped_too_long: usize,
+    /// Dropped: a conversation without an assistant turn, or empty text.
+    pub dropped_no_response: usize,
+    /// Dropped: the template failed on it (raised, or could not be located).
+    pub dropped_template_error: usize,
+    /// Skipped: an id seen before in this input.
+    pub duplicate_ids: usize,
+    /// Input rows that did not parse.
+    pub bad_rows: usize,
+}
+
+/// `manifest.json` of a prepared dataset.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Manifest {
+    /// Format version of this manifest.
+    pub version: u32,
+    /// When it was made (Unix seconds).
+    pub created_at: u64,
+    /// Input files (a store export, or JSONL files).
+    pub sources: Vec<SourceFile>,
+    /// The model: name and path.
+    pub model: Value,
+    /// `model` or `estimate-4-chars-per-token`.
+    pub tokenizer: String,
+    /// blake3 of the tokenizer's JSON form (none without a tokenizer).
+    pub tokenizer_hash: Option<String>,
+    /// `model` or `builtin-chatml`.
+    pub template: String,
+    /// blake3 of the template source.
+    pub template_hash: String,
+    /// The end-of-turn token text.
+    pub end_of_turn: Option<String>,
+    /// The system prompt added to conversations that have none.
+    pub system_prompt: Option<String>,
+    /// `max_seq_len`.
+    pub max_seq_len: usize,
+    /// The truncation policy, in words.
+    pub truncation_policy: String,
+    /// Split ratios.
+    pub split_ratios: SplitRatios,
+    /// The split rule, in words.
+    pub split_rule: String,
+    /// SFT rows per split.
+    pub sft: SplitCounts,
+    /// Preference pairs per split.
+    pub preference: SplitCounts,
+    /// Rows (SFT + preference) per domain and split.
+    pub domains: BTreeMap<String, SplitCounts>,
+    /// Rows per input kind.
+    pub kinds: BTreeMap<String, usize>,
+    /// Token statistics of SFT sequences (after truncation).
+    pub sft_tokens: TokenStats,
+    /// Token statistics of preference pairs (prompt + longer response).
+    pub preference_tokens: TokenStats,
+    /// Truncations and drops.
+    pub drops: Drops,
+    /// Files written, relative to the dataset folder.
+    pub files: Vec<String>,
+}
+
+/// One prepared SFT row.
+#[derive(Debug, Clone)]
+struct SftRow {
+    split: Split,
+    row: Value,
+    is_text: bool,
+    tokens: Option<TokenizedExample>,
+    len: usize,
+    trained: usize,
+}
+
+/// One prepared preference row.
+#[derive(Debug, Clone)]
+struct PairRow {
+    split: Split,
+    row: Value,
+    tokens: Option<TokenizedPair>,
+    len: usize,
+}
+
+enum Outcome {
+    Sft(SftRow, bool),
+    Pair(PairRow, bool),
+    Dropped(DropReason),
+}
+
+#[derive(Clone, Copy)]
+enum DropReason {
+    TooLong,
+    NoResponse,
+    Template,
+}
+
+/// Everything prepared, in memory, before writing.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    sft: Vec<SftRow>,
+    pairs: Vec<PairRow>,
+    manifest: Manifest,
+}
+
+impl Prepared {
+    /// The manifest (its `files` is filled by [`Prepared::write`]).
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The tokenised SFT examples of a split (empty without a tokenizer).
+    pub fn sft_tokens(&self, split: Split) -> Vec<&TokenizedExample> {
+        self.sft.iter().filter(|r| r.split == split).filter_map(|r| r.tokens.as_ref()).collect()
+    }
+
+    /// Ids per split, SFT and preference together.
+    pub fn ids(&self, split: Split) -> Vec<&str> {
+        let sft = self.sft.iter().filter(|r| r.split == split).map(|r| {
+            r.tokens.as_ref().map(|t| t.id.as_str()).unwrap_or_else(|| r.row["id"].as_str().unwrap_or_default())
+        });
+        let pairs = self.pairs.iter().filter(|r| r.split == split).map(|r| {
+            r.tokens.as_ref().map(|t| t.id.as_str()).unwrap_or_else(|| r.row["id"].as_str().unwrap_or_default())
+        });
+        sft.chain(pairs).collect()
+    }
+
+    /// Write the dataset folder: JSONL splits, token cache, manifest.
+    pub fn write(mut self, dir: &Path) -> Result<Manifest, Error> {
+        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let mut files = Vec::new();
+        let has_chat = self.sft.iter().any(|r| !r.is_text);
+        for split in Split::ALL {
+            let rows =
+                |text: bool| self.sft.iter().filter(move |r| r.split == split && r.is_text == text).map(|r| &r.row);
+            if has_chat {
+                files.push(write_jsonl(dir, &format!("{split}.jsonl"), rows(false))?);
+                if self.sft.iter().any(|r| r.is_text) {
+                    files.push(write_jsonl(dir, &format!("text/{split}.jsonl"), rows(true))?);
+                }
+            } else if !self.sft.is_empty() || self.pairs.is_empty() {
+                files.push(write_jsonl(dir, &format!("{split}.jsonl"), rows(true))?);
+            }
+            if !self.pairs.is_empty() {
+                let prs = self.pairs.iter().filter(|r| r.split == split).map(|r| &r.row);
+                files.push(write_jsonl(dir, &format!("preference/{split}.jsonl"), prs)?);
+            }
+            let toks: Vec<TokenizedExample> =
+                self.sft.iter().filter(|r| r.split == split).filter_map(|r| r.tokens.clone()).collect();
+            if self.manifest.tokenizer_hash.is_some() {
+                let p = cache::sft_cache_path(dir, split);
+                cache::write_sft(&p, &toks)?;
+                files.push(format!("cache/sft-{split}.bin"));
+                if !self.pairs.is_empty() {
+                    let prs: Vec<TokenizedPair> =
+                        self.pairs.iter().filter(|r| r.split == split).filter_map(|r| r.tokens.clone()).collect();
+                    cache::write_preference(&cache::preference_cache_path(dir, split), &prs)?;
+                    files.push(format!("cache/preference-{split}.bin"));
+                }
+            }
+        }
+        files.push("manifest.json".into());
+        self.manifest.files = files;
+        let text = serde_json::to_string_pretty(&self.manifest).expect("manifest serialises");
+        let path = dir.join("manifest.json");
+        let tmp = dir.join(".manifest.json.tmp");
+        fs::write(&tmp, text + "\n").map_err(|e| io_err(&tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+        Ok(self.manifest)
+    }
+}
+
+fn write_jsonl<'a>(dir: &Path, name: &str, rows: impl Iterator<Item = &'a Value>) -> Result<String, Error> {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    let file = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+    let mut w = BufWriter::new(file);
+    for row in rows {
+        serde_json::to_writer(&mut w, row).map_err(|e| io_err(&tmp, e.into()))?;
+        w.write_all(b"\n").map_err(|e| io_err(&tmp, e))?;
+    }
+    w.flush().map_err(|e| io_err(&tmp, e))?;
+    drop(w);
+    fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+    Ok(name.to_string())
+}
+
+/// Prepares examples for one model.
+///
+/// ```no_run
+/// use sam_prep::prepare::{Preparer, PrepConfig, read_inputs};
+/// let model = sam_models::BaseModel::open(sam_models::default_test_model())?;
+/// let prep = Preparer::new(&model, PrepConfig::default())?;
+/// let input = read_inputs(&["export.jsonl".into()])?;
+/// let manifest = prep.prepare(&input, |_| {})?.write("datasets/d1".as_ref())?;
+/// println!("{} training rows", manifest.sft.train);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Preparer<'m> {
+    template: ChatTemplate,
+    builtin_template: bool,
+    tokenizer: Option<&'m Tokenizer>,
+    eot: Option<String>,
+    model_info: Value,
+    cfg: PrepConfig,
+}
+
+impl<'m> Preparer<'m> {
+    /// A preparer for `model` (its template, tokenizer and end-of-turn token).
+    pub fn new(model: &'m BaseModel, cfg: PrepConfig) -> Result<Self, Error> {
+        let (template, builtin_template) = ChatTemplate::for_model(model)?;
+        let tokenizer = model.tokenizer();
+        if tokenizer.is_none() {
+            tracing::warn!(
+                "model {} has no tokenizer: estimating ~4 characters per token; no token cache will be written",
+                model.name()
+            );
+        }
+        let eot = match (&model.special_tokens().end_of_turn, builtin_template) {
+            (_, true) => Some("<|im_end|>".to_string()),
+            (Some(t), false) => Some(t.text.clone()),
+            (None, false) => None,
+        };
+        Ok(Self {
+            template,
+            builtin_template,
+            tokenizer,
+            eot,
+            model_info: json!({
+                "name": model.name(),
+                "path": model.source().path(),
+            }),
+            cfg,
+        })
+    }
+
+    /// Prepare all examples in memory; `progress(n)` is called as examples
+    /// are done (from worker threads).
+    pub fn prepare(&self, input: &Input, progress: impl Fn(usize) + Sync) -> Result<Prepared, Error> {
+        let mut drops = Drops { bad_rows: input.sources.iter().map(|s| s.bad_rows).sum(), ..Drops::default() };
+        let mut seen = HashSet::new();
+        let mut todo: Vec<&Example> = Vec::with_capacity(input.examples.len());
+        for ex in &input.examples {
+            if seen.insert(ex.id.as_str()) {
+                todo.push(ex);
+            } else {
+                drops.duplicate_ids += 1;
+            }
+        }
+        let threads = self.cfg.threads.max(1).min(todo.len().max(1));
+        let chunk = todo.len().div_ceil(threads).max(1);
+        let results: Vec<Vec<Outcome>> = std::thread::scope(|s| {
+            let handles: Vec<_> = todo
+                .chunks(chunk)
+                .map(|part| {
+                    let progress = &progress;
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|ex| {
+                                let o = self.one(ex);
+                                progress(1);
+                                o
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("prep worker panicked")).collect()
+        });
+
+        let mut sft = Vec::new();
+        let mut pairs = Vec::new();
+        let mut domains: BTreeMap<String, SplitCounts> = BTreeMap::new();
+        let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+        let (mut sft_counts, mut pref_counts) = (SplitCounts::default(), SplitCounts::default());
+        for (ex, outcome) in todo.iter().zip(results.into_iter().flatten()) {
+            *kinds.entry(ex.kind().as_str().to_string()).or_default() += 1;
+            let domain = if ex.domain.is_empty() { "unknown".to_string() } else { ex.domain.clone() };
+            match outcome {
+                Outcome::Sft(row, truncated) => {
+                    drops.truncated += usize::from(truncated);
+                    sft_counts.add(row.split);
+                    domains.entry(domain).or_default().add(row.split);
+                    sft.push(row);
+                }
+                Outcome::Pair(row, truncated) => {
+                    drops.truncated += usize::from(truncated);
+                    pref_counts.add(row.split);
+                    domains.entry(domain).or_default().add(row.split);
+                    pairs.push(row);
+                }
+                Outcome::Dropped(DropReason::TooLong) => drops.dropped_too_long += 1,
+                Outcome::Dropped(DropReason::NoResponse) => drops.dropped_no_response += 1,
+                Outcome::Dropped(DropReason::Template) => drops.dropped_template_error += 1,
+            }
+        }
+        let sft_tokens =
+            TokenStats::from_lengths(sft.iter().map(|r| r.len).collect(), sft.iter().map(|r| r.trained).sum());
+        let preference_tokens = TokenStats::from_lengths(pairs.iter().map(|r| r.len).collect(), 0);
+        let tokenizer_hash = self.tokenizer.map(|t| {
+            let json = t.to_string(false).unwrap_or_default();
+            blake3::hash(json.as_bytes()).to_hex().to_string()
+        });
+        let manifest = Manifest {
+            version: 1,
+            created_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            sources: input.sources.clone(),
+            model: self.model_info.clone(),
+            tokenizer: if self.tokenizer.is_some() { "model".into() } else { "estimate-4-chars-per-token".into() },
+            tokenizer_hash,
+            template: if self.builtin_template { "builtin-chatml".into() } else { "model".into() },
+            template_hash: self.template.hash(),
+            end_of_turn: self.eot.clone(),
+            system_prompt: self.cfg.system_prompt.clone(),
+            max_seq_len: self.cfg.max_seq_len,
+            truncation_policy: TRUNCATION_POLICY.into(),
+            split_ratios: self.cfg.split,
+            split_rule: SPLIT_RULE.into(),
+            sft: sft_counts,
+            preference: pref_counts,
+            domains,
+            kinds,
+            sft_tokens,
+            preference_tokens,
+            drops,
+            files: Vec::new(),
+        };
+        Ok(Prepared { sft, pairs, manifest })
+    }
+
+    fn with_system(&self, mut msgs: Vec<Message>) -> Vec<Message> {
+        if let Some(sys) = &self.cfg.system_prompt
+            && msgs.first().is_none_or(|m| m.role != Role::System)
+        {
+            msgs.insert(0, Message::system(sys.clone()));
+        }
+        msgs
+    }
+
+    fn one(&self, ex: &Example) -> Outcome {
+        let split = self.cfg.split.split_of(&ex.id);
+        let meta = |mut row: Value| {
+            row["id"] = json!(ex.id);
+            if !ex.domain.is_empty() {
+                row["domain"] = json!(ex.domain);
+            }
+            row
+        };
+        match &ex.content {
+            Content::Instruction { .. } | Content::Chat { .. } | Content::PromptCompletion { .. } => {
+                let msgs = match &ex.content {
+                    Content::PromptCompletion { prompt, completion } => {
+                        vec![Message::user(prompt.clone()), Message::assistant(completion.clone())]
+                    }
+                    c => c.to_messages().unwrap_or_default(),
+                };
+                if !msgs.iter().any(|m| m.role == Role::Assistant) {
+                    return Outcome::Dropped(DropReason::NoResponse);
+                }
+                let msgs = self.with_system(msgs);
+                let row = meta(json!({ "messages": msgs }));
+                self.sft_chat(ex, split, &msgs, row)
+            }
+            Content::Completion { text } => {
+                if text.trim().is_empty() {
+                    return Outcome::Dropped(DropReason::NoResponse);
+                }
+                let row = meta(json!({ "text": text }));
+                self.sft_text(ex, split, text, row)
+            }
+            Content::Preference { prompt, chosen, rejected } => {
+                let msgs = self.with_system(prompt.to_messages());
+                let prompt_value = match (prompt, &self.cfg.system_prompt) {
+                    (Prompt::Text(t), None) => json!(t),
+                    _ => json!(msgs),
+                };
+                let row = meta(json!({
+                    "prompt": prompt_value,
+                    "chosen": chosen,
+                    "rejected": rejected,
+                }));
+                self.pair(ex, split, &msgs, chosen, rejected, row)
+            }
+        }
+    }
+
+    fn sft_chat(&self, ex: &Example, split: Split, msgs: &[Message], row: Value) -> Outcome {
+        let max = self.cfg.max_seq_len;
+        let Some(tk) = self.tokenizer else {
+            let Ok(text) = self.template.render(msgs, false) else {
+                return Outcome::Dropped(DropReason::Template);
+            };
+            let len = estimate_tokens(&text);
+            let resp: usize =
+                msgs.iter().rev().find(|m| m.role == Role::Assistant).map_or(0, |m| estimate_tokens(&m.content) + 1);
+            if resp > max {
+                return Outcome::Dropped(DropReason::TooLong);
+            }
+            let trained =
+                msgs.iter().filter(|m| m.role == Role::Assistant).map(|m| estimate_tokens(&m.content) + 1).sum();
+            return Outcome::Sft(
+                SftRow { split, row, is_text: false, tokens: None, len: len.min(max), trained },
+                len > max,
+            );
+        };
+        let enc = Encoder::new(&self.template, tk, self.eot.clone());
+        let Ok(mut e) = enc.encode_chat(msgs) else {
+            return Outcome::Dropped(DropReason::Template);
+        };
+        let mut truncated = false;
+        if e.ids.len() > max {
+            let resp = e.ids.len() - e.response_start;
+            if resp > max {
+                return Outcome::Dropped(DropReason::TooLong);
+            }
+            let head = max - resp;
+            e.ids.drain(head..e.response_start);
+            e.mask.drain(head..e.response_start);
+            truncated = true;
+        }
+        let trained = e.mask.iter().filter(|m| **m).count();
+        Outcome::Sft(
+            SftRow {
+                split,
+                row,
+                is_text: false,
+                len: e.ids.len(),
+                trained,
+                tokens: Some(TokenizedExample {
+                    id: ex.id.clone(),
+                    domain: ex.domain.clone(),
+                    input_ids: e.ids,
+                    loss_mask: e.mask,
+                }),
+            },
+            truncated,
+        )
+    }
+
+    fn sft_text(&self, ex: &Example, split: Split, text: &str, row: Value) -> Outcome {
+        let max = self.cfg.max_seq_len;
+        let (tokens, len) = match self.tokenizer {
+            None => (None, estimate_tokens(text)),
+            Some(tk) => {
+                let enc = Encoder::new(&self.template, tk, self.eot.clone());
+                let Ok(mut e) = enc.encode_text(text) else {
+                    return Outcome::Dropped(DropReason::Template);
+                };
+                let n = e.ids.len();
+                e.ids.truncate(max);
+                e.mask.truncate(max);
+                (
+                    Some(TokenizedExample {
+                        id: ex.id.clone(),
+                        domain: ex.domain.clone(),
+                        input_ids: e.ids,
+                        loss_mask: e.mask,
+                    }),
+                    n,
+                )
+            }
+        };
+        Outcome::Sft(SftRow { split, row, is_text: true, tokens, len: len.min(max), trained: len.min(max) }, len > max)
+    }
+
+    fn pair(
+        &self,
+        ex: &Example,
+        split: Split,
+        prompt: &[Message],
+        chosen: &str,
+        rejected: &str,
+        row: Value,
+    ) -> Outcome {
+        let max = self.cfg.max_seq_len;
+        let Some(tk) = self.tokenizer else {
+            let Ok(p) = self.template.render(prompt, true) else {
+                return Outcome::Dropped(DropReason::Template);
+            };
+            let longer = estimate_tokens(chosen).max(estimate_tokens(rejected)) + 1;
+            if longer >= max {
+                return Outcome::Dropped(DropReason::TooLong);
+            }
+            let len = estimate_tokens(&p) + longer;
+            return Outcome::Pair(PairRow { split, row, tokens: None, len: len.min(max) }, len > max);
+        };
+        let enc = Encoder::new(&self.template, tk, self.eot.clone());
+        let Ok(mut p) = enc.encode_pair(prompt, chosen, rejected) else {
+            return Outcome::Dropped(DropReason::Template);
+        };
+        let longer = p.chosen.len().max(p.rejected.len());
+        if longer >= max {
+            return Outcome::Dropped(DropReason::TooLong);
+        }
+        let mut truncated = false;
+        if p.prompt.len() + longer > max {
+            let keep = max - longer;
+            p.prompt.drain(..p.prompt.len() - keep);
+            truncated = true;
+        }
+        Outcome::Pair(
+            PairRow {
+                split,
+                row,
+                len: p.prompt.len() + longer,
+                tokens: Some(TokenizedPair {
+                    id: ex.id.clone(),
+                    domain: ex.domain.clone(),
+                    prompt_ids: p.prompt,
+                    chosen_ids: p.chosen,
+                    rejected_ids: p.rejected,
+                }),
+            },
+            truncated,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_nearest_rank() {
+        let s = TokenStats::from_lengths((1..=100).collect(), 7);
+        assert_eq!((s.count, s.p50, s.p95, s.max, s.trained), (100, 50, 95, 100, 7));
+        assert_eq!(s.mean, 50.5);
+        assert_eq!(TokenStats::from_lengths(vec![], 0), TokenStats::default());
+    }
+}

@@ -1,0 +1,189 @@
+//! The whole pipeline on the test model: outputs, splits, truncation.
+
+use std::path::Path;
+
+use sam_models::{BaseModel, require_test_model};
+use sam_prep::cache::{PreparedData, Split};
+use sam_prep::prepare::{Input, PrepConfig, Preparer};
+use sam_schema::{Content, Example, Message, Prompt};
+
+fn model() -> BaseModel {
+    let path = require_test_model().unwrap_or_else(|e| panic!("{e}"));
+    BaseModel::open(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+const DOMAINS: [&str; 3] = ["code", "git", "docs"];
+
+fn chat(i: usize) -> Example {
+    Example::new(Content::Chat {
+        messages: vec![
+            Message::user(format!("Question {i}: what does parse_{i} do?")),
+            Message::assistant(format!("It parses item {i}.")),
+            Message::user("And then?"),
+            Message::assistant(format!("It returns {}.", i % 7)),
+        ],
+    })
+    .with_domain(DOMAINS[i % 3])
+}
+
+fn examples(range: std::ops::Range<usize>) -> Vec<Example> {
+    range
+        .map(|i| match i % 5 {
+            0 => Example::new(Content::Instruction {
+                instruction: format!("Summarise commit {i}"),
+                input: "diff --git a/x b/x".into(),
+                output: format!("Fix bug {i}"),
+            })
+            .with_domain(DOMAINS[i % 3]),
+            1 => Example::new(Content::Preference {
+                prompt: Prompt::Text(format!("Explain lifetimes ({i})")),
+                chosen: "They bound how long references live.".into(),
+                rejected: "No idea.".into(),
+            })
+            .with_domain(DOMAINS[i % 3]),
+            2 => Example::new(Content::Completion { text: format!("fn f{i}() -> u32 {{ {i} }}") }).with_domain("code"),
+            3 => Example::new(Content::PromptCompletion {
+                prompt: format!("Name {i}"),
+                completion: format!("Name is {i}"),
+            })
+            .with_domain(DOMAINS[i % 3]),
+            _ => chat(i),
+        })
+        .collect()
+}
+
+fn input(examples: Vec<Example>) -> Input {
+    Input { examples, sources: Vec::new() }
+}
+
+fn read_lines(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn writes_mlx_forms_cache_and_manifest() {
+    let model = model();
+    let cfg = PrepConfig { system_prompt: Some("You are SAM.".into()), ..PrepConfig::default() };
+    let prep = Preparer::new(&model, cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let prepared = prep
+        .prepare(&input(examples(0..200)), |n| {
+            done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        })
+        .unwrap();
+    assert_eq!(done.into_inner(), 200);
+    let m = prepared.write(dir.path()).unwrap();
+
+    // 40 of each kind; preference apart, text rows apart from chats.
+    assert_eq!(m.kinds["preference"], 40);
+    let n_pref = m.preference.train + m.preference.valid + m.preference.test;
+    let n_sft = m.sft.train + m.sft.valid + m.sft.test;
+    assert_eq!((n_sft, n_pref), (160, 40));
+    assert!(m.sft.train > m.sft.valid && m.sft.train > m.sft.test);
+    let per_domain: usize = m.domains.values().map(|c| c.train + c.valid + c.test).sum();
+    assert_eq!(per_domain, 200);
+    assert_eq!(m.drops.truncated + m.drops.dropped_too_long, 0);
+    assert_eq!(m.template, "model");
+    assert_eq!(m.end_of_turn.as_deref(), Some("<|im_end|>"));
+    assert!(m.sft_tokens.p50 <= m.sft_tokens.p95 && m.sft_tokens.p95 <= m.sft_tokens.max);
+    assert!(m.sft_tokens.trained > 0 && m.sft_tokens.trained < m.sft_tokens.total);
+
+    // mlx-lm forms: every row of a file has the first row's form.
+    let train = read_lines(&dir.path().join("train.jsonl"));
+    assert!(train.iter().all(|r| r["messages"].is_array()));
+    assert_eq!(train[0]["messages"][0]["role"], "system");
+    assert_eq!(train[0]["messages"][0]["content"], "You are SAM.");
+    let text = read_lines(&dir.path().join("text/train.jsonl"));
+    assert!(!text.is_empty() && text.iter().all(|r| r["text"].is_string()));
+    let pref = read_lines(&dir.path().join("preference/train.jsonl"));
+    assert!(pref.iter().all(|r| r["chosen"].is_string() && r["rejected"].is_string()));
+    assert_eq!(pref[0]["prompt"][0]["role"], "system");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["sft"]["train"], m.sft.train);
+    assert!(manifest["split_rule"].as_str().unwrap().contains("blake3"));
+    assert_eq!(manifest["tokenizer_hash"].as_str().unwrap().len(), 64);
+
+    // The cache agrees with the JSONL rows and holds masks.
+    let data = PreparedData::open(dir.path()).unwrap();
+    let sft = data.sft(Split::Train).unwrap();
+    assert_eq!(sft.len(), m.sft.train);
+    let ids_jsonl: Vec<String> = train.iter().chain(&text).map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    for ex in &sft {
+        assert!(ids_jsonl.contains(&ex.id));
+        assert!(ex.input_ids.len() <= 512);
+        assert!(ex.loss_mask.iter().any(|m| *m));
+    }
+    let pairs = data.preference(Split::Train).unwrap();
+    assert_eq!(pairs.len(), m.preference.train);
+    let p = &pairs[0];
+    // The prompt ends with the generation prompt; each response with <|im_end|>.
+    assert_eq!(&p.prompt_ids[p.prompt_ids.len() - 4..], &[1, 520, 9531, 198]);
+    assert_eq!(*p.chosen_ids.last().unwrap(), 2);
+    assert_eq!(*p.rejected_ids.last().unwrap(), 2);
+    let tk = model.tokenizer().unwrap();
+    assert_eq!(tk.decode(&p.chosen_ids, false).unwrap(), "They bound how long references live.<|im_end|>");
+}
+
+#[test]
+fn adding_ten_percent_new_examples_moves_no_old_example() {
+    let model = model();
+    let prep = Preparer::new(&model, PrepConfig::default()).unwrap();
+    let before = prep.prepare(&input(examples(0..300)), |_| {}).unwrap();
+    let after = prep.prepare(&input(examples(0..330)), |_| {}).unwrap();
+    let mut old = 0;
+    for split in Split::ALL {
+        let now: Vec<&str> = after.ids(split);
+        for id in before.ids(split) {
+            assert!(now.contains(&id), "{id} left {split}");
+            old += 1;
+        }
+    }
+    assert_eq!(old, 300);
+    assert_eq!(Split::ALL.iter().map(|s| after.ids(*s).len()).sum::<usize>(), 330);
+}
+
+#[test]
+fn truncation_keeps_the_response_and_drops_what_cannot_fit() {
+    let model = model();
+    let cfg = PrepConfig { max_seq_len: 64, ..PrepConfig::default() };
+    let prep = Preparer::new(&model, cfg).unwrap();
+    let long = "word ".repeat(200);
+    let exs = vec![
+        // Long prompt, short answer: truncated, answer kept.
+        Example::new(Content::Chat {
+            messages: vec![Message::user(long.clone()), Message::assistant("Short answer.")],
+        }),
+        // Long answer: dropped.
+        Example::new(Content::Chat { messages: vec![Message::user("Hi"), Message::assistant(long.clone())] }),
+        // Preference with a long prompt: prompt cut from the left.
+        Example::new(Content::Preference {
+            prompt: Prompt::Text(format!("{long} END")),
+            chosen: "Yes.".into(),
+            rejected: "No.".into(),
+        }),
+        // No assistant turn: dropped.
+        Example::new(Content::Chat { messages: vec![Message::user("Hi")] }),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let m = prep.prepare(&input(exs), |_| {}).unwrap().write(dir.path()).unwrap();
+    assert_eq!(m.drops.truncated, 2);
+    assert_eq!(m.drops.dropped_too_long, 1);
+    assert_eq!(m.drops.dropped_no_response, 1);
+    let data = PreparedData::open(dir.path()).unwrap();
+    let tk = model.tokenizer().unwrap();
+    let sft: Vec<_> = Split::ALL.iter().flat_map(|s| data.sft(*s).unwrap()).collect();
+    assert_eq!(sft.len(), 1);
+    let ex = &sft[0];
+    assert_eq!(ex.input_ids.len(), 64);
+    let trained: Vec<u32> = ex.input_ids.iter().zip(&ex.loss_mask).filter(|(_, m)| **m).map(|(i, _)| *i).collect();
+    assert_eq!(tk.decode(&trained, false).unwrap(), "Short answer.<|im_end|>");
+    // The head of the prompt is kept: it still starts with the system turn.
+    assert_eq!(ex.input_ids[0], 1);
+    let pairs: Vec<_> = Split::ALL.iter().flat_map(|s| data.preference(*s).unwrap()).collect();
+    let p = &pairs[0];
+    assert_eq!(p.prompt_ids.len() + p.chosen_ids.len().max(p.rejected_ids.len()), 64);
+    let prompt_text = tk.decode(&p.prompt_ids, false).unwrap();
+    assert!(prompt_text.ends_with(" END<|im_end|>\n<|im_start|>assistant\n"), "{prompt_text:?}");
+}
