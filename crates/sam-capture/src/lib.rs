@@ -1,1 +1,4 @@
 //! sam-capture (being built).
+#![deny(missing_docs)]
+
+pub mod redact;
