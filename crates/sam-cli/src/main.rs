@@ -38,6 +38,8 @@ struct Cli {
 enum Commands {
     #[command(flatten)]
     Store(cmd::store::StoreCommand),
+    #[command(flatten)]
+    Prep(cmd::prep::PrepCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +51,7 @@ fn main() -> std::process::ExitCode {
     };
     let res = match cli.command {
         Commands::Store(c) => cmd::store::run(c, &ctx),
+        Commands::Prep(c) => cmd::prep::run(c, &ctx),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,4 +2,5 @@
 //! `#[derive(Subcommand)]` enum flattened into the top level) and a
 //! `run(cmd, &Ctx)` function that calls into the library crates.
 
+pub mod prep;
 pub mod store;
