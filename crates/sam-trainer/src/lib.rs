@@ -25,6 +25,7 @@ pub mod load;
 pub mod lora;
 pub mod loss;
 pub mod model;
+pub mod ops;
 pub mod optim;
 pub mod train;
 

@@ -281,12 +281,7 @@ impl Linear {
     /// adapter (the DPO reference, the base-model evaluation); `dropout` is
     /// the mask source in training, `None` at inference.
     pub fn forward(&self, x: &Tensor, adapter: bool, dropout: Option<&DropoutRng>) -> Result<Tensor> {
-        let w = &self.weight;
-        let mut y = if w.dtype() == x.dtype() {
-            x.matmul(&w.t()?)?
-        } else {
-            x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(x.dtype())?
-        };
+        let mut y = crate::ops::frozen_matmul(x, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::{Decoder, Mode};
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 
 /// Rows of the output head evaluated at once.
 const HEAD_CHUNK: usize = 256;
@@ -86,11 +86,7 @@ pub fn nll_sum(model: &Decoder, batch: &Batch, mode: Mode<'_>) -> Result<Option<
         let n = HEAD_CHUNK.min(batch.n_targets - start);
         let logits = model.head(&hidden.narrow(0, start, n)?)?;
         let tgt = batch.targets.narrow(0, start, n)?;
-        let max = logits.max_keepdim(D::Minus1)?.detach();
-        let shifted = logits.broadcast_sub(&max)?;
-        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let picked = shifted.gather(&tgt.unsqueeze(1)?, 1)?;
-        let nll = (lse - picked)?.sum_all()?;
+        let nll = crate::ops::cross_entropy_rows(&logits, &tgt)?.sum_all()?;
         total = Some(match total {
             None => nll,
             Some(t) => (t + nll)?,

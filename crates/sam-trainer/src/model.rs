@@ -122,13 +122,6 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
 }
 
-fn softmax(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let s = e.sum_keepdim(D::Minus1)?;
-    Ok(e.broadcast_div(&s)?)
-}
-
 /// `x: [b, h, t, d]`, `cos`/`sin`: `[t, d]` (halves repeated).
 fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;
@@ -239,13 +232,6 @@ impl Decoder {
         Ok((Tensor::from_vec(cos, (t, hd), &self.device)?, Tensor::from_vec(sin, (t, hd), &self.device)?))
     }
 
-    fn causal_mask(&self, t: usize, offset: usize) -> Result<Tensor> {
-        let tk = t + offset;
-        let v: Vec<f32> =
-            (0..t).flat_map(|i| (0..tk).map(move |j| if j > i + offset { f32::NEG_INFINITY } else { 0.0 })).collect();
-        Ok(Tensor::from_vec(v, (t, tk), &self.device)?)
-    }
-
     /// Final hidden states (after the last norm), `[b * t, hidden]`, for
     /// token ids `[b, t]`. With `cache`, the ids continue the cached prefix.
     pub fn hidden(&self, ids: &Tensor, mode: Mode<'_>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
@@ -259,7 +245,6 @@ impl Decoder {
             c.layers = (0..self.layers.len()).map(|_| None).collect();
         }
         let (cos, sin) = self.rope_tables(offset, t)?;
-        let mask = if t > 1 { Some(self.causal_mask(t, offset)?) } else { None };
         let flat = ids.flatten_all()?;
         let mut x = self.embed.index_select(&flat, 0)?.to_dtype(DType::F32)?;
         let scale = 1.0 / (hd as f64).sqrt();
@@ -291,11 +276,7 @@ impl Decoder {
             } else {
                 (k, v)
             };
-            let mut att = (q.matmul(&k.t()?)? * scale)?;
-            if let Some(m) = &mask {
-                att = att.broadcast_add(m)?;
-            }
-            let att = softmax(&att)?;
+            let att = crate::ops::causal_softmax(&q.matmul(&k.t()?)?, scale)?;
             let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
             let y = layer.attn.o.forward(&y, mode.adapter, mode.dropout)?;
             x = (x + y)?;
@@ -311,11 +292,7 @@ impl Decoder {
     /// The output head applied to hidden rows `[n, hidden]` → `[n, vocab]`.
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(if w.dtype() == DType::F32 {
-            hidden.matmul(&w.t()?)?
-        } else {
-            hidden.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32)?
-        })
+        Ok(crate::ops::frozen_matmul(hidden, w)?)
     }
 
     /// Logits `[b, t, vocab]` for token ids `[b, t]` (every position).

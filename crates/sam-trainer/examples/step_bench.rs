@@ -1,0 +1,94 @@
+//! LoRA SFT step throughput and peak RSS, the configuration of the PyTorch +
+//! PEFT peer (`peft_lora_bench.py`): rank r on q_proj and v_proj, alpha 2r,
+//! batch 1, f32, loss on every position, AdamW.
+//!
+//! ```text
+//! cargo run --release -p sam-trainer --example step_bench -- MODEL [seq] [steps] [rank] [dtype]
+//! ```
+//! MODEL is a GGUF file or a Hugging Face folder; dtype is f32 (default) or
+//! bf16 for the frozen weights. Prints one JSON line.
+
+use candle_core::DType;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use sam_prep::cache::TokenizedExample;
+use sam_trainer::{
+    Duration, LoadOptions, LoraConfig, Observer, StepMetrics, Target, TrainConfig, load_model, train_sft,
+};
+use std::time::Instant;
+
+struct Times(Vec<f64>, Vec<f64>);
+
+impl Observer for Times {
+    fn on_step(&mut self, m: &StepMetrics) {
+        eprintln!("step {} loss {:.3} {:.1} tok/s", m.step, m.loss, m.tokens_per_s);
+        self.0.push(m.tokens as f64 / m.tokens_per_s);
+        self.1.push(m.loss);
+    }
+}
+
+fn peak_rss_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let model_path = args.get(1).ok_or("usage: step_bench MODEL [seq] [steps] [rank] [dtype]")?;
+    let seq: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(512);
+    let steps: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(8);
+    let rank: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(8);
+    let dtype = match args.get(5).map(String::as_str) {
+        Some("bf16") => DType::BF16,
+        _ => DType::F32,
+    };
+    let t0 = Instant::now();
+    let opts = LoadOptions { dtype, ..Default::default() };
+    let mut model = load_model(model_path.as_ref(), &opts)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let vocab = model.config().vocab_size as u32;
+    let mut rng = StdRng::seed_from_u64(0);
+    let ids: Vec<u32> = (0..seq).map(|_| rng.random_range(0..vocab)).collect();
+    let ex =
+        TokenizedExample { id: "bench".into(), domain: "bench".into(), loss_mask: vec![true; seq], input_ids: ids };
+    let cfg = TrainConfig {
+        lora: LoraConfig { rank, alpha: 2.0 * rank as f64, targets: vec![Target::Q, Target::V], ..Default::default() },
+        lr: 1e-4,
+        weight_decay: 0.0,
+        max_grad_norm: 0.0,
+        batch_size: 1,
+        grad_accum: 1,
+        max_seq_len: seq,
+        duration: Duration::Iters(steps),
+        warmup_steps: Some(0),
+        eval_every: 0,
+        ..Default::default()
+    };
+    model.attach_lora(&cfg.lora, 0)?;
+    let mut times = Times(Vec::new(), Vec::new());
+    train_sft(&mut model, &cfg, std::slice::from_ref(&ex), &[], &mut times)?;
+    let warm: Vec<f64> = if times.0.len() > 3 { times.0[2..].to_vec() } else { times.0.clone() };
+    let mut sorted = warm.clone();
+    sorted.sort_by(f64::total_cmp);
+    let step_s = sorted[sorted.len() / 2];
+    println!(
+        "{}",
+        serde_json::json!({
+            "peer": "sam",
+            "threads": candle_core::utils::get_num_threads(),
+            "seq": seq, "rank": rank, "dtype": format!("{dtype:?}"),
+            "load_s": (load_s * 100.0).round() / 100.0,
+            "median_step_s": (step_s * 1000.0).round() / 1000.0,
+            "tokens_per_s": ((seq as f64 / step_s) * 10.0).round() / 10.0,
+            "peak_rss_mb": peak_rss_mb(),
+            "losses": times.1.iter().map(|l| (l * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+        })
+    );
+    Ok(())
+}
