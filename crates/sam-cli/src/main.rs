@@ -6,6 +6,7 @@
 //! joins them.
 
 mod cmd;
+mod config;
 mod ctx;
 
 use clap::{Parser, Subcommand};

@@ -140,6 +140,7 @@ pub struct InsertReport {
     /// quarantined with its reason.
     pub rejected: u64,
     /// Why each rejected example was refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rejections: Vec<Rejection>,
     /// Unreadable lines newly quarantined (a line already in quarantine is
     /// not stored twice).

@@ -1,0 +1,161 @@
+//! `sam.toml`: the configuration file under SAM_HOME.
+//!
+//! Each library keeps its own serde config struct with a `Default`; this file
+//! only gathers them into sections. `sam init` writes every default out, with
+//! a comment on every key, so the file documents itself.
+//!
+//! To add a section: add a field to [`Config`] (with `#[serde(default)]` on
+//! the struct, already there) and an entry to [`SECTIONS`] with a comment for
+//! each key. A test fails while a key has no comment.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Thresholds of the quality checks (validation and capture).
+    pub quality: sam_schema::quality::QualityConfig,
+    /// The store's settings.
+    pub store: sam_store::StoreConfig,
+}
+
+/// One section of the file as `sam init` writes it: its name, what it is for,
+/// and a comment for each key.
+struct Section {
+    name: &'static str,
+    about: &'static str,
+    keys: &'static [(&'static str, &'static str)],
+}
+
+const SECTIONS: &[Section] = &[
+    Section {
+        name: "quality",
+        about: "Quality checks: how `sam validate` scores examples into tiers\n\
+                (gold >= 0.8, silver >= 0.6, bronze >= 0.4, else unverified).",
+        keys: &[
+            ("min_response_chars", "A response shorter than this (in characters) loses 0.5."),
+            ("max_total_chars", "An example longer than this (all fields, in characters) loses 0.5."),
+            (
+                "max_duplicate_line_fraction",
+                "Most of a response's lines that may repeat an earlier line before it loses 0.5.",
+            ),
+            (
+                "max_top_ngram_fraction",
+                "Most of a response's text that its most frequent 2-, 3- and 4-word\n\
+                 sequence may cover before it loses 0.4.",
+            ),
+        ],
+    },
+    Section {
+        name: "store",
+        about: "The store (store.db, SQLite).",
+        keys: &[
+            ("busy_timeout_ms", "How long a writer waits for another sam process to finish writing, in milliseconds."),
+            ("cache_mib", "SQLite page cache in MiB; more keeps large ingests fast."),
+            (
+                "batch_size",
+                "Examples per transaction in `sam ingest`: a crash keeps every committed batch whole\n\
+                 and leaves no trace of the one in flight.",
+            ),
+        ],
+    },
+];
+
+/// The configuration file's name under SAM_HOME.
+pub const FILE_NAME: &str = "sam.toml";
+
+/// Where the configuration lives.
+pub fn path(home: &Path) -> PathBuf {
+    home.join(FILE_NAME)
+}
+
+impl Config {
+    /// Read `sam.toml` under `home`; the defaults when there is none.
+    pub fn load(home: &Path) -> anyhow::Result<Config> {
+        let path = path(home);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}\nfix the file, or move it away and run `sam init` to write the defaults",
+                path.display(),
+                e.to_string().trim_end()
+            )
+        })
+    }
+
+    /// The file `sam init` writes: every default, each key commented.
+    pub fn default_file() -> String {
+        let value = toml::Table::try_from(Config::default()).expect("the config serialises to a table");
+        let mut out = String::from(
+            "# sam configuration. Every value below is the default; change what you need.\n\
+             # Lines starting with '#' are comments.\n",
+        );
+        for section in SECTIONS {
+            out.push('\n');
+            for line in section.about.lines() {
+                out.push_str(&format!("# {line}\n"));
+            }
+            out.push_str(&format!("[{}]\n", section.name));
+            let table = value.get(section.name).and_then(|v| v.as_table()).cloned().unwrap_or_default();
+            let body = toml::to_string(&table).expect("a table serialises");
+            for line in body.lines() {
+                let key = line.split('=').next().unwrap_or("").trim();
+                if let Some((_, comment)) = section.keys.iter().find(|(k, _)| *k == key) {
+                    for c in comment.lines() {
+                        out.push_str(&format!("# {c}\n"));
+                    }
+                }
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_file_reads_back_as_the_defaults() {
+        let text = Config::default_file();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, Config::default());
+    }
+
+    #[test]
+    fn every_section_and_key_is_commented() {
+        let value = toml::Table::try_from(Config::default()).unwrap();
+        for (name, table) in &value {
+            let section = SECTIONS.iter().find(|s| s.name == name);
+            let section = section.unwrap_or_else(|| panic!("section [{name}] has no entry in SECTIONS"));
+            for key in table.as_table().unwrap().keys() {
+                assert!(section.keys.iter().any(|(k, _)| k == key), "[{name}] {key} has no comment in SECTIONS");
+            }
+        }
+        let text = Config::default_file();
+        assert!(text.contains("# How long a writer waits"), "{text}");
+    }
+
+    #[test]
+    fn a_partial_file_keeps_the_other_defaults_and_a_bad_one_says_where() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(path(dir.path()), "[store]\nbatch_size = 7\n").unwrap();
+        let cfg = Config::load(dir.path()).unwrap();
+        assert_eq!(cfg.store.batch_size, 7);
+        assert_eq!(cfg.quality, Default::default());
+        std::fs::write(path(dir.path()), "[store]\nbatch_size = \"many\"\n").unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("sam.toml") && err.contains("batch_size"), "{err}");
+        assert_eq!(Config::load(&dir.path().join("nowhere")).unwrap(), Config::default());
+    }
+}
