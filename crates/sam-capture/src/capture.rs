@@ -1,0 +1,428 @@
+//! Live capture for the running assistant.
+//!
+//! A [`Capture`] is one event: an escalation to a remote model, a user's
+//! correction, a preferred alternative, positive feedback, or a distillation
+//! from a larger model. [`Capturer::capture`] turns it into an example
+//! (chat, preference pair or instruction), passes it through the
+//! [`Pipeline`] (redaction, quality, domain) and buffers it; the buffer is
+//! flushed to the store when it holds `max_batch` examples or its oldest
+//! example is `max_age_ms` old, on [`Capturer::flush`], and on drop.
+//!
+//! Nothing captured is lost when the store cannot be written (another
+//! process holds its lock past the busy timeout, the file is read-only, the
+//! disk is full): the batch is appended to the spool, an append-only JSONL
+//! file, and every later flush first drains the spool into the store. A
+//! drain renames the spool before reading it, so a process appending at the
+//! same time writes to a fresh spool rather than into a file being drained;
+//! a drain interrupted by a crash is picked up by the next one (the store's
+//! content-hash dedup makes a repeated insert harmless). Spooled examples
+//! are already redacted.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sam_schema::{Content, Example, Message, Prompt};
+use sam_store::Store;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CaptureError, Result};
+use crate::pipeline::Pipeline;
+use crate::redact::RedactionReport;
+
+/// Settings of live capture (`[capture]` in `sam.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CaptureConfig {
+    /// Flush when the buffer holds this many examples.
+    pub max_batch: usize,
+    /// Flush when the oldest buffered example is this old (milliseconds).
+    pub max_age_ms: u64,
+    /// Where batches go when the store cannot be written; relative paths are
+    /// under SAM_HOME. `None`: `capture-spool.jsonl` beside the store.
+    pub spool: Option<PathBuf>,
+    /// An escalation becomes a preference pair (chosen = remote answer,
+    /// rejected = local answer) when the local answer is given; otherwise,
+    /// or when this is false, a chat example of the remote answer.
+    pub escalation_as_preference: bool,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self { max_batch: 32, max_age_ms: 5_000, spool: None, escalation_as_preference: true }
+    }
+}
+
+/// One event from the running assistant.
+///
+/// As JSON (what `sam capture` reads on stdin), tagged by `type`:
+///
+/// ```
+/// use sam_capture::capture::Capture;
+/// let c: Capture = serde_json::from_str(
+///     r#"{"type":"correction","prompt":"2+2?","wrong":"5","correction":"4"}"#,
+/// ).unwrap();
+/// let ex = c.to_example(true).unwrap();
+/// assert_eq!(ex.kind(), sam_schema::Kind::Preference);
+/// assert_eq!(ex.source, "correction");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Capture {
+    /// The local model could not answer; a remote model did.
+    Escalation {
+        /// The user's request.
+        prompt: String,
+        /// The local model's attempt, if it made one.
+        #[serde(default)]
+        local: Option<String>,
+        /// The remote model's answer.
+        remote: String,
+        /// The remote model's name.
+        #[serde(default)]
+        model: Option<String>,
+    },
+    /// The user corrected a wrong answer.
+    Correction {
+        /// The user's request.
+        prompt: String,
+        /// The wrong answer.
+        wrong: String,
+        /// The user's correction.
+        correction: String,
+    },
+    /// The user preferred one answer over another.
+    Preference {
+        /// The user's request.
+        prompt: String,
+        /// The preferred answer.
+        chosen: String,
+        /// The other answer.
+        rejected: String,
+    },
+    /// The user rated an answer good.
+    Feedback {
+        /// The user's request.
+        prompt: String,
+        /// The answer rated good.
+        response: String,
+    },
+    /// A larger model's answer, kept to teach the local one.
+    Distill {
+        /// The user's request.
+        prompt: String,
+        /// The teacher's answer.
+        response: String,
+        /// A system prompt the teacher had.
+        #[serde(default)]
+        system: Option<String>,
+        /// The teacher's name.
+        #[serde(default)]
+        model: Option<String>,
+    },
+}
+
+impl Capture {
+    /// The event's kind name (`escalation`, `correction`, `preference`,
+    /// `feedback`, `distill`), which is also its examples' source (except
+    /// `distill`, whose source is `distillation`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Capture::Escalation { .. } => "escalation",
+            Capture::Correction { .. } => "correction",
+            Capture::Preference { .. } => "preference",
+            Capture::Feedback { .. } => "feedback",
+            Capture::Distill { .. } => "distill",
+        }
+    }
+
+    /// The example this event teaches (not yet redacted or scored).
+    pub fn to_example(&self, escalation_as_preference: bool) -> Result<Example> {
+        let need = |name: &str, v: &str| {
+            if v.trim().is_empty() {
+                Err(CaptureError::Invalid(format!("{}: {name} is empty", self.kind())))
+            } else {
+                Ok(())
+            }
+        };
+        let pair = |prompt: &str, chosen: &str, rejected: &str| Content::Preference {
+            prompt: Prompt::Text(prompt.into()),
+            chosen: chosen.into(),
+            rejected: rejected.into(),
+        };
+        let (content, source, model) = match self {
+            Capture::Escalation { prompt, local, remote, model } => {
+                need("prompt", prompt)?;
+                need("remote", remote)?;
+                let content = match local.as_deref().filter(|l| !l.trim().is_empty()) {
+                    Some(local) if escalation_as_preference => pair(prompt, remote, local),
+                    _ => Content::Chat {
+                        messages: vec![Message::user(prompt.clone()), Message::assistant(remote.clone())],
+                    },
+                };
+                (content, "escalation", model.clone())
+            }
+            Capture::Correction { prompt, wrong, correction } => {
+                need("prompt", prompt)?;
+                need("wrong", wrong)?;
+                need("correction", correction)?;
+                (pair(prompt, correction, wrong), "correction", None)
+            }
+            Capture::Preference { prompt, chosen, rejected } => {
+                need("prompt", prompt)?;
+                need("chosen", chosen)?;
+                need("rejected", rejected)?;
+                (pair(prompt, chosen, rejected), "preference", None)
+            }
+            Capture::Feedback { prompt, response } => {
+                need("prompt", prompt)?;
+                need("response", response)?;
+                let c = Content::Instruction {
+                    instruction: prompt.clone(),
+                    input: String::new(),
+                    output: response.clone(),
+                };
+                (c, "feedback", None)
+            }
+            Capture::Distill { prompt, response, system, model } => {
+                need("prompt", prompt)?;
+                need("response", response)?;
+                let mut messages = Vec::new();
+                if let Some(s) = system.as_deref().filter(|s| !s.trim().is_empty()) {
+                    messages.push(Message::system(s));
+                }
+                messages.push(Message::user(prompt.clone()));
+                messages.push(Message::assistant(response.clone()));
+                (Content::Chat { messages }, "distillation", model.clone())
+            }
+        };
+        let mut ex = Example::new(content).with_source(source).with_created_at(now());
+        if let Some(m) = model {
+            ex = ex.with_meta("model", m);
+        }
+        Ok(ex)
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// What a flush did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FlushReport {
+    /// Examples written to the store (new ones; duplicates are not counted).
+    pub stored: u64,
+    /// Examples the store already had.
+    pub duplicates: u64,
+    /// Examples the store refused as invalid (quarantined by the store).
+    pub rejected: u64,
+    /// Examples drained from the spool in this flush.
+    pub drained: usize,
+    /// Examples appended to the spool because the store could not be written.
+    pub spooled: usize,
+    /// Why the store could not be written, if it could not.
+    pub error: Option<String>,
+}
+
+/// Buffers captures and flushes them to a store, spooling when it cannot.
+///
+/// ```
+/// use sam_capture::capture::{Capture, CaptureConfig, Capturer};
+/// use sam_store::{SqliteStore, Store, Filter};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = SqliteStore::open(dir.path().join("store.db"))?;
+/// let cfg = CaptureConfig { max_batch: 2, spool: Some(dir.path().join("spool.jsonl")), ..Default::default() };
+/// let mut cap = Capturer::new(store, Default::default(), cfg);
+/// cap.capture(Capture::Feedback { prompt: "List files by size".into(), response: "`ls -lS`".into() })?;
+/// assert_eq!(cap.store().count(&Filter::default())?, 0); // buffered
+/// cap.capture(Capture::Feedback { prompt: "Show hidden files".into(), response: "`ls -a`".into() })?;
+/// assert_eq!(cap.store().count(&Filter::default())?, 2); // flushed by size
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Capturer<S: Store> {
+    store: S,
+    pipeline: Pipeline,
+    cfg: CaptureConfig,
+    spool: PathBuf,
+    buf: Vec<Example>,
+    oldest: Option<Instant>,
+    redacted: RedactionReport,
+}
+
+impl<S: Store> Capturer<S> {
+    /// A capturer writing to `store`. `cfg.spool` must be set or the spool
+    /// goes to `capture-spool.jsonl` in the current folder; the CLI sets it
+    /// under SAM_HOME.
+    pub fn new(store: S, pipeline: Pipeline, cfg: CaptureConfig) -> Self {
+        let spool = cfg.spool.clone().unwrap_or_else(|| PathBuf::from("capture-spool.jsonl"));
+        Self { store, pipeline, cfg, spool, buf: Vec::new(), oldest: None, redacted: RedactionReport::default() }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The spool file.
+    pub fn spool_path(&self) -> &Path {
+        &self.spool
+    }
+
+    /// Examples buffered, not yet flushed.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// What redaction has replaced so far, by kind.
+    pub fn redacted(&self) -> &RedactionReport {
+        &self.redacted
+    }
+
+    /// Capture one event; flushes when the buffer is full or old enough.
+    /// Returns the flush's report when one happened.
+    pub fn capture(&mut self, event: Capture) -> Result<Option<FlushReport>> {
+        let ex = event.to_example(self.cfg.escalation_as_preference)?;
+        let (ex, report) = self.pipeline.prepare(ex);
+        self.redacted.merge(&report);
+        self.buf.push(ex);
+        self.oldest.get_or_insert_with(Instant::now);
+        self.tick()
+    }
+
+    /// Flush if the buffer is full or its oldest example is due; call it
+    /// from a timer so that a quiet assistant still flushes.
+    pub fn tick(&mut self) -> Result<Option<FlushReport>> {
+        let due = self.oldest.is_some_and(|t| t.elapsed() >= Duration::from_millis(self.cfg.max_age_ms));
+        if self.buf.len() >= self.cfg.max_batch.max(1) || due { self.flush().map(Some) } else { Ok(None) }
+    }
+
+    /// Write the spool's examples and the buffer to the store; if the store
+    /// cannot be written, append the buffer to the spool instead. Errors only
+    /// when the spool itself cannot be written (then the buffer is kept).
+    pub fn flush(&mut self) -> Result<FlushReport> {
+        let mut report = FlushReport::default();
+        let draining = claim_spool(&self.spool)?;
+        let mut spooled = Vec::new();
+        for f in &draining {
+            spooled.extend(read_spool(f)?);
+        }
+        if spooled.is_empty() && self.buf.is_empty() {
+            return Ok(report);
+        }
+        let mut all = spooled;
+        report.drained = all.len();
+        all.extend(self.buf.iter().cloned());
+        match self.store.insert(&all) {
+            Ok(r) => {
+                report.stored = r.inserted;
+                report.duplicates = r.duplicates;
+                report.rejected = r.rejected;
+                for f in &draining {
+                    match std::fs::remove_file(f) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(CaptureError::io(f, e)),
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                // The claimed spool files stay where they are for the next
+                // drain; the buffer joins the spool.
+                report.drained = 0;
+                report.error = Some(e.to_string());
+                append_spool(&self.spool, &self.buf)?;
+                report.spooled = self.buf.len();
+            }
+        }
+        self.buf.clear();
+        self.oldest = None;
+        Ok(report)
+    }
+}
+
+impl<S: Store> Drop for Capturer<S> {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            // Flush spools on failure; only a failing spool loses data, and
+            // there is no one left to tell.
+            let _ = self.flush();
+        }
+    }
+}
+
+/// Append examples to a spool file (one JSON line each), durably. The CLI
+/// uses this directly when it cannot even open the store.
+pub fn append_spool(path: &Path, examples: &[Example]) -> Result<()> {
+    if examples.is_empty() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| CaptureError::io(dir, e))?;
+    }
+    let mut text = String::new();
+    for ex in examples {
+        text.push_str(&ex.to_json_line());
+        text.push('\n');
+    }
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| CaptureError::io(path, e))?;
+    f.write_all(text.as_bytes()).map_err(|e| CaptureError::io(path, e))?;
+    f.sync_data().map_err(|e| CaptureError::io(path, e))
+}
+
+/// Move the spool aside for draining and list every spool file awaiting a
+/// drain (including those of an earlier, interrupted drain).
+fn claim_spool(path: &Path) -> Result<Vec<PathBuf>> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if path.exists() {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let to = path.with_file_name(format!("{name}.draining-{}-{nanos}", std::process::id()));
+        std::fs::rename(path, &to).map_err(|e| CaptureError::io(path, e))?;
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
+    let prefix = format!("{name}.draining-");
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The examples of a spool file. A torn last line (a crash mid-append) is
+/// skipped.
+fn read_spool(path: &Path) -> Result<Vec<Example>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        // Another process drained it first.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(CaptureError::io(path, e)),
+    };
+    Ok(text.lines().filter(|l| !l.trim().is_empty()).filter_map(|l| sam_schema::parse_line(l).ok()).collect())
+}
+
+/// Examples waiting in the spool at `path` (including claimed files).
+pub fn spooled(path: &Path) -> Result<usize> {
+    let mut n = 0;
+    if path.exists() {
+        n += read_spool(path)?.len();
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.filter_map(|e| e.ok()) {
+            if e.file_name().to_string_lossy().starts_with(&format!("{name}.draining-")) {
+                n += read_spool(&e.path())?.len();
+            }
+        }
+    }
+    Ok(n)
+}
