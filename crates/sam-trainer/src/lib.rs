@@ -20,6 +20,7 @@
 pub mod adapter;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod load;
 pub mod lora;
@@ -32,6 +33,7 @@ pub mod train;
 pub use adapter::{AdapterFormat, load_adapter, save_adapter, save_hf_model};
 pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
+pub use eval::{EvalReport, Score, evaluate};
 pub use generate::{GenerateConfig, generate};
 pub use load::{LoadOptions, load_model, read_config};
 pub use lora::{Layers, Linear, LoraConfig, Target};
