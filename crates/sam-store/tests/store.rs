@@ -355,7 +355,7 @@ fn stats_count_trend_and_source_health() {
     store.validate(&ValidateOptions::default(), &mut |_, _| {}).unwrap();
     let s = store.stats().unwrap();
     assert_eq!(s.validated, 6);
-    let health: Vec<(&str, u64, u64, u64, u64, Option<String>)> = s
+    let health: Vec<_> = s
         .sources
         .iter()
         .map(|h| {
