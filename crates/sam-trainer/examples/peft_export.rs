@@ -1,0 +1,44 @@
+//! Writes a PEFT adapter for the PEFT check (`scripts/check_peft_adapter.py`):
+//! LoRA on every target module of the test model's last 4 layers with
+//! random non-zero B, plus sam's logits for fixed token ids with the adapter
+//! (`sam_logits.json`) so Python can compare.
+//!
+//! ```text
+//! cargo run --release -p sam-trainer --example peft_export -- MODEL OUT_DIR
+//! ```
+
+use candle_core::Tensor;
+use sam_trainer::{
+    AdapterFormat, LoadOptions, Layers, LoraConfig, Mode, Target, load_model, save_adapter,
+};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let (model_path, out) = match (args.get(1), args.get(2)) {
+        (Some(m), Some(o)) => (m, std::path::PathBuf::from(o)),
+        _ => return Err("usage: peft_export MODEL OUT_DIR".into()),
+    };
+    let mut model = load_model(model_path.as_ref(), &LoadOptions::default())?;
+    let cfg = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: Target::ALL.to_vec(),
+        layers: Layers::Last(4),
+        ..Default::default()
+    };
+    model.attach_lora(&cfg, 42)?;
+    for (name, var) in model.lora_vars() {
+        if name.ends_with("lora_B") {
+            var.set(&Tensor::randn(0f32, 0.05, var.dims(), var.device())?)?;
+        }
+    }
+    save_adapter(&model, &out, AdapterFormat::Peft, Some(model_path))?;
+    let ids: Vec<u32> = vec![1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 28, 7018, 411, 407, 27023];
+    let t = Tensor::from_slice(&ids, (1, ids.len()), model.device())?;
+    let with: Vec<Vec<f32>> = model.logits(&t, Mode::INFER)?.squeeze(0)?.to_vec2()?;
+    let base: Vec<Vec<f32>> = model.logits(&t, Mode::BASE)?.squeeze(0)?.to_vec2()?;
+    let json = serde_json::json!({ "input_ids": ids, "logits": with, "base_logits": base });
+    std::fs::write(out.join("sam_logits.json"), serde_json::to_string(&json)?)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
