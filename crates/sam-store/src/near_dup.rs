@@ -178,11 +178,8 @@ pub fn find(items: &[Item<'_>], cfg: &NearDupConfig) -> Vec<Group> {
     let width = coeffs.len();
     // Signatures, in parallel, into one flat buffer.
     let mut sigs = vec![0u32; n * width];
-    let threads = if cfg.threads == 0 {
-        std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1)
-    } else {
-        cfg.threads
-    };
+    let threads =
+        if cfg.threads == 0 { std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1) } else { cfg.threads };
     let per = n.div_ceil(threads.max(1));
     std::thread::scope(|s| {
         for (chunk_no, chunk) in sigs.chunks_mut(per * width).enumerate() {

