@@ -26,16 +26,24 @@ pub struct Route {
     pub examples: Vec<String>,
 }
 
-/// The routing table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The routing table (`[routing]` in `sam.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RoutingConfig {
-    /// The routes, in order.
+    /// The routes, in order; empty means the built-in table
+    /// ([`RoutingConfig::builtin`]).
     pub routes: Vec<Route>,
 }
 
-impl Default for RoutingConfig {
-    fn default() -> Self {
+impl RoutingConfig {
+    /// The routes in effect: the configured ones, else the built-in table.
+    pub fn effective(&self) -> RoutingConfig {
+        if self.routes.is_empty() { Self::builtin() } else { self.clone() }
+    }
+
+    /// The built-in table: local for short, narrow or project-specific
+    /// tasks; remote for long-context, broad or high-stakes ones.
+    pub fn builtin() -> Self {
         let route = |task: &str, model: &str, reason: &str, ex: &[&str]| Route {
             task: task.into(),
             model: model.into(),
@@ -106,7 +114,7 @@ pub struct RoutingSource {
 impl RoutingSource {
     /// A source over this table.
     pub fn new(cfg: RoutingConfig) -> Self {
-        Self { cfg }
+        Self { cfg: cfg.effective() }
     }
 
     /// Every example of the table.
@@ -158,7 +166,8 @@ mod tests {
 
     #[test]
     fn one_example_per_prompt_and_task_then_nothing_until_the_table_changes() {
-        let cfg = RoutingConfig::default();
+        let cfg = RoutingConfig::builtin();
+        assert_eq!(RoutingConfig::default().effective(), cfg);
         let want: usize = cfg.routes.iter().map(|r| 1 + r.examples.len()).sum();
         let mut src = RoutingSource::new(cfg.clone());
         let first = src.collect(None).unwrap();

@@ -88,7 +88,12 @@ fn each_event_becomes_the_right_example() {
 fn flushes_by_size_and_by_time() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("store.db")).unwrap();
-    let cfg = CaptureConfig { max_batch: 3, max_age_ms: 200, spool: Some(dir.path().join("spool.jsonl")), ..Default::default() };
+    let cfg = CaptureConfig {
+        max_batch: 3,
+        max_age_ms: 200,
+        spool: Some(dir.path().join("spool.jsonl")),
+        ..Default::default()
+    };
     let mut cap = Capturer::new(store, Pipeline::default(), cfg);
     let mut evs = events().into_iter();
     cap.capture(evs.next().unwrap()).unwrap();

@@ -49,7 +49,13 @@ fn second_run_adds_only_new_commits_across_repositories() {
     let a = Repository::init(dir.path().join("a")).unwrap();
     let b = Repository::init(dir.path().join("b")).unwrap();
     commit(&a, DEV, "Add the parser for config files", &[("src/parse.rs", b"fn parse() {}\n")], 1_700_000_000);
-    commit(&a, DEV, "Handle empty config files in the parser", &[("src/parse.rs", b"fn parse() { todo!() }\n")], 1_700_000_100);
+    commit(
+        &a,
+        DEV,
+        "Handle empty config files in the parser",
+        &[("src/parse.rs", b"fn parse() { todo!() }\n")],
+        1_700_000_100,
+    );
     commit(&b, DEV, "Initial import of the web client", &[("web/app.js", b"console.log(1)\n")], 1_700_000_200);
 
     let mut store = SqliteStore::open(dir.path().join("store.db")).unwrap();
@@ -94,11 +100,19 @@ fn new_branches_are_mined_and_merges_skipped() {
     let base_commit = repo.find_commit(base).unwrap();
     repo.branch("feature", &base_commit, false).unwrap();
     repo.set_head("refs/heads/feature").unwrap();
-    let feat = commit(&repo, DEV, "Add the export command", &[("src/export.rs", b"pub fn export() {}\n")], 1_700_000_100);
-    let default = repo.branches(Some(git2::BranchType::Local)).unwrap().filter_map(|b| b.ok()).map(|(b, _)| b.name().unwrap().unwrap().to_string()).find(|n| n != "feature").unwrap();
+    let feat =
+        commit(&repo, DEV, "Add the export command", &[("src/export.rs", b"pub fn export() {}\n")], 1_700_000_100);
+    let default = repo
+        .branches(Some(git2::BranchType::Local))
+        .unwrap()
+        .filter_map(|b| b.ok())
+        .map(|(b, _)| b.name().unwrap().unwrap().to_string())
+        .find(|n| n != "feature")
+        .unwrap();
     repo.set_head(&format!("refs/heads/{default}")).unwrap();
     repo.checkout_head(Some(git2::build::CheckoutBuilder::new().force())).unwrap();
-    let main_tip = commit(&repo, DEV, "Document the layout in the readme", &[("README.md", b"# r\n\nlayout\n")], 1_700_000_200);
+    let main_tip =
+        commit(&repo, DEV, "Document the layout in the readme", &[("README.md", b"# r\n\nlayout\n")], 1_700_000_200);
     let sig = Signature::new(DEV.0, DEV.1, &Time::new(1_700_000_300, 0)).unwrap();
     let (m, f) = (repo.find_commit(main_tip).unwrap(), repo.find_commit(feat).unwrap());
     let mut idx = repo.merge_commits(&m, &f, None).unwrap();
@@ -106,11 +120,7 @@ fn new_branches_are_mined_and_merges_skipped() {
     repo.commit(Some("HEAD"), &sig, &sig, "Merge branch 'feature'", &tree, &[&m, &f]).unwrap();
 
     let second = src.collect(first.cursor).unwrap();
-    let mut got: Vec<String> = second
-        .examples
-        .iter()
-        .map(|e| e.content.output_texts()[0].to_string())
-        .collect();
+    let mut got: Vec<String> = second.examples.iter().map(|e| e.content.output_texts()[0].to_string()).collect();
     got.sort();
     assert_eq!(got, ["Add the export command", "Document the layout in the readme"]);
     assert_eq!(second.skipped.get("merge"), Some(&1));
@@ -123,11 +133,26 @@ fn skip_rules() {
     let big: Vec<u8> = (0..3000).map(|i| format!("line {i}\n")).collect::<String>().into_bytes();
     let cases: Vec<((&str, &str), &str, Vec<(&str, &[u8])>, Option<&str>)> = vec![
         (DEV, "Add the tokenizer module", vec![("src/tok.rs", b"pub fn tok() {}\n")], None),
-        (("dependabot[bot]", "support@github.com"), "Bump serde from 1.0.1 to 1.0.2", vec![("Cargo.toml", b"serde = \"1.0.2\"\n")], Some("bot")),
+        (
+            ("dependabot[bot]", "support@github.com"),
+            "Bump serde from 1.0.1 to 1.0.2",
+            vec![("Cargo.toml", b"serde = \"1.0.2\"\n")],
+            Some("bot"),
+        ),
         (DEV, "wip", vec![("src/a.rs", b"fn a() {}\n")], Some("trivial_message")),
         (DEV, "Update the lock file after the bump", vec![("Cargo.lock", b"# lock\n")], Some("no_reviewable_files")),
-        (DEV, "Vendor the zlib sources for offline builds", vec![("vendor/zlib/z.c", b"int z;\n")], Some("no_reviewable_files")),
-        (DEV, "Add the logo image to the docs", vec![("docs/logo.bin", b"\x00\x01\x02\xff\x00binary")], Some("no_reviewable_files")),
+        (
+            DEV,
+            "Vendor the zlib sources for offline builds",
+            vec![("vendor/zlib/z.c", b"int z;\n")],
+            Some("no_reviewable_files"),
+        ),
+        (
+            DEV,
+            "Add the logo image to the docs",
+            vec![("docs/logo.bin", b"\x00\x01\x02\xff\x00binary")],
+            Some("no_reviewable_files"),
+        ),
         (DEV, "Generate the fixture table for tests", vec![("tests/table.txt", &big)], Some("huge_diff")),
     ];
     for (i, (author, msg, files, _)) in cases.iter().enumerate() {
@@ -150,7 +175,8 @@ fn summary_is_bounded_and_names_files() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repository::init(dir.path().join("r")).unwrap();
     let long: String = (0..200).map(|i| format!("let value_{i} = compute({i});\n")).collect();
-    let files: Vec<(String, Vec<u8>)> = (0..20).map(|i| (format!("src/m{i:02}.rs"), long.clone().into_bytes())).collect();
+    let files: Vec<(String, Vec<u8>)> =
+        (0..20).map(|i| (format!("src/m{i:02}.rs"), long.clone().into_bytes())).collect();
     let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, c)| (p.as_str(), c.as_slice())).collect();
     commit(&repo, DEV, "Split the computation into twenty modules", &refs, 1_700_000_000);
     let cfg = GitConfig { max_diff_lines: 10_000, ..GitConfig::default() };

@@ -65,7 +65,8 @@ fn secret() -> impl Strategy<Value = Planted> {
             pieces: lines,
         }),
         "[A-Za-z]{4,8}[0-9]{2,4}[!#%]".prop_map(|p| Planted { text: format!("password = \"{p}\""), pieces: vec![p] }),
-        "[a-z]{4,8}".prop_map(|u| Planted { text: format!("/home/{u}x/src/main.rs"), pieces: vec![format!("/home/{u}x/")] }),
+        "[a-z]{4,8}"
+            .prop_map(|u| Planted { text: format!("/home/{u}x/src/main.rs"), pieces: vec![format!("/home/{u}x/")] }),
     ]
 }
 
