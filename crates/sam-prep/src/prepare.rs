@@ -30,6 +30,7 @@ use tokenizers::Tokenizer;
 use crate::Error;
 use crate::cache::{self, Split, TokenizedExample, TokenizedPair};
 use crate::encode::{Encoder, estimate_tokens};
+use crate::fast_bpe::FastBpe;
 use crate::split::{SPLIT_RULE, SplitRatios};
 use crate::template::ChatTemplate;
 
@@ -394,6 +395,8 @@ pub struct Preparer<'m> {
     template: ChatTemplate,
     builtin_template: bool,
     tokenizer: Option<&'m Tokenizer>,
+    fast: Option<FastBpe<'m>>,
+    tokenizer_hash: Option<String>,
     eot: Option<String>,
     model_info: Value,
     cfg: PrepConfig,
@@ -415,10 +418,16 @@ impl<'m> Preparer<'m> {
             (Some(t), false) => Some(t.text.clone()),
             (None, false) => None,
         };
+        let tokenizer_hash = tokenizer.map(|t| {
+            let json = t.to_string(false).unwrap_or_default();
+            blake3::hash(json.as_bytes()).to_hex().to_string()
+        });
         Ok(Self {
             template,
             builtin_template,
             tokenizer,
+            fast: tokenizer.and_then(FastBpe::new),
+            tokenizer_hash,
             eot,
             model_info: json!({
                 "name": model.name(),
@@ -491,10 +500,7 @@ impl<'m> Preparer<'m> {
         let sft_tokens =
             TokenStats::from_lengths(sft.iter().map(|r| r.len).collect(), sft.iter().map(|r| r.trained).sum());
         let preference_tokens = TokenStats::from_lengths(pairs.iter().map(|r| r.len).collect(), 0);
-        let tokenizer_hash = self.tokenizer.map(|t| {
-            let json = t.to_string(false).unwrap_or_default();
-            blake3::hash(json.as_bytes()).to_hex().to_string()
-        });
+        let tokenizer_hash = self.tokenizer_hash.clone();
         let manifest = Manifest {
             version: 1,
             created_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -520,6 +526,14 @@ impl<'m> Preparer<'m> {
             files: Vec::new(),
         };
         Ok(Prepared { sft, pairs, manifest })
+    }
+
+    fn encoder<'s>(&'s self, tk: &'s Tokenizer) -> Encoder<'s> {
+        let enc = Encoder::new(&self.template, tk, self.eot.clone());
+        match &self.fast {
+            Some(f) => enc.with_fast(f),
+            None => enc,
+        }
     }
 
     fn with_system(&self, mut msgs: Vec<Message>) -> Vec<Message> {
@@ -597,7 +611,7 @@ impl<'m> Preparer<'m> {
                 len > max,
             );
         };
-        let enc = Encoder::new(&self.template, tk, self.eot.clone());
+        let enc = self.encoder(tk);
         let Ok(mut e) = enc.encode_chat(msgs) else {
             return Outcome::Dropped(DropReason::Template);
         };
@@ -636,7 +650,7 @@ impl<'m> Preparer<'m> {
         let (tokens, len) = match self.tokenizer {
             None => (None, estimate_tokens(text)),
             Some(tk) => {
-                let enc = Encoder::new(&self.template, tk, self.eot.clone());
+                let enc = self.encoder(tk);
                 let Ok(mut e) = enc.encode_text(text) else {
                     return Outcome::Dropped(DropReason::Template);
                 };
@@ -678,7 +692,7 @@ impl<'m> Preparer<'m> {
             let len = estimate_tokens(&p) + longer;
             return Outcome::Pair(PairRow { split, row, tokens: None, len: len.min(max) }, len > max);
         };
-        let enc = Encoder::new(&self.template, tk, self.eot.clone());
+        let enc = self.encoder(tk);
         let Ok(mut p) = enc.encode_pair(prompt, chosen, rejected) else {
             return Outcome::Dropped(DropReason::Template);
         };
