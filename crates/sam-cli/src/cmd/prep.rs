@@ -53,13 +53,9 @@ pub struct PrepArgs {
 
 pub fn run(cmd: PrepCommand, ctx: &Ctx) -> anyhow::Result<()> {
     let PrepCommand::Prep(args) = cmd;
-    let inputs = if args.from.is_empty() {
-        latest_export(ctx)?
-    } else {
-        args.from.clone()
-    };
-    let model = BaseModel::open(&args.model)
-        .with_context(|| format!("reading the model at {}", args.model.display()))?;
+    let inputs = if args.from.is_empty() { latest_export(ctx)? } else { args.from.clone() };
+    let model =
+        BaseModel::open(&args.model).with_context(|| format!("reading the model at {}", args.model.display()))?;
     let mut cfg = PrepConfig {
         max_seq_len: args.max_seq_len,
         split: args.split,
@@ -80,18 +76,12 @@ pub fn run(cmd: PrepCommand, ctx: &Ctx) -> anyhow::Result<()> {
     let out = match args.out {
         Some(o) => o,
         None => {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             ctx.home.join("datasets").join(secs.to_string())
         }
     };
 
-    let bar = if ctx.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(input.examples.len() as u64)
-    };
+    let bar = if ctx.json { ProgressBar::hidden() } else { ProgressBar::new(input.examples.len() as u64) };
     bar.set_style(
         ProgressStyle::with_template("{spinner} prep [{bar:30}] {pos}/{len} examples ({per_sec}, eta {eta})")
             .expect("valid template")
@@ -100,9 +90,7 @@ pub fn run(cmd: PrepCommand, ctx: &Ctx) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let prepared = prep.prepare(&input, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
-    let manifest = prepared
-        .write(&out)
-        .with_context(|| format!("writing {}", out.display()))?;
+    let manifest = prepared.write(&out).with_context(|| format!("writing {}", out.display()))?;
     let secs = t0.elapsed().as_secs_f64();
 
     if ctx.json {
@@ -111,12 +99,7 @@ pub fn run(cmd: PrepCommand, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let d = &manifest.drops;
     println!("prepared {} in {secs:.2}s", out.display());
-    println!(
-        "  model      {} (template: {}, tokenizer: {})",
-        model.name(),
-        manifest.template,
-        manifest.tokenizer
-    );
+    println!("  model      {} (template: {}, tokenizer: {})", model.name(), manifest.template, manifest.tokenizer);
     println!(
         "  sft        train {:>6}  valid {:>6}  test {:>6}",
         manifest.sft.train, manifest.sft.valid, manifest.sft.test
@@ -152,9 +135,9 @@ fn latest_export(ctx: &Ctx) -> anyhow::Result<Vec<PathBuf>> {
         );
     }
     let store = sam_store::SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
-    let rec = store
-        .latest_export()?
-        .ok_or_else(|| anyhow::anyhow!("the store has no export yet: export from the store first, or pass --from FILE"))?;
+    let rec = store.latest_export()?.ok_or_else(|| {
+        anyhow::anyhow!("the store has no export yet: export from the store first, or pass --from FILE")
+    })?;
     tracing::info!("reading export {} ({} rows, {})", rec.id, rec.rows, rec.path.display());
     Ok(vec![rec.path])
 }
