@@ -740,8 +740,9 @@ impl Redactor {
         }
         let body = t.trim_end_matches('=');
         // Hex (hashes, UUIDs) is not a secret by shape alone.
-        let hex = |c: char| c.is_ascii_hexdigit() || c == '-';
-        if body.chars().all(hex) {
+        let hex = |c: char| c.is_ascii_hexdigit() || c == '-' || c == '_';
+        let digits = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")).unwrap_or(body);
+        if digits.chars().all(hex) {
             return None;
         }
         let (up, low, dig) = (
@@ -754,8 +755,11 @@ impl Redactor {
         }
         // Identifiers and paths (`getUserV2Handler`, `src/app/Main2.tsx`)
         // change character class rarely; random strings change it often.
+        // Separators join words in names (`SmolLM2-135M-Instruct`): judge
+        // the characters between them.
+        let joined: String = body.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
         if self.is_placeholder(body)
-            || class_transitions(body) < 0.35
+            || class_transitions(&joined) < 0.35
             || shannon_entropy(body) < self.cfg.entropy_threshold
         {
             return None;
@@ -949,6 +953,8 @@ mod tests {
             ("id 550e8400-e29b-41d4-a716-446655440000", "id 550e8400-e29b-41d4-a716-446655440000"),
             ("seed Zx8Kq2Lm9Np4Rt7Vw1Yb3Cd6Fg0Hj5", "seed <TOKEN>"),
             ("fn getUserAccountSettingsV2Handler()", "fn getUserAccountSettingsV2Handler()"),
+            ("models/SmolLM2-135M-Instruct.Q4_1.gguf", "models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            ("seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)", "seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)"),
         ] {
             check(input, want);
         }
