@@ -21,6 +21,12 @@ pub struct Config {
     pub quality: sam_schema::quality::QualityConfig,
     /// The store's settings.
     pub store: sam_store::StoreConfig,
+    /// Live capture: batching and the spool.
+    pub capture: sam_capture::capture::CaptureConfig,
+    /// PII and secret redaction of everything collected or captured.
+    pub redaction: sam_capture::redact::RedactionConfig,
+    /// The routing table (`sam collect routing`).
+    pub routing: sam_capture::routing::RoutingConfig,
 }
 
 /// One section of the file as `sam init` writes it: its name, what it is for,
@@ -62,6 +68,43 @@ const SECTIONS: &[Section] = &[
                  and leaves no trace of the one in flight.",
             ),
         ],
+    },
+    Section {
+        name: "capture",
+        about: "Live capture (`sam capture`, and the assistant's capture API).",
+        keys: &[
+            ("max_batch", "Captures are written to the store in batches of this many."),
+            ("max_age_ms", "...or when the oldest buffered capture is this old, in milliseconds."),
+            (
+                "spool",
+                "Where captures wait when the store cannot be written (relative to SAM_HOME);\n\
+                 unset: capture-spool.jsonl. The next capture drains it into the store.",
+            ),
+            (
+                "escalation_as_preference",
+                "An escalation with a local attempt becomes a preference pair (chosen = remote,\n\
+                 rejected = local) rather than a chat example of the remote answer.",
+            ),
+        ],
+    },
+    Section {
+        name: "redaction",
+        about: "PII and secret redaction: applied to every collected or captured example\n\
+                before it is stored (`sam redact` shows what it does).",
+        keys: &[
+            ("disabled", "Kinds not to look for, e.g. [\"ipv4\"] (email, phone, ssn, credit_card, ipv4, ipv6,\n\
+                          iban, aws_key, github_token, jwt, password, secret, high_entropy, home_path, ...)."),
+            ("entropy_threshold", "Bits per character above which a random-looking string is a secret."),
+            ("entropy_min_len", "Shortest random-looking string that counts as a secret."),
+            ("allow", "Exact strings never redacted."),
+            ("generic_users", "User names in home paths that name nobody (kept as they are)."),
+        ],
+    },
+    Section {
+        name: "routing",
+        about: "Which model handles which task (`sam collect routing`). Each route is\n\
+                [[routing.routes]] with task, model, reason and examples (sample prompts).",
+        keys: &[("routes", "Empty: the built-in table (local for narrow tasks, remote for broad ones).")],
     },
 ];
 

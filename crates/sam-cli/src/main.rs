@@ -40,6 +40,8 @@ enum Commands {
     #[command(flatten)]
     Store(cmd::store::StoreCommand),
     #[command(flatten)]
+    Capture(cmd::capture::CaptureCommand),
+    #[command(flatten)]
     Prep(cmd::prep::PrepCommand),
 }
 
@@ -52,6 +54,7 @@ fn main() -> std::process::ExitCode {
     };
     let res = match cli.command {
         Commands::Store(c) => cmd::store::run(c, &ctx),
+        Commands::Capture(c) => cmd::capture::run(c, &ctx),
         Commands::Prep(c) => cmd::prep::run(c, &ctx),
     };
     match res {

@@ -2,5 +2,6 @@
 //! `#[derive(Subcommand)]` enum flattened into the top level) and a
 //! `run(cmd, &Ctx)` function that calls into the library crates.
 
+pub mod capture;
 pub mod prep;
 pub mod store;

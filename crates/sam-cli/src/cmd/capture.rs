@@ -1,0 +1,288 @@
+//! Collection and capture commands: collect, capture, redact.
+
+use std::io::{BufRead, Read, Write};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Subcommand, ValueEnum};
+use sam_capture::capture::{Capture, CaptureConfig, Capturer, append_spool};
+use sam_capture::{DataSource, Pipeline, PipelineConfig, collect_into};
+use sam_store::SqliteStore;
+
+use crate::config::Config;
+use crate::ctx::Ctx;
+
+#[derive(Subcommand, Debug)]
+pub enum CaptureCommand {
+    /// Mine examples from git repositories, code, markdown docs or the routing table.
+    ///
+    /// Incremental: each source keeps a cursor in the store, so a second run
+    /// reads only new commits and changed files. Every example is redacted
+    /// (PII and secrets), scored and given a domain before it is stored.
+    Collect {
+        /// What to mine
+        #[arg(value_enum)]
+        source: SourceKind,
+        /// Repositories (git), folders or files (code, docs); none for routing
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+
+    /// Record an event from the running assistant.
+    ///
+    /// Give the texts as flags, or JSON on stdin: one object per line with the
+    /// same keys (`prompt`, `local`, `remote`, `wrong`, `correction`, `chosen`,
+    /// `rejected`, `response`, `system`, `model`). If the store cannot be
+    /// written (locked, read-only), the examples go to the spool and reach the
+    /// store on the next capture.
+    Capture {
+        /// The event
+        #[arg(value_enum)]
+        kind: CaptureKind,
+        /// The user's request
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Escalation: the local model's attempt
+        #[arg(long)]
+        local: Option<String>,
+        /// Escalation: the remote model's answer
+        #[arg(long)]
+        remote: Option<String>,
+        /// Correction: the wrong answer
+        #[arg(long)]
+        wrong: Option<String>,
+        /// Correction: the user's correction
+        #[arg(long)]
+        correction: Option<String>,
+        /// Preference: the preferred answer
+        #[arg(long)]
+        chosen: Option<String>,
+        /// Preference: the other answer
+        #[arg(long)]
+        rejected: Option<String>,
+        /// Feedback, distill: the answer
+        #[arg(long)]
+        response: Option<String>,
+        /// Distill: the teacher's system prompt
+        #[arg(long)]
+        system: Option<String>,
+        /// Escalation, distill: the remote or teacher model's name
+        #[arg(long)]
+        model: Option<String>,
+    },
+
+    /// Redact PII and secrets from stdin to stdout (to inspect what capture
+    /// would store); the counts by type go to stderr.
+    Redact,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum SourceKind {
+    Git,
+    Code,
+    Docs,
+    Routing,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum CaptureKind {
+    Escalation,
+    Correction,
+    Preference,
+    Feedback,
+    Distill,
+}
+
+impl CaptureKind {
+    fn tag(self) -> &'static str {
+        match self {
+            CaptureKind::Escalation => "escalation",
+            CaptureKind::Correction => "correction",
+            CaptureKind::Preference => "preference",
+            CaptureKind::Feedback => "feedback",
+            CaptureKind::Distill => "distill",
+        }
+    }
+}
+
+pub fn run(cmd: CaptureCommand, ctx: &Ctx) -> anyhow::Result<()> {
+    match cmd {
+        CaptureCommand::Collect { source, paths } => collect(ctx, source, paths),
+        CaptureCommand::Capture {
+            kind,
+            prompt,
+            local,
+            remote,
+            wrong,
+            correction,
+            chosen,
+            rejected,
+            response,
+            system,
+            model,
+        } => {
+            let events = match prompt {
+                Some(prompt) => {
+                    let mut obj = serde_json::Map::new();
+                    obj.insert("type".into(), kind.tag().into());
+                    obj.insert("prompt".into(), prompt.into());
+                    for (k, v) in [
+                        ("local", local),
+                        ("remote", remote),
+                        ("wrong", wrong),
+                        ("correction", correction),
+                        ("chosen", chosen),
+                        ("rejected", rejected),
+                        ("response", response),
+                        ("system", system),
+                        ("model", model),
+                    ] {
+                        if let Some(v) = v {
+                            obj.insert(k.into(), v.into());
+                        }
+                    }
+                    vec![parse_event(serde_json::Value::Object(obj), "--flags")?]
+                }
+                None => read_events(kind)?,
+            };
+            capture(ctx, events)
+        }
+        CaptureCommand::Redact => redact(ctx),
+    }
+}
+
+fn pipeline(cfg: &Config) -> Pipeline {
+    Pipeline::new(PipelineConfig {
+        redaction: cfg.redaction.clone(),
+        quality: cfg.quality.clone(),
+        domains: Default::default(),
+    })
+}
+
+fn open_store(ctx: &Ctx, cfg: &Config) -> anyhow::Result<SqliteStore> {
+    std::fs::create_dir_all(&ctx.home).with_context(|| format!("cannot create {}", ctx.home.display()))?;
+    let path = ctx.home.join("store.db");
+    SqliteStore::open_with(&path, &cfg.store).with_context(|| format!("cannot open the store {}", path.display()))
+}
+
+fn collect(ctx: &Ctx, source: SourceKind, paths: Vec<PathBuf>) -> anyhow::Result<()> {
+    let cfg = Config::load(&ctx.home)?;
+    if paths.is_empty() && !matches!(source, SourceKind::Routing) {
+        anyhow::bail!("give at least one PATH to collect from");
+    }
+    let mut src: Box<dyn DataSource> = match source {
+        SourceKind::Git => Box::new(sam_capture::git::GitSource::new(paths, Default::default())),
+        SourceKind::Code => Box::new(sam_capture::code::CodeSource::new(paths, Default::default())),
+        SourceKind::Docs => Box::new(sam_capture::docs::DocsSource::new(paths, Default::default())),
+        SourceKind::Routing => Box::new(sam_capture::routing::RoutingSource::new(cfg.routing.clone())),
+    };
+    let mut store = open_store(ctx, &cfg)?;
+    let report = collect_into(src.as_mut(), &mut store, &pipeline(&cfg))?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} collected, {} new, {} already stored, {} rejected",
+        report.source, report.collected, report.inserted, report.duplicates, report.rejected
+    );
+    if !report.skipped.is_empty() {
+        let s: Vec<String> = report.skipped.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        println!("skipped: {}", s.join(", "));
+    }
+    if !report.redacted.is_empty() {
+        println!("{}", report.redacted);
+    }
+    Ok(())
+}
+
+fn parse_event(mut v: serde_json::Value, origin: &str) -> anyhow::Result<Capture> {
+    serde_json::from_value::<Capture>(v.take()).map_err(|e| anyhow::anyhow!("{origin}: {e}"))
+}
+
+fn read_events(kind: CaptureKind) -> anyhow::Result<Vec<Capture>> {
+    let stdin = std::io::stdin();
+    let mut out = Vec::new();
+    for (i, line) in stdin.lock().lines().enumerate() {
+        let line = line.context("cannot read stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let origin = format!("<stdin>:{}", i + 1);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("{origin}: invalid JSON: {e}"))?;
+        let obj = v.as_object_mut().ok_or_else(|| anyhow::anyhow!("{origin}: expected a JSON object"))?;
+        obj.entry("type").or_insert_with(|| kind.tag().into());
+        if obj.get("type").and_then(|t| t.as_str()) != Some(kind.tag()) {
+            anyhow::bail!("{origin}: a {} event given to `sam capture {}`", obj["type"], kind.tag());
+        }
+        out.push(parse_event(v, &origin)?);
+    }
+    if out.is_empty() {
+        anyhow::bail!("nothing to capture: give --prompt and the other texts, or JSON on stdin");
+    }
+    Ok(out)
+}
+
+fn capture(ctx: &Ctx, events: Vec<Capture>) -> anyhow::Result<()> {
+    let cfg = Config::load(&ctx.home)?;
+    let spool = match &cfg.capture.spool {
+        Some(p) if p.is_absolute() => p.clone(),
+        Some(p) => ctx.home.join(p),
+        None => ctx.home.join("capture-spool.jsonl"),
+    };
+    let capture_cfg = CaptureConfig { spool: Some(spool.clone()), max_batch: usize::MAX, ..cfg.capture.clone() };
+    let report = match open_store(ctx, &cfg) {
+        Ok(store) => {
+            let mut cap = Capturer::new(store, pipeline(&cfg), capture_cfg);
+            for e in events {
+                cap.capture(e)?;
+            }
+            cap.flush()?
+        }
+        Err(e) => {
+            // The store cannot even be opened: spool, never lose a capture.
+            let p = pipeline(&cfg);
+            let mut examples = Vec::new();
+            for ev in events {
+                examples.push(p.prepare(ev.to_example(capture_cfg.escalation_as_preference)?).0);
+            }
+            append_spool(&spool, &examples)?;
+            sam_capture::capture::FlushReport {
+                spooled: examples.len(),
+                error: Some(format!("{e:#}")),
+                ..Default::default()
+            }
+        }
+    };
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    if report.drained > 0 {
+        println!("{} spooled example(s) drained into the store", report.drained);
+    }
+    if let Some(err) = &report.error {
+        println!("store not writable ({err}): {} example(s) spooled to {}", report.spooled, spool.display());
+    } else {
+        println!("{} stored, {} already stored, {} rejected", report.stored, report.duplicates, report.rejected);
+    }
+    Ok(())
+}
+
+fn redact(ctx: &Ctx) -> anyhow::Result<()> {
+    let cfg = Config::load(&ctx.home)?;
+    let redactor = sam_capture::redact::Redactor::new(cfg.redaction);
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input).context("cannot read stdin")?;
+    let (out, report) = redactor.redact(&input);
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out.as_bytes())?;
+    stdout.flush()?;
+    if ctx.json {
+        eprintln!("{}", serde_json::to_string(&report)?);
+    } else {
+        eprintln!("{report}");
+    }
+    Ok(())
+}
