@@ -6,9 +6,9 @@
 //! added-token trie, the Oniguruma pre-tokenizer regex, per-token `String`s
 //! and the `Encoding` it builds. For the one configuration that GPT-2-style
 //! vocabularies use (no normalizer, `ByteLevel` pre-tokenizer with the GPT-2
-//! regex and no prefix space, a BPE model, no truncation or padding) and for
-//! text made of printable ASCII plus `\t`, `\n`, `\r`, this module does the
-//! same steps directly:
+//! regex and no prefix space, a BPE model, no truncation or padding, no
+//! offset trimming) and for text made of printable ASCII plus `\t`, `\n`,
+//! `\r`, this module does the same steps directly:
 //!
 //! 1. split the text on added tokens (leftmost-longest, as the crate does);
 //! 2. split the rest with a hand-written scanner that is the GPT-2 regex
@@ -18,8 +18,9 @@
 //!    own BPE model (`Model::tokenize`) on a miss, so merges, `ignore_merges`
 //!    and the vocabulary are the model's.
 //!
-//! Any other configuration or text goes through `Tokenizer::encode`
-//! unchanged. A differential test checks both paths give the same ids and
+//! Any other configuration goes through `Tokenizer::encode` unchanged, and so
+//! does any stretch of text between added tokens that holds other bytes
+//! (non-ASCII text). A differential test checks both paths give the same ids and
 //! offsets.
 
 use std::cell::RefCell;
@@ -29,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokenizers::models::ModelWrapper;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{Model, Tokenizer};
 
 use crate::Error;
@@ -76,6 +78,13 @@ impl<'a> FastBpe<'a> {
         {
             return None;
         }
+        // A post-processor that adds nothing without special tokens and does
+        // not trim offsets leaves `encode(text, false)` as the model made it.
+        match tokenizer.get_post_processor() {
+            None | Some(PostProcessorWrapper::Template(_)) => {}
+            Some(PostProcessorWrapper::ByteLevel(bl)) if !bl.trim_offsets => {}
+            _ => return None,
+        }
         match tokenizer.get_pre_tokenizer() {
             Some(PreTokenizerWrapper::ByteLevel(bl)) if bl.use_regex && !bl.add_prefix_space => {}
             _ => return None,
@@ -109,9 +118,6 @@ impl<'a> FastBpe<'a> {
     /// `tokenizer.encode(text, false)` gives them.
     pub fn encode(&self, text: &str) -> Result<(Vec<u32>, Offsets), Error> {
         let bytes = text.as_bytes();
-        if !bytes.iter().all(|&b| (0x20..0x7f).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r')) {
-            return self.slow(text);
-        }
         let mut ids = Vec::with_capacity(bytes.len() / 3 + 4);
         let mut offsets = Vec::with_capacity(bytes.len() / 3 + 4);
         let mut seg_start = 0;
@@ -132,9 +138,22 @@ impl<'a> FastBpe<'a> {
         Ok((ids, offsets))
     }
 
-    fn slow(&self, text: &str) -> Result<(Vec<u32>, Offsets), Error> {
-        let enc = self.tokenizer.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    /// A segment between added tokens with bytes the scanner does not
+    /// classify goes through the tokenizer itself: the crate also
+    /// pre-tokenises each such segment on its own, so the ids are the same.
+    fn slow(
+        &self,
+        bytes: &[u8],
+        start: usize,
+        end: usize,
+        ids: &mut Vec<u32>,
+        offsets: &mut Offsets,
+    ) -> Result<(), Error> {
+        let seg = std::str::from_utf8(&bytes[start..end]).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self.tokenizer.encode(seg, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        ids.extend_from_slice(enc.get_ids());
+        offsets.extend(enc.get_offsets().iter().map(|&(a, b)| (a + start, b + start)));
+        Ok(())
     }
 
     fn segment(
@@ -145,6 +164,10 @@ impl<'a> FastBpe<'a> {
         ids: &mut Vec<u32>,
         offsets: &mut Offsets,
     ) -> Result<(), Error> {
+        let seg = &bytes[start..end];
+        if !seg.iter().all(|&b| (0x20..0x7f).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r')) {
+            return self.slow(bytes, start, end, ids, offsets);
+        }
         let mut res = Ok(());
         split_gpt2(&bytes[start..end], |a, b| {
             if res.is_ok() {
