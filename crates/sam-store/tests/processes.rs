@@ -98,7 +98,7 @@ fn parse_committed(line: &str) -> (u64, u64, u64) {
 fn sigkill_mid_ingest_keeps_exactly_the_committed_batches() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("store.db");
-    const SIZE: u64 = 2_000;
+    const SIZE: u64 = 3_000;
     // Each round kills the writer at a different moment, then the next round
     // resumes from the cursor the store kept.
     for (round, delay_ms) in [0u64, 7, 23, 41].into_iter().enumerate() {

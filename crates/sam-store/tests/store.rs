@@ -394,3 +394,34 @@ fn the_trait_is_object_safe() {
     assert_eq!(boxed.insert(&[instr("a", "an answer")]).unwrap().inserted, 1);
     assert_eq!(boxed.query(&Filter::default()).unwrap().len(), 1);
 }
+
+#[test]
+fn one_large_batch_counts_the_same_as_many_small_ones() {
+    // One big transaction or many small ones: the same outcome.
+    let make = |i: usize| {
+        if i % 1_000 == 999 {
+            instr(&format!("Question {i}"), " ")
+        } else {
+            instr(&format!("Question {}", if i % 10 == 9 { i - 5 } else { i }), "A fine answer.")
+        }
+    };
+    let all: Vec<Example> = (0..7_000).map(make).collect();
+    let (_d1, mut big) = open();
+    let (_d2, mut small) = open();
+    let report = big.insert(&all).unwrap();
+    let mut merged = sam_store::InsertReport::default();
+    for chunk in all.chunks(100) {
+        let mut r = small.insert(chunk).unwrap();
+        r.rejections
+            .iter_mut()
+            .for_each(|x| x.index += merged.inserted as usize + merged.duplicates as usize + merged.rejected as usize);
+        merged.merge(r);
+    }
+    assert_eq!(report, merged);
+    assert_eq!((report.inserted, report.duplicates, report.rejected), (6_300, 693, 7));
+    assert_eq!(
+        report.rejections.iter().map(|r| r.index).collect::<Vec<_>>(),
+        [999, 1999, 2999, 3999, 4999, 5999, 6999]
+    );
+    assert_eq!(big.query(&Filter::default()).unwrap(), small.query(&Filter::default()).unwrap());
+}
