@@ -289,8 +289,7 @@ fn js_items(lines: &[&str]) -> Vec<Item> {
             continue;
         }
         let mut doc = Vec::new();
-        loop {
-            let Some(l) = lines.get(i) else { break };
+        while let Some(l) = lines.get(i) {
             let body = l.trim().trim_start_matches("/**").trim_end_matches("*/").trim_start_matches('*');
             let body = body.strip_prefix(' ').unwrap_or(body);
             if !body.trim().is_empty() || !doc.is_empty() {

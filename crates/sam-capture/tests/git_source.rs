@@ -131,7 +131,9 @@ fn skip_rules() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repository::init(dir.path().join("r")).unwrap();
     let big: Vec<u8> = (0..3000).map(|i| format!("line {i}\n")).collect::<String>().into_bytes();
-    let cases: Vec<((&str, &str), &str, Vec<(&str, &[u8])>, Option<&str>)> = vec![
+    // (author, message, files, why it is skipped)
+    type Case<'a> = ((&'a str, &'a str), &'a str, Vec<(&'a str, &'a [u8])>, Option<&'a str>);
+    let cases: Vec<Case<'_>> = vec![
         (DEV, "Add the tokenizer module", vec![("src/tok.rs", b"pub fn tok() {}\n")], None),
         (
             ("dependabot[bot]", "support@github.com"),
