@@ -5,7 +5,9 @@
 //! repetition rules: duplicate-line fraction and the share of text covered by
 //! the most frequent n-gram) plus checks that matter for assistant data:
 //! empty fields, length bounds, unclosed code fences, cut-off answers, refusal
-//! boilerplate, and preference pairs whose two answers are the same.
+//! boilerplate, preference pairs whose two answers are the same, answers that
+//! only echo the prompt, answers that are mostly redaction placeholders, and
+//! answers that are mostly symbols (binary or minified junk).
 
 use std::collections::HashMap;
 
@@ -150,6 +152,20 @@ pub fn assess(content: &Content, cfg: &QualityConfig) -> Assessment {
         if let Some(p) = boilerplate(out) {
             add("boilerplate", format!("refusal or boilerplate: {p:?}"), 0.5);
         }
+        if let Some(frac) = placeholder_fraction(out).filter(|f| *f > 0.5) {
+            add("redacted", format!("{:.0}% of the response is redaction placeholders", frac * 100.0), 0.3);
+        }
+        let chars = out.chars().filter(|c| !c.is_whitespace()).count();
+        let alnum = out.chars().filter(|c| c.is_alphanumeric()).count();
+        if chars > 40 && (alnum as f64) < 0.25 * chars as f64 {
+            add("symbols", format!("only {alnum} of {chars} characters are letters or digits"), 0.3);
+        }
+    }
+
+    // A response that repeats the prompt teaches nothing.
+    let prompt = normalize(&content.input_fields().iter().map(|(_, t)| *t).collect::<Vec<_>>().join(" "));
+    if !prompt.is_empty() && content.output_texts().iter().any(|o| normalize(o) == prompt) {
+        add("echo", "a response repeats the prompt".into(), 0.5);
     }
 
     let penalty: f64 = findings.iter().map(|f| f.penalty).sum();
@@ -203,6 +219,16 @@ fn looks_cut_off(text: &str) -> bool {
 const BOILERPLATE: &[&str] = &[
     "as an ai language model",
     "as a large language model",
+    "as an ai assistant, i",
+    "i'm sorry, but as an ai",
+    "i cannot fulfill that request",
+    "i can't fulfill that request",
+    "i'm not able to provide",
+    "i am not able to provide",
+    "i don't have access to real-time",
+    "i do not have access to real-time",
+    "my knowledge cutoff",
+    "my training data only goes",
     "i'm sorry, but i can't",
     "i am sorry, but i cannot",
     "i cannot assist with that",
@@ -210,6 +236,23 @@ const BOILERPLATE: &[&str] = &[
     "i'm unable to help with",
     "lorem ipsum",
 ];
+
+/// Share of the words that are redaction placeholders (`<EMAIL>`, …);
+/// `None` for an empty text.
+fn placeholder_fraction(text: &str) -> Option<f64> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.is_empty() {
+        return None;
+    }
+    let is_placeholder = |w: &&str| {
+        let w = w.trim_matches(|c: char| !c.is_alphanumeric() && c != '<' && c != '>' && c != '_');
+        w.len() > 2
+            && w.starts_with('<')
+            && w.ends_with('>')
+            && w[1..w.len() - 1].chars().all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
+    };
+    Some(words.iter().filter(|w| is_placeholder(w)).count() as f64 / words.len() as f64)
+}
 
 fn boilerplate(text: &str) -> Option<&'static str> {
     let lower = text.to_lowercase();
@@ -242,6 +285,12 @@ mod tests {
             (instr("Here is the code:\n```rust\nfn main() {}\n"), &["incomplete"]),
             (instr("The function opens the file, reads each line and then it calls the parser with"), &["incomplete"]),
             (instr("As an AI language model, I have no opinion on tabs."), &["boilerplate"]),
+            (instr("I'm sorry, but as an AI I cannot browse."), &["boilerplate"]),
+            (instr("Explain this"), &["echo"]),
+            (instr("<EMAIL> <PHONE>"), &["redacted"]),
+            (instr("Write to <EMAIL> and ask for the staging credentials."), &[]),
+            (instr("}}}}{{{{;;;;))))((((////\\\\====----++++****&&&&^^^^%%%%"), &["symbols"]),
+            (instr("```rust\nfn main() { println!(\"{}\", 1 + 2); }\n```"), &[]),
             (Content::Chat { messages: vec![Message::user("hi")] }, &["no_response"]),
             (
                 Content::Preference {
