@@ -50,3 +50,43 @@ fn gguf_special_tokens_and_template() {
     assert!(tpl.contains("<|im_start|>") && tpl.contains("add_generation_prompt"));
     assert_eq!(model.name(), "SmolLM2-135M-Instruct.Q4_1");
 }
+
+/// A Hugging Face folder made from the GGUF's tokenizer reads back to the
+/// same tokenizer, template and special tokens.
+#[test]
+fn hf_folder_reads_tokenizer_template_and_generation_config() {
+    let gguf = model();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    gguf.tokenizer().unwrap().save(d.join("tokenizer.json"), false).unwrap();
+    let tpl = gguf.chat_template().unwrap();
+    let tc = serde_json::json!({
+        "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": tpl}],
+        "bos_token": {"content": "<|im_start|>", "lstrip": false},
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|im_end|>",
+        "add_bos_token": false,
+    });
+    std::fs::write(d.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    std::fs::write(d.join("generation_config.json"), r#"{"eos_token_id": [2, 0]}"#).unwrap();
+    std::fs::write(d.join("config.json"), r#"{"model_type": "llama", "num_hidden_layers": 30}"#).unwrap();
+
+    let hf = BaseModel::open(d).unwrap();
+    assert!(matches!(hf.source(), ModelSource::HfFolder(_)));
+    assert_eq!(hf.config().unwrap()["num_hidden_layers"], 30);
+    assert_eq!(hf.chat_template(), Some(tpl));
+    let sp = hf.special_tokens();
+    assert_eq!(sp.bos.as_ref().map(|t| t.id), Some(1));
+    assert_eq!(sp.eos.as_ref().map(|t| t.id), Some(2));
+    assert_eq!(sp.end_of_turn.as_ref().map(|t| t.id), Some(2));
+    assert_eq!(sp.stop_ids, vec![2, 0]);
+    let fx = fixture();
+    for case in fx["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(hf.tokenizer().unwrap().encode(text, false).unwrap().get_ids(), &want[..]);
+    }
+    // A chat_template.jinja file wins over the key, as in transformers.
+    std::fs::write(d.join("chat_template.jinja"), "{{ messages }}").unwrap();
+    assert_eq!(BaseModel::open(d).unwrap().chat_template(), Some("{{ messages }}"));
+}

@@ -187,3 +187,38 @@ fn truncation_keeps_the_response_and_drops_what_cannot_fit() {
     let prompt_text = tk.decode(&p.prompt_ids, false).unwrap();
     assert!(prompt_text.ends_with(" END<|im_end|>\n<|im_start|>assistant\n"), "{prompt_text:?}");
 }
+
+#[test]
+fn reads_jsonl_files_and_folders_counting_bad_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("export");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(
+        d.join("a.jsonl"),
+        "{\"instruction\":\"a\",\"output\":\"b\",\"domain\":\"git\"}\nnot json\n{\"text\":\"t\"}\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("b.jsonl"), "{\"prompt\":\"p\",\"chosen\":\"c\",\"rejected\":\"r\"}\n").unwrap();
+    std::fs::write(d.join("notes.txt"), "ignored").unwrap();
+    let input = sam_prep::prepare::read_inputs(&[d]).unwrap();
+    assert_eq!(input.examples.len(), 3);
+    assert_eq!(input.sources.len(), 2);
+    assert_eq!((input.sources[0].rows, input.sources[0].bad_rows), (3, 1));
+    assert_eq!(input.sources[0].blake3.len(), 64);
+
+    // Without a tokenizer or a template: ChatML, estimated lengths, no cache.
+    let model_dir = dir.path().join("model");
+    std::fs::create_dir(&model_dir).unwrap();
+    std::fs::write(model_dir.join("config.json"), "{}").unwrap();
+    let bare = BaseModel::open(&model_dir).unwrap();
+    let prep = Preparer::new(&bare, PrepConfig::default()).unwrap();
+    let out = dir.path().join("out");
+    let m = prep.prepare(&input, |_| {}).unwrap().write(&out).unwrap();
+    assert_eq!((m.template.as_str(), m.tokenizer.as_str()), ("builtin-chatml", "estimate-4-chars-per-token"));
+    assert_eq!(m.drops.bad_rows, 1);
+    assert_eq!(m.sft.train + m.sft.valid + m.sft.test, 2);
+    assert_eq!(m.preference.train + m.preference.valid + m.preference.test, 1);
+    assert!(m.sft_tokens.total > 0);
+    assert!(!out.join("cache").exists());
+    assert!(out.join("manifest.json").is_file());
+}
