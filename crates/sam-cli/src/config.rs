@@ -27,6 +27,16 @@ pub struct Config {
     pub redaction: sam_capture::redact::RedactionConfig,
     /// The routing table (`sam collect routing`).
     pub routing: sam_capture::routing::RoutingConfig,
+    /// Deduplication (`[dedup.near]`: near-duplicate detection).
+    pub dedup: DedupConfig,
+}
+
+/// The `[dedup]` table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Near-duplicate detection (`sam dedup --near`).
+    pub near: sam_store::near_dup::NearDupConfig,
 }
 
 /// One section of the file as `sam init` writes it: its name, what it is for,
@@ -92,8 +102,11 @@ const SECTIONS: &[Section] = &[
         about: "PII and secret redaction: applied to every collected or captured example\n\
                 before it is stored (`sam redact` shows what it does).",
         keys: &[
-            ("disabled", "Kinds not to look for, e.g. [\"ipv4\"] (email, phone, ssn, credit_card, ipv4, ipv6,\n\
-                          iban, aws_key, github_token, jwt, password, secret, high_entropy, home_path, ...)."),
+            (
+                "disabled",
+                "Kinds not to look for, e.g. [\"ipv4\"] (email, phone, ssn, credit_card, ipv4, ipv6,\n\
+                          iban, aws_key, github_token, jwt, password, secret, high_entropy, home_path, ...).",
+            ),
             ("entropy_threshold", "Bits per character above which a random-looking string is a secret."),
             ("entropy_min_len", "Shortest random-looking string that counts as a secret."),
             ("allow", "Exact strings never redacted."),
@@ -106,7 +119,43 @@ const SECTIONS: &[Section] = &[
                 [[routing.routes]] with task, model, reason and examples (sample prompts).",
         keys: &[("routes", "Empty: the built-in table (local for narrow tasks, remote for broad ones).")],
     },
+    Section {
+        name: "dedup.near",
+        about: "Near-duplicate detection (`sam dedup --near`): MinHash signatures of word\n\
+                shingles, LSH banding to find candidates, then the Jaccard estimate decides.",
+        keys: &[
+            ("threshold", "Estimated Jaccard similarity from which two examples are near-duplicates."),
+            ("shingle", "Words per shingle."),
+            ("bands", "LSH bands; more bands find less similar pairs (and cost more)."),
+            ("rows", "Signature values per band (the signature has bands x rows values)."),
+            ("seed", "Seed of the hash functions: fixed, so results are reproducible."),
+            ("threads", "Threads that compute signatures (0: all cores)."),
+        ],
+    },
 ];
+
+/// The table of a (possibly dotted) section name, `dedup.near` say.
+fn section_table(root: &toml::Table, name: &str) -> toml::Table {
+    let mut table = root.clone();
+    for part in name.split('.') {
+        table = table.get(part).and_then(|v| v.as_table()).cloned().unwrap_or_default();
+    }
+    table
+}
+
+/// Sections of a config value: tables holding at least one plain value,
+/// named by their dotted path.
+#[cfg(test)]
+fn sections_of(table: &toml::Table, prefix: &str, out: &mut Vec<(String, Vec<String>)>) {
+    let keys: Vec<String> = table.iter().filter(|(_, v)| !v.is_table()).map(|(k, _)| k.clone()).collect();
+    if !keys.is_empty() {
+        out.push((prefix.to_string(), keys));
+    }
+    for (k, v) in table.iter().filter(|(_, v)| v.is_table()) {
+        let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        sections_of(v.as_table().expect("a table"), &name, out);
+    }
+}
 
 /// The configuration file's name under SAM_HOME.
 pub const FILE_NAME: &str = "sam.toml";
@@ -147,7 +196,7 @@ impl Config {
                 out.push_str(&format!("# {line}\n"));
             }
             out.push_str(&format!("[{}]\n", section.name));
-            let table = value.get(section.name).and_then(|v| v.as_table()).cloned().unwrap_or_default();
+            let table = section_table(&value, section.name);
             let body = toml::to_string(&table).expect("a table serialises");
             for line in body.lines() {
                 let key = line.split('=').next().unwrap_or("").trim();
@@ -178,10 +227,13 @@ mod tests {
     #[test]
     fn every_section_and_key_is_commented() {
         let value = toml::Table::try_from(Config::default()).unwrap();
-        for (name, table) in &value {
+        let mut sections = Vec::new();
+        sections_of(&value, "", &mut sections);
+        assert!(sections.iter().any(|(name, _)| name == "dedup.near"), "{sections:?}");
+        for (name, keys) in &sections {
             let section = SECTIONS.iter().find(|s| s.name == name);
             let section = section.unwrap_or_else(|| panic!("section [{name}] has no entry in SECTIONS"));
-            for key in table.as_table().unwrap().keys() {
+            for key in keys {
                 assert!(section.keys.iter().any(|(k, _)| k == key), "[{name}] {key} has no comment in SECTIONS");
             }
         }

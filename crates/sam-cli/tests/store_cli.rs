@@ -184,9 +184,10 @@ fn validate_dedup_export_and_stats_work_together() {
     let (text, _) = h.ok(&["validate"]);
     assert!(text.contains("nothing to validate"), "{text}");
 
-    assert_eq!(h.json(&["dedup", "--dry-run"])["removed"], 1);
+    assert_eq!(h.json(&["dedup", "--dry-run"])["exact"]["removed"], 1);
     let d = h.json(&["dedup"]);
-    assert_eq!((d["input_groups"].as_u64(), d["removed"].as_u64()), (Some(1), Some(1)));
+    assert_eq!((d["exact"]["input_groups"].as_u64(), d["exact"]["removed"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(d["near"], Value::Null);
 
     let out_path = h.path().join("out/git.jsonl");
     let rec = h.json(&["export", "-o", s(&out_path), "--domain", "git", "--since", "2023-11-15", "--tier", "gold"]);
@@ -351,4 +352,29 @@ fn two_ingests_at_once_both_finish_with_every_row() {
     let total = (2 * N + 2_000) as u64;
     assert_eq!(h.json(&["stats"])["total"], total);
     assert_eq!((inserted, duplicates), (total, 2_000));
+}
+
+#[test]
+fn dedup_near_marks_or_removes_near_duplicates() {
+    let h = Home::init();
+    let words: Vec<String> = (0..80).map(|i| format!("word{}", (i * 37) % 101)).collect();
+    let answer = words.join(" ");
+    let rows = [
+        serde_json::json!({"instruction": "Explain the change", "output": answer}),
+        serde_json::json!({"instruction": "Explain this change", "output": format!("{answer} indeed")}),
+        serde_json::json!({"instruction": "What is a tag?", "output": "A named pointer to a commit."}),
+    ];
+    let file = h.write("in.jsonl", &rows.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n"));
+    h.ok(&["ingest", s(&file)]);
+    let refused = h.run(&["dedup", "--remove"]);
+    assert!(!refused.status.success(), "--remove needs --near");
+
+    let marked = h.json(&["dedup", "--near"]);
+    assert_eq!((marked["near"]["groups"].as_u64(), marked["near"]["marked"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(h.json(&["stats"])["total"], 3);
+    let removed = h.json(&["dedup", "--near", "--remove"]);
+    assert_eq!(removed["near"]["removed"], 1);
+    assert_eq!(h.json(&["stats"])["total"], 2);
+    let (text, _) = h.ok(&["dedup", "--near"]);
+    assert!(text.contains("0 groups hold 0 near-duplicates"), "{text}");
 }

@@ -84,10 +84,21 @@ pub enum StoreCommand {
     /// prompt side), keeping the highest tier, then the highest quality, then
     /// the oldest; run `sam validate` first so that tiers mean something.
     /// Preference pairs are left alone: several pairs per prompt are normal.
+    ///
+    /// With --near, near-duplicates are found next (MinHash + LSH over word
+    /// shingles, settings in [dedup.near] of sam.toml): each group keeps its
+    /// best example and the others are marked with
+    /// `metadata.near_duplicate_of`, or removed with --remove.
     Dedup {
-        /// Only count what would be removed
-        #[arg(long)]
+        /// Only count what the exact pass would remove
+        #[arg(long, conflicts_with = "near")]
         dry_run: bool,
+        /// Also find near-duplicates (and mark them, unless --remove)
+        #[arg(long)]
+        near: bool,
+        /// With --near: remove near-duplicates instead of marking them
+        #[arg(long, requires = "near")]
+        remove: bool,
     },
 
     /// Write a filtered snapshot of the store to a JSONL file.
@@ -228,7 +239,7 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> anyhow::Result<()> {
         }
         StoreCommand::Quarantine { action, limit, raw } => quarantine(ctx, action, limit, raw),
         StoreCommand::Validate { all } => validate(ctx, all),
-        StoreCommand::Dedup { dry_run } => dedup(ctx, dry_run),
+        StoreCommand::Dedup { dry_run, near, remove } => dedup(ctx, dry_run, near, remove),
         StoreCommand::Export { out, filter, format, list } => {
             if list {
                 export_list(ctx)
@@ -537,17 +548,37 @@ fn validate(ctx: &Ctx, all: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn dedup(ctx: &Ctx, dry_run: bool) -> anyhow::Result<()> {
-    let (_, mut store) = open_store(ctx)?;
-    let report = store.dedup(dry_run)?;
+fn dedup(ctx: &Ctx, dry_run: bool, near: bool, remove: bool) -> anyhow::Result<()> {
+    let (cfg, mut store) = open_store(ctx)?;
+    let exact = store.dedup(dry_run)?;
+    let near = if near {
+        let pb = progress(ctx, None, "{spinner} finding near-duplicates ({elapsed})");
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        let report = store.dedup_near(&cfg.dedup.near, remove)?;
+        pb.finish_and_clear();
+        Some(report)
+    } else {
+        None
+    };
     if ctx.json {
-        return print_json(&report);
+        return print_json(&serde_json::json!({ "exact": exact, "near": near }));
     }
     let verb = if dry_run { "would remove" } else { "removed" };
     println!(
-        "{} groups of examples ask the same question; {verb} {} copies, keeping the best of each",
-        report.input_groups, report.removed
+        "exact: {} groups of examples ask the same question; {verb} {} copies, keeping the best of each",
+        exact.input_groups, exact.removed
     );
+    if let Some(n) = near {
+        let done = if remove {
+            format!("removed {}", n.removed)
+        } else {
+            format!("marked {} with metadata.near_duplicate_of (--remove deletes them)", n.marked)
+        };
+        println!(
+            "near: compared {} examples; {} groups hold {} near-duplicates of a better example; {done}",
+            n.examples, n.groups, n.duplicates
+        );
+    }
     Ok(())
 }
 
