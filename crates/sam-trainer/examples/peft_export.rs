@@ -8,9 +8,7 @@
 //! ```
 
 use candle_core::Tensor;
-use sam_trainer::{
-    AdapterFormat, LoadOptions, Layers, LoraConfig, Mode, Target, load_model, save_adapter,
-};
+use sam_trainer::{AdapterFormat, Layers, LoadOptions, LoraConfig, Mode, Target, load_model, save_adapter};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

@@ -5,14 +5,16 @@
 //! ```text
 //! cargo run --release -p sam-trainer --example step_bench -- MODEL [seq] [steps] [rank] [dtype]
 //! ```
-//! MODEL is a GGUF file or a Hugging Face folder; dtype is f32 (default) or
+//! MODEL is a GGUF file, a Hugging Face folder, or `qwen2.5-coder-1.5b-random`
+//! (that shape, random weights); dtype is f32 (default) or
 //! bf16 for the frozen weights. Prints one JSON line.
 
 use candle_core::DType;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use sam_prep::cache::TokenizedExample;
 use sam_trainer::{
-    Duration, LoadOptions, LoraConfig, Observer, StepMetrics, Target, TrainConfig, load_model, train_sft,
+    Duration, LoadOptions, LoraConfig, ModelConfig, Observer, StepMetrics, Target, TrainConfig, load_model,
+    random_model, train_sft,
 };
 use std::time::Instant;
 
@@ -50,7 +52,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let t0 = Instant::now();
     let opts = LoadOptions { dtype, ..Default::default() };
-    let mut model = load_model(model_path.as_ref(), &opts)?;
+    let mut model = if model_path == "qwen2.5-coder-1.5b-random" {
+        random_model(ModelConfig::qwen2_5_coder_1_5b(), &opts, 0)?
+    } else {
+        load_model(model_path.as_ref(), &opts)?
+    };
     let load_s = t0.elapsed().as_secs_f64();
     let vocab = model.config().vocab_size as u32;
     let mut rng = StdRng::seed_from_u64(0);

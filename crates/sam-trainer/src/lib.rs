@@ -31,15 +31,16 @@ pub mod optim;
 pub mod train;
 
 pub use adapter::{AdapterFormat, load_adapter, save_adapter, save_hf_model};
+pub use candle_core::{DType, Device};
 pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
 pub use eval::{EvalReport, Score, evaluate};
 pub use generate::{GenerateConfig, generate};
-pub use load::{LoadOptions, load_model, read_config};
+pub use load::{LoadOptions, load_model, random_model, read_config};
 pub use lora::{Layers, Linear, LoraConfig, Target};
 pub use loss::{Batch, Sequence, mean_loss, nll_sum};
 pub use model::{Decoder, KvCache, Mode};
 pub use train::{
     Duration, EvalMetrics, NoopObserver, Observer, SftTrainer, StepMetrics, TrainConfig, TrainOutcome, Trainer,
-    train_sft,
+    lora_gradients, train_sft,
 };

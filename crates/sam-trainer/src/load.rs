@@ -197,3 +197,92 @@ fn build(cfg: ModelConfig, w: &mut dyn Weights, opts: &LoadOptions) -> Result<De
     let lm_head = if cfg.tie_word_embeddings { None } else { Some(req("lm_head.weight", mat)?) };
     Ok(Decoder::from_parts(cfg, embed, layers, norm, lm_head))
 }
+
+/// A model of the given shape with random weights (uniform, standard
+/// deviation 0.02; norms 1; biases small), for memory and speed tests of
+/// shapes sam has no checkpoint for. Deterministic in `seed`. Weights are
+/// generated directly in the requested type, so no f32 copy of a bf16 model
+/// ever exists.
+pub fn random_model(cfg: ModelConfig, opts: &LoadOptions, seed: u64) -> Result<Decoder> {
+    cfg.validate()?;
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let bound = 0.02f32 * 3f32.sqrt();
+    let mut next = move || {
+        // xorshift64*: fast and good enough for test weights.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        ((r >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
+    };
+    let dev = &opts.device;
+    let mut mat = |rows: usize, cols: usize| -> Result<Tensor> {
+        let n = rows * cols;
+        Ok(match opts.dtype {
+            DType::BF16 => {
+                let v: Vec<half::bf16> = (0..n).map(|_| half::bf16::from_f32(next())).collect();
+                Tensor::from_vec(v, (rows, cols), dev)?
+            }
+            DType::F16 => {
+                let v: Vec<half::f16> = (0..n).map(|_| half::f16::from_f32(next())).collect();
+                Tensor::from_vec(v, (rows, cols), dev)?
+            }
+            _ => {
+                let v: Vec<f32> = (0..n).map(|_| next()).collect();
+                Tensor::from_vec(v, (rows, cols), dev)?.to_dtype(opts.dtype)?
+            }
+        })
+    };
+    let ones = |n: usize| Tensor::ones(n, DType::F32, dev);
+    let (h, kv) = (cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim);
+    let q = cfg.num_heads * cfg.head_dim;
+    let embed = mat(cfg.vocab_size, h)?;
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for _ in 0..cfg.num_layers {
+        let bias = |n: usize| -> Result<Option<Tensor>> {
+            Ok(if cfg.attention_bias { Some(Tensor::full(0.01f32, n, dev)?) } else { None })
+        };
+        layers.push(Layer {
+            attn_norm: ones(h)?,
+            attn: Attention {
+                q: Linear::new(mat(q, h)?, bias(q)?),
+                k: Linear::new(mat(kv, h)?, bias(kv)?),
+                v: Linear::new(mat(kv, h)?, bias(kv)?),
+                o: Linear::new(mat(h, q)?, None),
+            },
+            mlp_norm: ones(h)?,
+            mlp: Mlp {
+                gate: Linear::new(mat(cfg.intermediate_size, h)?, None),
+                up: Linear::new(mat(cfg.intermediate_size, h)?, None),
+                down: Linear::new(mat(h, cfg.intermediate_size)?, None),
+            },
+        });
+    }
+    let lm_head = if cfg.tie_word_embeddings { None } else { Some(mat(cfg.vocab_size, h)?) };
+    Ok(Decoder::from_parts(cfg, embed, layers, ones(h)?, lm_head))
+}
+
+impl ModelConfig {
+    /// The shape of Qwen2.5-Coder-1.5B (28 layers, hidden 1536, MLP 8960,
+    /// 12 query / 2 key-value heads of 128, vocabulary 151936, tied
+    /// embeddings, q/k/v biases, rope theta 1e6).
+    pub fn qwen2_5_coder_1_5b() -> Self {
+        ModelConfig {
+            arch: Arch::Qwen2,
+            vocab_size: 151_936,
+            hidden_size: 1536,
+            intermediate_size: 8960,
+            num_layers: 28,
+            num_heads: 12,
+            num_kv_heads: 2,
+            head_dim: 128,
+            rope_theta: 1_000_000.0,
+            rms_norm_eps: 1e-6,
+            attention_bias: true,
+            tie_word_embeddings: true,
+            max_position_embeddings: 32_768,
+            bos_token_id: None,
+            eos_token_ids: vec![151_643],
+        }
+    }
+}

@@ -158,7 +158,7 @@ impl LoraConfig {
 }
 
 /// The trainable part of an adapted layer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LoraWeights {
     /// `[r, in]`
     pub a: Var,
@@ -171,7 +171,7 @@ pub struct LoraWeights {
 }
 
 /// A frozen linear layer with an optional LoRA adapter.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,

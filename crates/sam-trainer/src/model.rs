@@ -10,11 +10,15 @@
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::lora::{DropoutRng, Linear, LoraConfig, Target};
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{D, DType, Device, Tensor, TensorId, Var};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+type CkptGrads = Arc<Mutex<HashMap<TensorId, Tensor>>>;
 use rand::{SeedableRng, rngs::StdRng};
 
 /// One decoder layer's attention projections.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Attention {
     pub(crate) q: Linear,
     pub(crate) k: Linear,
@@ -23,7 +27,7 @@ pub(crate) struct Attention {
 }
 
 /// One decoder layer's SwiGLU MLP.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Mlp {
     pub(crate) gate: Linear,
     pub(crate) up: Linear,
@@ -31,7 +35,7 @@ pub(crate) struct Mlp {
 }
 
 /// One decoder layer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Layer {
     pub(crate) attn_norm: Tensor,
     pub(crate) attn: Attention,
@@ -114,6 +118,8 @@ pub struct Decoder {
     pub(crate) lm_head: Option<Tensor>,
     lora: Option<LoraConfig>,
     device: Device,
+    checkpoint: bool,
+    ckpt_grads: CkptGrads,
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
@@ -140,7 +146,17 @@ impl Decoder {
         lm_head: Option<Tensor>,
     ) -> Self {
         let device = embed.device().clone();
-        Self { cfg, embed, layers, norm, lm_head, lora: None, device }
+        Self {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            lora: None,
+            device,
+            checkpoint: false,
+            ckpt_grads: CkptGrads::default(),
+        }
     }
 
     /// The model's configuration.
@@ -237,7 +253,6 @@ impl Decoder {
     pub fn hidden(&self, ids: &Tensor, mode: Mode<'_>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
-        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         if let Some(c) = cache.as_mut()
             && c.layers.len() != self.layers.len()
@@ -247,46 +262,54 @@ impl Decoder {
         let (cos, sin) = self.rope_tables(offset, t)?;
         let flat = ids.flatten_all()?;
         let mut x = self.embed.index_select(&flat, 0)?.to_dtype(DType::F32)?;
-        let scale = 1.0 / (hd as f64).sqrt();
+        // Layers below the lowest adapter need no graph at all; from there
+        // on, checkpointed layers keep only their inputs (see `checkpoint`).
+        let lowest = if mode.adapter {
+            self.layers.iter().position(|l| Target::ALL.iter().any(|&t| l.linear(t).lora().is_some()))
+        } else {
+            None
+        };
+        let dropout_on = mode.dropout.is_some()
+            && self
+                .layers
+                .iter()
+                .any(|l| Target::ALL.iter().any(|&t| l.linear(t).lora().is_some_and(|w| w.dropout > 0.0)));
+        let ckpt = self.checkpoint && cache.is_none() && lowest.is_some() && !dropout_on;
+        let shape = Shape { b, t, cfg: cfg.clone() };
         for (li, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.attn_norm, cfg.rms_norm_eps)?;
-            let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-                Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
-            };
-            let q = heads(layer.attn.q.forward(&h, mode.adapter, mode.dropout)?, nh)?;
-            let k = heads(layer.attn.k.forward(&h, mode.adapter, mode.dropout)?, nkv)?;
-            let v = heads(layer.attn.v.forward(&h, mode.adapter, mode.dropout)?, nkv)?;
-            let q = rope(&q, &cos, &sin)?;
-            let mut k = rope(&k, &cos, &sin)?;
-            let mut v = v;
-            if let Some(c) = cache.as_mut() {
-                if let Some((pk, pv)) = &c.layers[li] {
-                    k = Tensor::cat(&[pk, &k], 2)?;
-                    v = Tensor::cat(&[pv, &v], 2)?;
+            if ckpt && Some(li) >= lowest {
+                if Some(li) == lowest {
+                    x = Var::from_tensor(&x)?.as_tensor().clone();
                 }
-                c.layers[li] = Some((k.clone(), v.clone()));
-            }
-            let tk = k.dim(2)?;
-            let (k, v) = if nh != nkv {
-                let rep = nh / nkv;
-                let r = |x: Tensor| -> Result<Tensor> {
-                    Ok(x.unsqueeze(2)?.broadcast_as((b, nkv, rep, tk, hd))?.reshape((b, nh, tk, hd))?)
+                let op = Checkpoint {
+                    layer: layer.clone(),
+                    shape: shape.clone(),
+                    cos: cos.clone(),
+                    sin: sin.clone(),
+                    grads: self.ckpt_grads.clone(),
                 };
-                (r(k)?, r(v)?)
+                x = x.contiguous()?.apply_op1(op)?;
             } else {
-                (k, v)
-            };
-            let att = crate::ops::causal_softmax(&q.matmul(&k.t()?)?, scale)?;
-            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
-            let y = layer.attn.o.forward(&y, mode.adapter, mode.dropout)?;
-            x = (x + y)?;
-            let h = rms_norm(&x, &layer.mlp_norm, cfg.rms_norm_eps)?;
-            let g = layer.mlp.gate.forward(&h, mode.adapter, mode.dropout)?;
-            let u = layer.mlp.up.forward(&h, mode.adapter, mode.dropout)?;
-            let y = layer.mlp.down.forward(&(g.silu()? * u)?, mode.adapter, mode.dropout)?;
-            x = (x + y)?;
+                let kv = cache.as_mut().map(|c| &mut c.layers[li]);
+                x = layer_forward(layer, &shape, &x, &cos, &sin, mode, kv)?;
+            }
         }
         rms_norm(&x, &self.norm, cfg.rms_norm_eps)
+    }
+
+    /// Turns per-layer activation checkpointing on or off (training keeps
+    /// only each adapted layer's input and recomputes the layer during the
+    /// backward pass: much less memory, about a third more compute). Not
+    /// applied when LoRA dropout is active.
+    pub fn set_checkpointing(&mut self, on: bool) {
+        self.checkpoint = on;
+    }
+
+    /// Gradients of the LoRA variables that checkpointed layers produced
+    /// during the last backward passes, keyed by variable; drains them.
+    /// [`crate::train::lora_gradients`] merges them with the `GradStore`.
+    pub fn take_checkpoint_grads(&self) -> HashMap<TensorId, Tensor> {
+        std::mem::take(&mut *self.ckpt_grads.lock().expect("checkpoint grads poisoned"))
     }
 
     /// The output head applied to hidden rows `[n, hidden]` → `[n, vocab]`.
@@ -337,5 +360,120 @@ impl Decoder {
             }
         }
         out
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Shape {
+    b: usize,
+    t: usize,
+    cfg: ModelConfig,
+}
+
+type KvSlot<'a> = Option<&'a mut Option<(Tensor, Tensor)>>;
+
+fn layer_forward(
+    layer: &Layer,
+    s: &Shape,
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    mode: Mode<'_>,
+    kv: KvSlot<'_>,
+) -> Result<Tensor> {
+    let (b, t, cfg) = (s.b, s.t, &s.cfg);
+    let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+    let h = rms_norm(x, &layer.attn_norm, cfg.rms_norm_eps)?;
+    let heads =
+        |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) };
+    let q = heads(layer.attn.q.forward(&h, mode.adapter, mode.dropout)?, nh)?;
+    let k = heads(layer.attn.k.forward(&h, mode.adapter, mode.dropout)?, nkv)?;
+    let v = heads(layer.attn.v.forward(&h, mode.adapter, mode.dropout)?, nkv)?;
+    let q = rope(&q, cos, sin)?;
+    let mut k = rope(&k, cos, sin)?;
+    let mut v = v;
+    if let Some(slot) = kv {
+        if let Some((pk, pv)) = slot.as_ref() {
+            k = Tensor::cat(&[pk, &k], 2)?;
+            v = Tensor::cat(&[pv, &v], 2)?;
+        }
+        *slot = Some((k.clone(), v.clone()));
+    }
+    let tk = k.dim(2)?;
+    let (k, v) = if nh != nkv {
+        let rep = nh / nkv;
+        let r = |x: Tensor| -> Result<Tensor> {
+            Ok(x.unsqueeze(2)?.broadcast_as((b, nkv, rep, tk, hd))?.reshape((b, nh, tk, hd))?)
+        };
+        (r(k)?, r(v)?)
+    } else {
+        (k, v)
+    };
+    let scale = 1.0 / (hd as f64).sqrt();
+    let att = crate::ops::causal_softmax(&q.matmul(&k.t()?)?, scale)?;
+    let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
+    let y = layer.attn.o.forward(&y, mode.adapter, mode.dropout)?;
+    let x = (x + y)?;
+    let h = rms_norm(&x, &layer.mlp_norm, cfg.rms_norm_eps)?;
+    let g = layer.mlp.gate.forward(&h, mode.adapter, mode.dropout)?;
+    let u = layer.mlp.up.forward(&h, mode.adapter, mode.dropout)?;
+    let y = layer.mlp.down.forward(&(g.silu()? * u)?, mode.adapter, mode.dropout)?;
+    Ok((x + y)?)
+}
+
+/// One decoder layer as a single graph node: the forward runs without a
+/// graph; the backward recomputes the layer with one, backpropagates the
+/// incoming gradient through it, returns the input's gradient and parks the
+/// LoRA variables' gradients in `grads` (they are not reachable from the
+/// outer graph).
+struct Checkpoint {
+    layer: Layer,
+    shape: Shape,
+    cos: Tensor,
+    sin: Tensor,
+    grads: CkptGrads,
+}
+
+impl candle_core::CustomOp1 for Checkpoint {
+    fn name(&self) -> &'static str {
+        "sam-checkpointed-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        st: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let Some((a, e)) = l.contiguous_offsets() else { candle_core::bail!("checkpoint: input is not contiguous") };
+        let candle_core::CpuStorage::F32(v) = st else { candle_core::bail!("checkpoint: expected f32") };
+        let x = Tensor::from_slice(&v[a..e], l.shape(), &Device::Cpu)?;
+        let y = layer_forward(&self.layer, &self.shape, &x, &self.cos, &self.sin, Mode::INFER, None)
+            .map_err(candle_core::Error::wrap)?;
+        let y = y.detach();
+        let shape = y.shape().clone();
+        Ok((candle_core::CpuStorage::F32(y.flatten_all()?.to_vec1()?), shape))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let xv = Var::from_tensor(&arg.detach())?;
+        let y = layer_forward(&self.layer, &self.shape, xv.as_tensor(), &self.cos, &self.sin, Mode::INFER, None)
+            .map_err(candle_core::Error::wrap)?;
+        let gs = (y * grad.detach())?.sum_all()?.backward()?;
+        let mut store = self.grads.lock().expect("checkpoint grads poisoned");
+        for t in Target::ALL {
+            if let Some(w) = self.layer.linear(t).lora() {
+                for var in [&w.a, &w.b] {
+                    if let Some(g) = gs.get(var.as_tensor()) {
+                        let id = var.as_tensor().id();
+                        let sum = match store.remove(&id) {
+                            Some(prev) => (prev + g)?,
+                            None => g.clone(),
+                        };
+                        store.insert(id, sum);
+                    }
+                }
+            }
+        }
+        Ok(gs.get(xv.as_tensor()).cloned())
     }
 }

@@ -3,76 +3,94 @@
 //! [`frozen_matmul`]: candle's `Matmul` backward computes the gradient of
 //! *both* operands, even a frozen weight nobody asked about: for a LoRA step
 //! that is a third of the matmul work and a weight-sized gradient per layer.
-//! Here the product is computed outside the graph and re-attached to `x`
-//! through a custom op whose backward only yields `dL/dx = dL/dy · W`.
+//! Here the product is a custom op on `x` alone whose backward only yields
+//! `dL/dx = dL/dy · W`. Weights stored in bf16/f16 are widened to f32 a block
+//! of rows at a time (candle's own bf16 matmul widens the whole matrix and
+//! rounds the activations to bf16).
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 
-struct AttachInputGrad {
+/// Most weight elements widened to f32 at once (64 MB).
+const WIDEN_BLOCK: usize = 16 << 20;
+
+/// `x · Wᵀ` with `x: [n, in]` f32 and `w: [out, in]` of any float type.
+fn matmul_wt(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    if w.dtype() == DType::F32 {
+        return x.matmul(&w.t()?);
+    }
+    let (out, inp) = w.dims2()?;
+    let rows = (WIDEN_BLOCK / inp.max(1)).clamp(1, out);
+    if rows == out {
+        return x.matmul(&w.to_dtype(DType::F32)?.t()?);
+    }
+    let mut parts = Vec::with_capacity(out.div_ceil(rows));
+    let mut s = 0;
+    while s < out {
+        let n = rows.min(out - s);
+        let blk = w.narrow(0, s, n)?.to_dtype(DType::F32)?;
+        parts.push(x.matmul(&blk.t()?)?);
+        s += n;
+    }
+    Tensor::cat(&parts, 1)
+}
+
+/// `g · W` with `g: [n, out]` f32 and `w: [out, in]` of any float type.
+fn matmul_w(g: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    if w.dtype() == DType::F32 {
+        return g.matmul(w);
+    }
+    let (out, inp) = w.dims2()?;
+    let rows = (WIDEN_BLOCK / inp.max(1)).clamp(1, out);
+    let mut acc: Option<Tensor> = None;
+    let mut s = 0;
+    while s < out {
+        let n = rows.min(out - s);
+        let blk = w.narrow(0, s, n)?.to_dtype(DType::F32)?;
+        let part = g.narrow(1, s, n)?.matmul(&blk)?;
+        acc = Some(match acc {
+            None => part,
+            Some(a) => (a + part)?,
+        });
+        s += n;
+    }
+    acc.ok_or_else(|| candle_core::Error::Msg("empty weight".into()))
+}
+
+struct FrozenLinear {
     /// `[out, in]`, possibly bf16/f16.
     weight: Tensor,
 }
 
-impl CustomOp2 for AttachInputGrad {
+impl candle_core::CustomOp1 for FrozenLinear {
     fn name(&self) -> &'static str {
-        "sam-frozen-matmul"
+        "sam-frozen-linear"
     }
 
-    /// Returns the precomputed product (second argument) unchanged.
-    fn cpu_fwd(
-        &self,
-        _s1: &CpuStorage,
-        _l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = l2.contiguous_offsets() else {
-            candle_core::bail!("sam-frozen-matmul: product is not contiguous")
-        };
-        match s2 {
-            CpuStorage::F32(v) => Ok((CpuStorage::F32(v[start..end].to_vec()), l2.shape().clone())),
-            _ => candle_core::bail!("sam-frozen-matmul: activations must be f32"),
-        }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let x = Tensor::from_slice(x, l.shape(), &Device::Cpu)?;
+        let y = matmul_wt(&x, &self.weight)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), shape))
     }
 
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _y: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let w = &self.weight;
-        let gx = if w.dtype() == grad.dtype() {
-            grad.matmul(w)?
-        } else {
-            grad.to_dtype(w.dtype())?.matmul(w)?.to_dtype(grad.dtype())?
-        };
-        Ok((Some(gx), None))
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(matmul_w(grad, &self.weight)?))
     }
 }
 
 /// `x · Wᵀ` for a frozen `w: [out, in]` and f32 `x: [n, in]`; gradients flow
-/// to `x` only. Weights in bf16/f16 are multiplied in their own type (candle
-/// widens to f32 inside on CPU).
+/// to `x` only.
 pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    let plain = |x: &Tensor| -> candle_core::Result<Tensor> {
-        if w.dtype() == x.dtype() {
-            x.matmul(&w.t()?)
-        } else {
-            x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(x.dtype())
-        }
-    };
     if !x.track_op() {
-        return plain(x);
+        return matmul_wt(x, w);
     }
     if !x.device().is_cpu() || x.dtype() != DType::F32 {
         // Other backends: the plain graph (correct; it also computes the
         // unused weight gradient).
-        return plain(x);
+        return x.matmul(&w.to_dtype(x.dtype())?.t()?);
     }
-    let y = plain(&x.detach())?.contiguous()?;
-    x.apply_op2(&y, AttachInputGrad { weight: w.clone() })
+    x.contiguous()?.apply_op1(FrozenLinear { weight: w.clone() })
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {

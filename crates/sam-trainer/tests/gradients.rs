@@ -5,6 +5,7 @@
 mod common;
 
 use candle_core::{Tensor, Var};
+
 use sam_trainer::{Batch, Decoder, Layers, LoadOptions, LoraConfig, Mode, Sequence, Target};
 
 fn tiny() -> Decoder {
@@ -18,10 +19,12 @@ fn load_model_at(p: &std::path::Path) -> Decoder {
 /// B starts at zero, which makes A's gradient zero by construction: give B
 /// small random values so every variable is expected to get a gradient.
 fn randomise_b(model: &Decoder) {
-    for (name, var) in model.lora_vars() {
+    for (k, (name, var)) in model.lora_vars().into_iter().enumerate() {
         if name.ends_with("lora_B") {
-            let t = Tensor::randn(0f32, 0.02, var.dims(), var.device()).unwrap();
-            var.set(&t).unwrap();
+            // Deterministic pseudo-random values, so the test never flakes.
+            let n: usize = var.dims().iter().product();
+            let v: Vec<f32> = (0..n).map(|i| 0.05 * ((i * 7919 + k * 104_729) as f32 * 0.618).sin()).collect();
+            var.set(&Tensor::from_vec(v, var.dims(), var.device()).unwrap()).unwrap();
         }
     }
 }
@@ -39,9 +42,9 @@ fn loss(model: &Decoder, b: &Batch) -> Tensor {
 fn check_all_vars_get_gradients(model: &Decoder, b: &Batch) {
     let vars = model.lora_vars();
     assert!(!vars.is_empty());
-    let grads = loss(model, b).backward().unwrap();
-    for (name, var) in &vars {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient at all"));
+    let grads = sam_trainer::lora_gradients(model, &loss(model, b)).unwrap();
+    for ((name, _), g) in vars.iter().zip(&grads) {
+        let g = g.as_ref().unwrap_or_else(|| panic!("{name}: no gradient at all"));
         let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm}");
     }
@@ -49,7 +52,14 @@ fn check_all_vars_get_gradients(model: &Decoder, b: &Batch) {
 
 #[test]
 fn every_lora_variable_gets_a_gradient_tiny_qwen2() {
+    for checkpoint in [false, true] {
+        every_lora_variable_gets_a_gradient_tiny(checkpoint);
+    }
+}
+
+fn every_lora_variable_gets_a_gradient_tiny(checkpoint: bool) {
     let mut model = tiny();
+    model.set_checkpointing(checkpoint);
     let cfg = LoraConfig { rank: 4, targets: Target::ALL.to_vec(), ..Default::default() };
     model.attach_lora(&cfg, 3).unwrap();
     randomise_b(&model);
@@ -68,6 +78,7 @@ fn every_lora_variable_gets_a_gradient_tiny_qwen2() {
 #[test]
 fn every_lora_variable_gets_a_gradient_smollm2_last_layers() {
     let mut model = load_model_at(&common::test_model());
+    model.set_checkpointing(true);
     let cfg = LoraConfig { rank: 2, targets: Target::ALL.to_vec(), layers: Layers::Last(2), ..Default::default() };
     model.attach_lora(&cfg, 1).unwrap();
     randomise_b(&model);
@@ -91,7 +102,14 @@ fn nudge(var: &Var, idx: usize, delta: f32) {
 
 #[test]
 fn lora_gradients_match_finite_differences() {
+    for checkpoint in [false, true] {
+        finite_differences(checkpoint);
+    }
+}
+
+fn finite_differences(checkpoint: bool) {
     let mut model = tiny();
+    model.set_checkpointing(checkpoint);
     let cfg = LoraConfig { rank: 4, targets: Target::ALL.to_vec(), ..Default::default() };
     model.attach_lora(&cfg, 5).unwrap();
     randomise_b(&model);
@@ -102,11 +120,11 @@ fn lora_gradients_match_finite_differences() {
             (vec![3, 4, 250], vec![false, true, true]),
         ],
     );
-    let grads = loss(&model, &b).backward().unwrap();
+    let grads = sam_trainer::lora_gradients(&model, &loss(&model, &b)).unwrap();
     let eps = 1e-2f32;
     let mut checked = 0;
-    for (name, var) in model.lora_vars() {
-        let g: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    for ((name, var), g) in model.lora_vars().into_iter().zip(grads) {
+        let g: Vec<f32> = g.unwrap().flatten_all().unwrap().to_vec1().unwrap();
         // The largest-gradient entry of each variable: well above f32 noise.
         let (idx, &ga) = g.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap();
         nudge(&var, idx, eps);
@@ -115,8 +133,9 @@ fn lora_gradients_match_finite_differences() {
         let down = scalar(&loss(&model, &b));
         nudge(&var, idx, eps);
         let fd = (up - down) / (2.0 * eps as f64);
-        let err = (fd - ga as f64).abs() / (ga.abs() as f64).max(1e-3);
-        assert!(err < 0.05, "{name}[{idx}]: analytic {ga} vs finite difference {fd}");
+        // Relative error, with an absolute floor for f32 noise on tiny gradients.
+        let err = (fd - ga as f64).abs() / (ga.abs() as f64).max(5e-3);
+        assert!(err < 0.05, "checkpoint {checkpoint}: {name}[{idx}]: analytic {ga} vs finite difference {fd}");
         checked += 1;
     }
     assert_eq!(checked, 28);
