@@ -403,17 +403,14 @@ impl Store for SqliteStore {
         let sql = format!("SELECT {EXAMPLE_COLUMNS} FROM examples{clause} ORDER BY rid LIMIT ?");
         // One read transaction: the scan sees one snapshot even while other
         // processes write.
-        self.conn.execute_batch("BEGIN DEFERRED")?;
-        let res = (|| {
+        in_read_tx(&self.conn, || {
             let mut stmt = self.conn.prepare(&sql)?;
             let mut rows = stmt.query(params_from_iter(params))?;
             while let Some(r) = rows.next()? {
                 visit(example_from_row(r)?)?;
             }
             Ok(())
-        })();
-        self.conn.execute_batch("COMMIT")?;
-        res
+        })
     }
 
     fn count(&self, filter: &Filter) -> Result<u64, StoreError> {
@@ -726,8 +723,17 @@ impl Store for SqliteStore {
 }
 
 fn compute_stats(conn: &Connection) -> Result<Stats, StoreError> {
+    in_read_tx(conn, || compute_stats_in(conn))
+}
+
+/// Run `f` inside one read transaction (one snapshot of the database), unless
+/// the connection is already inside a transaction.
+fn in_read_tx<T>(conn: &Connection, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    if !conn.is_autocommit() {
+        return f();
+    }
     conn.execute_batch("BEGIN DEFERRED")?;
-    let res = compute_stats_in(conn);
+    let res = f();
     conn.execute_batch("COMMIT")?;
     res
 }
