@@ -12,6 +12,8 @@ use sam_store::SqliteStore;
 use crate::config::Config;
 use crate::ctx::Ctx;
 
+// Parsed once per run: the size of the flag-heavy variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum CaptureCommand {
     /// Mine examples from git repositories, code, markdown docs or the routing table.

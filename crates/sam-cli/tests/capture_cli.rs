@@ -1,0 +1,84 @@
+//! The collection and capture commands, run as a user runs them: the built
+//! `sam` binary under a temporary SAM_HOME.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn sam(home: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sam"));
+    c.args(args).env("SAM_HOME", home).env_remove("RUST_LOG");
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn ok(home: &std::path::Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = sam(home, args, stdin);
+    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "sam {args:?} failed:\n{o}\n{e}");
+    o.into_owned()
+}
+
+fn json(home: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    serde_json::from_str(&ok(home, &a, stdin)).unwrap()
+}
+
+#[test]
+fn collect_routing_is_incremental() {
+    let home = tempfile::tempdir().unwrap();
+    let first = json(home.path(), &["collect", "routing"], None);
+    assert!(first["inserted"].as_u64().unwrap() > 10, "{first}");
+    let again = json(home.path(), &["collect", "routing"], None);
+    assert_eq!(again["collected"], 0, "{again}");
+}
+
+#[test]
+fn redact_filters_stdin() {
+    let home = tempfile::tempdir().unwrap();
+    let out = sam(home.path(), &["redact"], Some("ping me: ana.silva@proton.me, key AKIAZ7Q3L4M5N6P2R3S4\n"));
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ping me: <EMAIL>, key <AWS_KEY>\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "2 redacted (email: 1, aws_key: 1)");
+}
+
+#[test]
+fn a_capture_made_while_the_store_is_locked_is_stored_once_it_is_free() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("sam.toml"), "[store]\nbusy_timeout_ms = 100\n").unwrap();
+    // Create the store, then hold its write lock as another process would.
+    json(home.path(), &["collect", "routing"], None);
+    let locker = rusqlite::Connection::open(home.path().join("store.db")).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let r = json(
+        home.path(),
+        &["capture", "correction"],
+        Some(
+            r#"{"prompt":"How do I undo the last commit?","wrong":"git reset --hard HEAD~1","correction":"git reset --soft HEAD~1 keeps the changes staged; my mail is bo.chen@initech.com"}"#,
+        ),
+    );
+    assert_eq!(r["spooled"], 1, "{r}");
+    let spool = std::fs::read_to_string(home.path().join("capture-spool.jsonl")).unwrap();
+    assert!(spool.contains("<EMAIL>") && !spool.contains("initech"), "the spool holds redacted text: {spool}");
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+
+    let r = json(
+        home.path(),
+        &["capture", "feedback", "--prompt", "List files by size", "--response", "Use `ls -lS`, add -r to reverse."],
+        None,
+    );
+    assert_eq!(
+        (r["drained"].as_u64(), r["stored"].as_u64(), r["spooled"].as_u64()),
+        (Some(1), Some(2), Some(0)),
+        "{r}"
+    );
+    let sources = ok(home.path(), &["stats"], None);
+    assert!(sources.contains("correction") && sources.contains("feedback"), "{sources}");
+}
