@@ -325,16 +325,16 @@ impl Prepared {
             let rows =
                 |text: bool| self.sft.iter().filter(move |r| r.split == split && r.is_text == text).map(|r| &r.row);
             if has_chat {
-                files.push(write_jsonl(dir, &format!("{split}.jsonl"), rows(false))?);
+                files.extend(write_jsonl(dir, &format!("{split}.jsonl"), rows(false))?);
                 if self.sft.iter().any(|r| r.is_text) {
-                    files.push(write_jsonl(dir, &format!("text/{split}.jsonl"), rows(true))?);
+                    files.extend(write_jsonl(dir, &format!("text/{split}.jsonl"), rows(true))?);
                 }
             } else if !self.sft.is_empty() || self.pairs.is_empty() {
-                files.push(write_jsonl(dir, &format!("{split}.jsonl"), rows(true))?);
+                files.extend(write_jsonl(dir, &format!("{split}.jsonl"), rows(true))?);
             }
             if !self.pairs.is_empty() {
                 let prs = self.pairs.iter().filter(|r| r.split == split).map(|r| &r.row);
-                files.push(write_jsonl(dir, &format!("preference/{split}.jsonl"), prs)?);
+                files.extend(write_jsonl(dir, &format!("preference/{split}.jsonl"), prs)?);
             }
             let toks: Vec<TokenizedExample> =
                 self.sft.iter().filter(|r| r.split == split).filter_map(|r| r.tokens.clone()).collect();
@@ -361,8 +361,18 @@ impl Prepared {
     }
 }
 
-fn write_jsonl<'a>(dir: &Path, name: &str, rows: impl Iterator<Item = &'a Value>) -> Result<String, Error> {
+/// Write rows to `dir/name`; with no rows, write nothing (and remove a stale
+/// file): mlx-lm reads a file's form from its first row and fails on an
+/// empty file, while it skips a missing one.
+fn write_jsonl<'a>(dir: &Path, name: &str, rows: impl Iterator<Item = &'a Value>) -> Result<Option<String>, Error> {
     let path = dir.join(name);
+    let mut rows = rows.peekable();
+    if rows.peek().is_none() {
+        if path.exists() {
+            fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+        }
+        return Ok(None);
+    }
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
     }
@@ -376,7 +386,7 @@ fn write_jsonl<'a>(dir: &Path, name: &str, rows: impl Iterator<Item = &'a Value>
     w.flush().map_err(|e| io_err(&tmp, e))?;
     drop(w);
     fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
-    Ok(name.to_string())
+    Ok(Some(name.to_string()))
 }
 
 /// Prepares examples for one model.
