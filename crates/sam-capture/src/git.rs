@@ -153,7 +153,8 @@ impl GitSource {
         batch: &mut Batch,
     ) -> Result<BTreeMap<String, String>> {
         let err = |e| CaptureError::git(path, e);
-        let repo = Repository::open(path).map_err(err)?;
+        // A path inside a work tree finds its repository, as git itself does.
+        let repo = Repository::discover(path).map_err(err)?;
         let mut tips = BTreeMap::new();
         let mut walk = repo.revwalk().map_err(err)?;
         walk.set_sorting(Sort::TOPOLOGICAL | Sort::REVERSE).map_err(err)?;

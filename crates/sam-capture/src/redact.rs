@@ -678,8 +678,8 @@ impl Redactor {
         }
         // A version, not an address: `v1.0.0.0`, `Version 1.0.0.0`.
         let before = text[..r.start].to_ascii_lowercase();
-        let before = before.trim_end_matches(['"', '\'', '(', '=', ':', ' ']);
-        let tail: String = before.chars().rev().take(16).collect::<Vec<_>>().into_iter().rev().collect();
+        let before = before.trim_end_matches(['"', '\'', '`', '(', '=', ':', ' ']);
+        let tail: String = before.chars().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
         !(before.ends_with('v')
             || tail.contains("version")
             || tail.contains("ver ")

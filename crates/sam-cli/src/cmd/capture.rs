@@ -28,6 +28,9 @@ pub enum CaptureCommand {
         /// Repositories (git), folders or files (code, docs); none for routing
         #[arg(value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// git: skip commits that change more lines than this
+        #[arg(long, value_name = "N", default_value_t = sam_capture::git::GitConfig::default().max_diff_lines)]
+        max_diff_lines: usize,
     },
 
     /// Record an event from the running assistant.
@@ -109,7 +112,7 @@ impl CaptureKind {
 
 pub fn run(cmd: CaptureCommand, ctx: &Ctx) -> anyhow::Result<()> {
     match cmd {
-        CaptureCommand::Collect { source, paths } => collect(ctx, source, paths),
+        CaptureCommand::Collect { source, paths, max_diff_lines } => collect(ctx, source, paths, max_diff_lines),
         CaptureCommand::Capture {
             kind,
             prompt,
@@ -167,13 +170,16 @@ fn open_store(ctx: &Ctx, cfg: &Config) -> anyhow::Result<SqliteStore> {
     SqliteStore::open_with(&path, &cfg.store).with_context(|| format!("cannot open the store {}", path.display()))
 }
 
-fn collect(ctx: &Ctx, source: SourceKind, paths: Vec<PathBuf>) -> anyhow::Result<()> {
+fn collect(ctx: &Ctx, source: SourceKind, paths: Vec<PathBuf>, max_diff_lines: usize) -> anyhow::Result<()> {
     let cfg = Config::load(&ctx.home)?;
     if paths.is_empty() && !matches!(source, SourceKind::Routing) {
         anyhow::bail!("give at least one PATH to collect from");
     }
     let mut src: Box<dyn DataSource> = match source {
-        SourceKind::Git => Box::new(sam_capture::git::GitSource::new(paths, Default::default())),
+        SourceKind::Git => {
+            let git = sam_capture::git::GitConfig { max_diff_lines, ..Default::default() };
+            Box::new(sam_capture::git::GitSource::new(paths, git))
+        }
         SourceKind::Code => Box::new(sam_capture::code::CodeSource::new(paths, Default::default())),
         SourceKind::Docs => Box::new(sam_capture::docs::DocsSource::new(paths, Default::default())),
         SourceKind::Routing => Box::new(sam_capture::routing::RoutingSource::new(cfg.routing.clone())),
