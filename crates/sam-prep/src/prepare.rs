@@ -258,6 +258,9 @@ pub struct Manifest {
 struct SftRow {
     split: Split,
     row: Value,
+    /// mlx-lm's prompt/completion form of the row, for prompt/completion
+    /// examples (used when every conversation row has one).
+    completion_row: Option<Value>,
     is_text: bool,
     tokens: Option<TokenizedExample>,
     len: usize,
@@ -321,9 +324,19 @@ impl Prepared {
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let mut files = Vec::new();
         let has_chat = self.sft.iter().any(|r| !r.is_text);
+        // Prompt/completion examples keep their form when they are the only
+        // conversations and no system prompt must be carried.
+        let completion_form = self.manifest.system_prompt.is_none()
+            && self.sft.iter().filter(|r| !r.is_text).all(|r| r.completion_row.is_some());
         for split in Split::ALL {
-            let rows =
-                |text: bool| self.sft.iter().filter(move |r| r.split == split && r.is_text == text).map(|r| &r.row);
+            let rows = |text: bool| {
+                self.sft.iter().filter(move |r| r.split == split && r.is_text == text).map(move |r| {
+                    match (&r.completion_row, completion_form) {
+                        (Some(c), true) => c,
+                        _ => &r.row,
+                    }
+                })
+            };
             if has_chat {
                 files.extend(write_jsonl(dir, &format!("{split}.jsonl"), rows(false))?);
                 if self.sft.iter().any(|r| r.is_text) {
@@ -577,7 +590,13 @@ impl<'m> Preparer<'m> {
                 }
                 let msgs = self.with_system(msgs);
                 let row = meta(json!({ "messages": msgs }));
-                self.sft_chat(ex, split, &msgs, row)
+                match (self.sft_chat(ex, split, &msgs, row), &ex.content) {
+                    (Outcome::Sft(mut r, t), Content::PromptCompletion { prompt, completion }) => {
+                        r.completion_row = Some(meta(json!({ "prompt": prompt, "completion": completion })));
+                        Outcome::Sft(r, t)
+                    }
+                    (o, _) => o,
+                }
             }
             Content::Completion { text } => {
                 if text.trim().is_empty() {
@@ -617,7 +636,7 @@ impl<'m> Preparer<'m> {
             let trained =
                 msgs.iter().filter(|m| m.role == Role::Assistant).map(|m| estimate_tokens(&m.content) + 1).sum();
             return Outcome::Sft(
-                SftRow { split, row, is_text: false, tokens: None, len: len.min(max), trained },
+                SftRow { split, row, completion_row: None, is_text: false, tokens: None, len: len.min(max), trained },
                 len > max,
             );
         };
@@ -641,6 +660,7 @@ impl<'m> Preparer<'m> {
             SftRow {
                 split,
                 row,
+                completion_row: None,
                 is_text: false,
                 len: e.ids.len(),
                 trained,
@@ -678,7 +698,18 @@ impl<'m> Preparer<'m> {
                 )
             }
         };
-        Outcome::Sft(SftRow { split, row, is_text: true, tokens, len: len.min(max), trained: len.min(max) }, len > max)
+        Outcome::Sft(
+            SftRow {
+                split,
+                row,
+                completion_row: None,
+                is_text: true,
+                tokens,
+                len: len.min(max),
+                trained: len.min(max),
+            },
+            len > max,
+        )
     }
 
     fn pair(

@@ -222,3 +222,21 @@ fn reads_jsonl_files_and_folders_counting_bad_rows() {
     assert!(!out.join("cache").exists());
     assert!(out.join("manifest.json").is_file());
 }
+
+#[test]
+fn prompt_completion_rows_keep_their_form_unless_a_system_prompt_is_set() {
+    let model = model();
+    let exs: Vec<Example> = (0..30)
+        .map(|i| {
+            Example::new(Content::PromptCompletion { prompt: format!("P{i}"), completion: format!("C{i}") })
+                .with_domain("docs")
+        })
+        .collect();
+    for (system, form) in [(None, "completion"), (Some("Be brief.".to_string()), "messages")] {
+        let prep = Preparer::new(&model, PrepConfig { system_prompt: system, ..PrepConfig::default() }).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        prep.prepare(&input(exs.clone()), |_| {}).unwrap().write(dir.path()).unwrap();
+        let rows = read_lines(&dir.path().join("train.jsonl"));
+        assert!(rows.iter().all(|r| !r[form].is_null()), "{form}: {}", rows[0]);
+    }
+}
