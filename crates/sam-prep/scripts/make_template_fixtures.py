@@ -160,4 +160,26 @@ for name, msgs, tools, gen in QWEN:
 (PREP_FIX / "qwen2.5" / "render.json").write_text(
     json.dumps({**meta, "template": "qwen2.5/chat_template.jinja", "cases": qcases}, ensure_ascii=False, indent=1) + "\n"
 )
+# Jinja features seen in real chat templates, each rendered by transformers: parity checks for
+# minijinja + pycompat beyond the two full templates above.
+FEATURES = {
+    "llama3_like": "{{- bos_token }}{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content']|trim %}{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' + system_message + '<|eot_id|>' }}{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}",
+    "gemma_like": "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}",
+    "mistral_like": "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% endif %}{% endfor %}",
+    "python_methods": "{% for m in messages %}{{ m.role.upper() }}:{{ m.content.strip().split(' ') | join('_') }}|{{ m.content.startswith('Hi') }}|{{ m.content.replace('a', 'A') }}|{{ m.content.lstrip().rstrip('!') }}|{{ m['content'].title() }}\n{% endfor %}",
+    "namespace_and_reverse": "{%- set ns = namespace(last_user=-1, n=0) %}{%- for m in messages[::-1] %}{%- if ns.last_user < 0 and m.role == 'user' %}{%- set ns.last_user = (messages|length - 1) - loop.index0 %}{%- endif %}{%- set ns.n = ns.n + 1 %}{%- endfor %}last user {{ ns.last_user }} of {{ ns.n }}{{ '\\n' }}{%- for m in messages %}{{ loop.index }}{{ '.' if not loop.last else '!' }}{% endfor %}",
+    "tests_and_filters": "{% for m in messages %}{{ m.content is string }} {{ m.missing is defined }} {{ m.get('role') }} {{ m.content | length }} {{ (m.content ~ '') | lower }} {{ m.missing | default('none') }}{% if 'a' in m.content %} has-a{% endif %}\n{% endfor %}{{ messages | selectattr('role', 'equalto', 'user') | map(attribute='content') | list | tojson }}",
+    "tojson_forms": "{{ tools | tojson }}\n{{ tools | tojson(indent=4) }}\n{{ tools[0] | tojson(sort_keys=true) }}\n{% for k, v in tools[0].items() %}{{ k }}={{ v | tojson }};{% endfor %}",
+    "whitespace_control": "{% for m in messages %}\n  {% if m.role == 'user' %}\n    U: {{ m.content }}\n  {%- else %}\n    A: {{ m.content }}\n  {% endif %}\n{% endfor %}\n{%+ if add_generation_prompt %}  A:{% endif %}\n",
+    "generation_markers": "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}{{ m.content }}<end>{% endgeneration %}{% else %}{{ m.content }}{% endif %}\n{% endfor %}",
+}
+FEATURE_CHAT = [m(U, "Hi there, Alice!"), m(A, "  Hello a b c  "), m(U, "What's up?"), m(A, "Not a lot!")]
+FEATURE_TOOLS = [{"name": "f", "description": "Does <x> & y", "parameters": {"b": 1, "a": [1.5, 2, None, True], "é": "ü"}}]
+fcases = []
+for name, tpl in FEATURES.items():
+    msgs = FEATURE_CHAT
+    text = tok.apply_chat_template(msgs, chat_template=tpl, tools=FEATURE_TOOLS if "tools" in tpl else None, tokenize=False, add_generation_prompt=True)
+    fcases.append({"name": name, "template": tpl, "messages": msgs, "tools": FEATURE_TOOLS if "tools" in tpl else None, "add_generation_prompt": True, "text": text})
+(PREP_FIX / "jinja_features.json").write_text(json.dumps({**meta, "cases": fcases}, ensure_ascii=False, indent=1) + "\n")
+
 print(f"wrote {len(cases)} SmolLM2 chats, {len(TEXTS)} tokenizer texts, {len(qcases)} Qwen2.5 renderings")

@@ -71,7 +71,14 @@ impl ChatTemplate {
                 .build()
                 .expect("default delimiters are valid"),
         );
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(|state, value, method, args| {
+            // Python's str.title() starts a word after any non-letter ("What'S");
+            // pycompat follows Jinja's title filter instead ("What's").
+            if let (Some(text), "title", []) = (value.as_str(), method, args) {
+                return Ok(Value::from(py_title(text)));
+            }
+            minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+        });
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
@@ -149,6 +156,25 @@ impl ChatTemplate {
 }
 
 const RAISED: &str = "template raised: ";
+
+/// Python's `str.title()`: a cased character after a cased one is lowered,
+/// any other cased character is upper-cased.
+fn py_title(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut prev_cased = false;
+    for c in s.chars() {
+        let cased = c.is_uppercase() || c.is_lowercase();
+        if cased && prev_cased {
+            out.extend(c.to_lowercase());
+        } else if cased {
+            out.extend(c.to_uppercase());
+        } else {
+            out.push(c);
+        }
+        prev_cased = cased;
+    }
+    out
+}
 
 fn raise_exception(msg: String) -> Result<Value, JinjaError> {
     Err(JinjaError::new(ErrorKind::InvalidOperation, format!("{RAISED}{msg}")))

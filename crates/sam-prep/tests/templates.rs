@@ -116,3 +116,40 @@ fn multi_turn_mask_covers_every_assistant_turn_and_its_end_token() {
     // The response starts at the last assistant turn.
     assert_eq!(got.ids[got.response_start - 1], 198);
 }
+
+/// Jinja features real templates use (Llama 3, Gemma, Mistral shapes,
+/// Python string methods, namespaces, reversed loops, tests and filters,
+/// `tojson` forms, whitespace control, `{% generation %}`), each rendered by
+/// transformers with the test model's special tokens.
+#[test]
+fn jinja_features_render_like_transformers() {
+    let tokens = TemplateTokens {
+        bos: Some("<|im_start|>".into()),
+        eos: Some("<|im_end|>".into()),
+        unk: Some("<|endoftext|>".into()),
+        pad: Some("<|im_end|>".into()),
+    };
+    let fixture = include_str!("fixtures/jinja_features.json");
+    let raw: minijinja::Value = serde_json::from_str(fixture).unwrap();
+    let n = cases(fixture).len();
+    assert!(n >= 9);
+    let mut failures = Vec::new();
+    for i in 0..n {
+        let case = raw.get_attr("cases").unwrap().get_item_by_index(i).unwrap();
+        let name = case.get_attr("name").unwrap().to_string();
+        let src = case.get_attr("template").unwrap();
+        let tpl = ChatTemplate::new(src.as_str().unwrap(), tokens.clone()).unwrap();
+        let got = tpl
+            .render_value(
+                case.get_attr("messages").unwrap(),
+                case.get_attr("tools").unwrap(),
+                case.get_attr("add_generation_prompt").unwrap().is_true(),
+            )
+            .unwrap_or_else(|e| format!("error: {e}"));
+        let want = case.get_attr("text").unwrap();
+        if got != want.as_str().unwrap() {
+            failures.push(format!("{name}:\n  got  {got:?}\n  want {:?}", want.as_str().unwrap()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
