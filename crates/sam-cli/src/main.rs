@@ -43,6 +43,8 @@ enum Commands {
     Capture(cmd::capture::CaptureCommand),
     #[command(flatten)]
     Prep(cmd::prep::PrepCommand),
+    #[command(flatten)]
+    Train(cmd::train::TrainCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Commands::Store(c) => cmd::store::run(c, &ctx),
         Commands::Capture(c) => cmd::capture::run(c, &ctx),
         Commands::Prep(c) => cmd::prep::run(c, &ctx),
+        Commands::Train(c) => cmd::train::run(c, &ctx),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

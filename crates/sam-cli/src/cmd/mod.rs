@@ -5,3 +5,4 @@
 pub mod capture;
 pub mod prep;
 pub mod store;
+pub mod train;
