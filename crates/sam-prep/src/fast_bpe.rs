@@ -13,7 +13,9 @@
 //! 1. split the text on added tokens (leftmost-longest, as the crate does);
 //! 2. split the rest with a hand-written scanner that is the GPT-2 regex
 //!    `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
-//!    restricted to ASCII, where its character classes are plain byte ranges;
+//!    (or Qwen2's or Llama 3's split regex, behind a `Split` + `ByteLevel`
+//!    sequence) restricted to ASCII, where its character classes are plain
+//!    byte ranges;
 //! 3. look each piece up in a cache of piece → ids, asking the tokenizer's
 //!    own BPE model (`Model::tokenize`) on a miss, so merges, `ignore_merges`
 //!    and the vocabulary are the model's.
@@ -54,6 +56,7 @@ thread_local! {
 pub struct FastBpe<'a> {
     tokenizer: &'a Tokenizer,
     bpe: &'a BPE,
+    scheme: Scheme,
     /// Added tokens by first byte, longest first.
     specials: Vec<Vec<(Box<[u8]>, u32)>>,
     byte_char: [char; 256],
@@ -72,10 +75,13 @@ impl<'a> FastBpe<'a> {
     /// The fast path for `tokenizer`, or `None` when its configuration is not
     /// the one this module reproduces.
     pub fn new(tokenizer: &'a Tokenizer) -> Option<Self> {
-        if tokenizer.get_normalizer().is_some()
-            || tokenizer.get_truncation().is_some()
-            || tokenizer.get_padding().is_some()
-        {
+        // NFC (Qwen2's normalizer) leaves ASCII as it is; other text goes
+        // through the tokenizer, normaliser included.
+        let nfc_or_none = match tokenizer.get_normalizer() {
+            None => true,
+            Some(n) => serde_json::to_value(n).ok().is_some_and(|v| v == serde_json::json!({"type": "NFC"})),
+        };
+        if !nfc_or_none || tokenizer.get_truncation().is_some() || tokenizer.get_padding().is_some() {
             return None;
         }
         // A post-processor that adds nothing without special tokens and does
@@ -85,10 +91,11 @@ impl<'a> FastBpe<'a> {
             Some(PostProcessorWrapper::ByteLevel(bl)) if !bl.trim_offsets => {}
             _ => return None,
         }
-        match tokenizer.get_pre_tokenizer() {
-            Some(PreTokenizerWrapper::ByteLevel(bl)) if bl.use_regex && !bl.add_prefix_space => {}
+        let scheme = match tokenizer.get_pre_tokenizer() {
+            Some(PreTokenizerWrapper::ByteLevel(bl)) if bl.use_regex && !bl.add_prefix_space => Scheme::Gpt2,
+            Some(pre @ PreTokenizerWrapper::Sequence(_)) => scheme_of_sequence(pre)?,
             _ => return None,
-        }
+        };
         let ModelWrapper::BPE(bpe) = tokenizer.get_model() else {
             return None;
         };
@@ -111,7 +118,14 @@ impl<'a> FastBpe<'a> {
         for list in &mut specials {
             list.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
         }
-        Some(Self { tokenizer, bpe, specials, byte_char: byte_alphabet(), id: NEXT_ID.fetch_add(1, Ordering::Relaxed) })
+        Some(Self {
+            tokenizer,
+            bpe,
+            scheme,
+            specials,
+            byte_char: byte_alphabet(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        })
     }
 
     /// Token ids and byte offsets of `text`, exactly as
@@ -169,7 +183,7 @@ impl<'a> FastBpe<'a> {
             return self.slow(bytes, start, end, ids, offsets);
         }
         let mut res = Ok(());
-        split_gpt2(&bytes[start..end], |a, b| {
+        split(self.scheme, &bytes[start..end], |a, b| {
             if res.is_ok() {
                 res = self.piece(&bytes[start + a..start + b], start + a, ids, offsets);
             }
@@ -213,6 +227,51 @@ impl<'a> FastBpe<'a> {
             }
         });
         Ok(())
+    }
+}
+
+/// Which pre-tokenizer regex a tokenizer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    /// GPT-2's (`ByteLevel` with `use_regex`): SmolLM2, GPT-2, StarCoder.
+    Gpt2,
+    /// Qwen2's split regex (single digits).
+    Qwen2,
+    /// Llama 3's split regex (digits in threes).
+    Llama3,
+}
+
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// `Sequence[Split(regex, isolated), ByteLevel(no prefix space, no regex)]`
+/// with Qwen2's or Llama 3's regex, read from the pre-tokenizer's JSON form.
+fn scheme_of_sequence(pre: &PreTokenizerWrapper) -> Option<Scheme> {
+    let v = serde_json::to_value(pre).ok()?;
+    let parts = v.get("pretokenizers")?.as_array()?;
+    let [split, bl] = &parts[..] else {
+        return None;
+    };
+    let byte_level_plain =
+        bl.get("type")? == "ByteLevel" && bl.get("add_prefix_space")? == false && bl.get("use_regex")? == false;
+    let isolated =
+        split.get("type")? == "Split" && split.get("behavior")? == "Isolated" && split.get("invert")? == false;
+    if !byte_level_plain || !isolated {
+        return None;
+    }
+    match split.get("pattern")?.get("Regex")?.as_str()? {
+        QWEN2_SPLIT => Some(Scheme::Qwen2),
+        LLAMA3_SPLIT => Some(Scheme::Llama3),
+        _ => None,
+    }
+}
+
+fn split(scheme: Scheme, s: &[u8], f: impl FnMut(usize, usize)) {
+    match scheme {
+        Scheme::Gpt2 => split_gpt2(s, f),
+        Scheme::Qwen2 => split_llama3(s, 1, f),
+        Scheme::Llama3 => split_llama3(s, 3, f),
     }
 }
 
@@ -281,6 +340,95 @@ pub(crate) fn split_gpt2(s: &[u8], mut f: impl FnMut(usize, usize)) {
     }
 }
 
+/// The Llama 3 / Qwen2 split regex over ASCII (`max_digits` 3 or 1):
+/// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max}|
+/// ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`.
+pub(crate) fn split_llama3(s: &[u8], max_digits: usize, mut f: impl FnMut(usize, usize)) {
+    let n = s.len();
+    let newline = |b: u8| b == b'\r' || b == b'\n';
+    let mut i = 0;
+    while i < n {
+        let c = s[i];
+        // Contractions, any case.
+        if c == b'\'' && i + 1 < n {
+            let lower = |k: usize| s.get(i + k).map(u8::to_ascii_lowercase);
+            let len = match (lower(1), lower(2)) {
+                (Some(b'r'), Some(b'e')) | (Some(b'v'), Some(b'e')) | (Some(b'l'), Some(b'l')) => 3,
+                (Some(b's' | b't' | b'm' | b'd'), _) => 2,
+                _ => 0,
+            };
+            if len > 0 {
+                f(i, i + len);
+                i += len;
+                continue;
+            }
+        }
+        let cls = class(c);
+        // `[^\r\n\p{L}\p{N}]?\p{L}+`
+        let letters_from = if cls == Class::Letter {
+            Some(i)
+        } else if !newline(c) && cls != Class::Number && i + 1 < n && class(s[i + 1]) == Class::Letter {
+            Some(i + 1)
+        } else {
+            None
+        };
+        if let Some(j) = letters_from {
+            let mut k = j + 1;
+            while k < n && class(s[k]) == Class::Letter {
+                k += 1;
+            }
+            f(i, k);
+            i = k;
+            continue;
+        }
+        // `\p{N}{1,max}`
+        if cls == Class::Number {
+            let mut k = i + 1;
+            while k < n && k - i < max_digits && class(s[k]) == Class::Number {
+                k += 1;
+            }
+            f(i, k);
+            i = k;
+            continue;
+        }
+        // ` ?[^\s\p{L}\p{N}]+[\r\n]*`
+        let others_from = if cls == Class::Other {
+            Some(i)
+        } else if c == b' ' && i + 1 < n && class(s[i + 1]) == Class::Other {
+            Some(i + 1)
+        } else {
+            None
+        };
+        if let Some(j) = others_from {
+            let mut k = j + 1;
+            while k < n && class(s[k]) == Class::Other {
+                k += 1;
+            }
+            while k < n && newline(s[k]) {
+                k += 1;
+            }
+            f(i, k);
+            i = k;
+            continue;
+        }
+        // Whitespace: `\s*[\r\n]+`, then `\s+(?!\S)`, then `\s+`.
+        let mut k = i + 1;
+        while k < n && class(s[k]) == Class::Space {
+            k += 1;
+        }
+        if let Some(p) = (i..k).rev().find(|&p| newline(s[p])) {
+            f(i, p + 1);
+            i = p + 1;
+            continue;
+        }
+        if k < n && k - i >= 2 {
+            k -= 1;
+        }
+        f(i, k);
+        i = k;
+    }
+}
+
 fn byte_alphabet() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
@@ -317,6 +465,24 @@ mod tests {
         assert_eq!(pieces(" ..x"), [" ..", "x"]);
         assert_eq!(pieces("x \t"), ["x", " \t"]);
         assert_eq!(pieces(""), Vec::<&str>::new());
+    }
+
+    fn pieces_llama3(s: &str, digits: usize) -> Vec<&str> {
+        let mut out = Vec::new();
+        split_llama3(s.as_bytes(), digits, |a, b| out.push(&s[a..b]));
+        out
+    }
+
+    #[test]
+    fn llama3_and_qwen2_regex_cases() {
+        assert_eq!(pieces_llama3("Hello world", 3), ["Hello", " world"]);
+        assert_eq!(pieces_llama3("(x)\thi", 3), ["(x", ")", "\thi"]);
+        assert_eq!(pieces_llama3("12345", 3), ["123", "45"]);
+        assert_eq!(pieces_llama3("12345", 1), ["1", "2", "3", "4", "5"]);
+        assert_eq!(pieces_llama3("a;\n\n  b", 3), ["a", ";\n\n", " ", " b"]);
+        assert_eq!(pieces_llama3("x \n \n  y", 3), ["x", " \n \n", " ", " y"]);
+        assert_eq!(pieces_llama3("I'M 'Re", 3), ["I", "'M", " '", "Re"]);
+        assert_eq!(pieces_llama3(" 5 ", 3), [" ", "5", " "]);
     }
 
     #[test]

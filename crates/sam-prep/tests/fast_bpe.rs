@@ -11,12 +11,40 @@ fn check(fast: &FastBpe, tk: &tokenizers::Tokenizer, text: &str) {
     assert_eq!(offsets, want.get_offsets(), "offsets of {text:?}");
 }
 
+fn tokenizer() -> tokenizers::Tokenizer {
+    let path = require_test_model().unwrap_or_else(|e| panic!("{e}"));
+    BaseModel::open(&path).unwrap().tokenizer().unwrap().clone()
+}
+
 #[test]
 fn same_ids_and_offsets_as_the_tokenizers_crate() {
-    let path = require_test_model().unwrap_or_else(|e| panic!("{e}"));
-    let model = BaseModel::open(&path).unwrap();
-    let tk = model.tokenizer().unwrap();
-    let fast = FastBpe::new(tk).expect("the GGUF tokenizer is GPT-2 style");
+    let tk = tokenizer();
+    let fast = FastBpe::new(&tk).expect("the GGUF tokenizer is GPT-2 style");
+    differential(&fast, &tk);
+}
+
+/// The same vocabulary behind Qwen2's and Llama 3's pre-tokenizers (split
+/// regex + byte-level, NFC normaliser): the scanners agree with the regexes.
+#[test]
+fn qwen2_and_llama3_split_regexes() {
+    use tokenizers::normalizers::unicode::NFC;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    let llama3 = QWEN2.replace(r"|\p{N}|", r"|\p{N}{1,3}|");
+    for re in [QWEN2.to_string(), llama3] {
+        let mut tk = tokenizer();
+        let split =
+            Split::new(SplitPattern::Regex(re.clone()), tokenizers::SplitDelimiterBehavior::Isolated, false).unwrap();
+        tk.with_pre_tokenizer(Some(Sequence::new(vec![split.into(), ByteLevel::new(false, false, false).into()])));
+        tk.with_normalizer(Some(NFC));
+        let fast = FastBpe::new(&tk).unwrap_or_else(|| panic!("no fast path for {re}"));
+        differential(&fast, &tk);
+    }
+}
+
+fn differential(fast: &FastBpe, tk: &tokenizers::Tokenizer) {
 
     let fixed = [
         "",
@@ -33,13 +61,13 @@ fn same_ids_and_offsets_as_the_tokenizers_crate() {
         "x\u{b}y\u{c}z\u{1}",
     ];
     for t in fixed {
-        check(&fast, tk, t);
+        check(fast, tk, t);
     }
     for case in serde_json::from_str::<serde_json::Value>(include_str!("fixtures/smollm2_chat.json")).unwrap()["cases"]
         .as_array()
         .unwrap()
     {
-        check(&fast, tk, case["text"].as_str().unwrap());
+        check(fast, tk, case["text"].as_str().unwrap());
     }
 
     // Random strings over an alphabet that stresses the regex's branches.
@@ -97,6 +125,6 @@ fn same_ids_and_offsets_as_the_tokenizers_crate() {
     for _ in 0..3000 {
         let len = (next() % 40) as usize;
         let text: String = (0..len).map(|_| atoms[(next() % atoms.len() as u64) as usize]).collect();
-        check(&fast, tk, &text);
+        check(fast, tk, &text);
     }
 }
