@@ -489,14 +489,17 @@ impl Redactor {
         }
         // Most specific first, then longest; keep what does not overlap.
         cands.sort_by(|a, b| b.0.cmp(&a.0).then((b.1.range.len()).cmp(&a.1.range.len())));
-        let mut kept: Vec<Span> = Vec::new();
+        // Kept spans never overlap, so by start they are also ordered by end:
+        // a candidate overlaps a kept span only if it overlaps the last one
+        // starting before its end.
+        let mut kept: BTreeMap<usize, Span> = BTreeMap::new();
         for (_, s) in cands {
-            if !kept.iter().any(|k| k.range.start < s.range.end && s.range.start < k.range.end) {
-                kept.push(s);
+            let clash = kept.range(..s.range.end).next_back().is_some_and(|(_, k)| k.range.end > s.range.start);
+            if !clash {
+                kept.insert(s.range.start, s);
             }
         }
-        kept.sort_by_key(|s| s.range.start);
-        kept
+        kept.into_values().collect()
     }
 
     /// Redact `text`: each finding becomes its kind's placeholder.
