@@ -82,7 +82,7 @@ fn init_writes_every_default_and_keeps_existing_files() {
     let (out, _) = h.ok(&["init"]);
     assert!(out.contains("written with every default"), "{out}");
     let cfg = std::fs::read_to_string(h.path().join("sam.toml")).unwrap();
-    for key in ["[quality]", "min_response_chars = 2", "[store]", "busy_timeout_ms = 30000", "batch_size = 10000"] {
+    for key in ["[quality]", "min_response_chars = 2", "[store]", "busy_timeout_ms = 30000", "batch_size = 50000"] {
         assert!(cfg.contains(key), "{key} missing from:\n{cfg}");
     }
     assert!(h.path().join("store.db").exists());

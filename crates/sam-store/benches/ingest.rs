@@ -1,7 +1,7 @@
 //! Ingest throughput with deduplication, in examples per second.
 //!
-//! - `insert`: examples already in memory, stored in batches of 10,000 into a
-//!   fresh store (content hashing, the dedup check against the unique index,
+//! - `insert`: examples already in memory, stored in batches of
+//!   `StoreConfig::default().batch_size` (50,000) into a fresh store (content hashing, the dedup check against the unique index,
 //!   basic validity, JSON encoding, SQLite writes, one commit per batch).
 //! - `parse_and_insert`: the same from JSONL text, as `sam ingest` does it
 //!   (parsing included, on one thread).
@@ -21,7 +21,10 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 use sam_schema::{Content, Example, JsonlReader};
 use sam_store::{Batch, SqliteStore, Store};
 
-const BATCH: usize = 10_000;
+/// Examples per transaction: what `sam ingest` uses by default.
+fn batch_size() -> usize {
+    sam_store::StoreConfig::default().batch_size
+}
 
 /// `n` examples of realistic size (about 250 bytes of text), one in ten a
 /// repeat of an earlier one.
@@ -65,7 +68,7 @@ fn bench_insert(c: &mut Criterion) {
                 fresh_store,
                 |(dir, mut store)| {
                     let mut inserted = 0;
-                    for chunk in data.chunks(BATCH) {
+                    for chunk in data.chunks(batch_size()) {
                         inserted += store.insert(chunk).unwrap().inserted;
                     }
                     assert_eq!(inserted as usize, n - n / 10);
@@ -90,11 +93,11 @@ fn bench_parse_and_insert(c: &mut Criterion) {
             b.iter_batched(
                 fresh_store,
                 |(dir, mut store)| {
-                    let mut batch = Vec::with_capacity(BATCH);
+                    let mut batch = Vec::with_capacity(batch_size());
                     let mut inserted = 0;
                     for item in JsonlReader::new(text.as_bytes(), None) {
                         batch.push(item.unwrap().example);
-                        if batch.len() == BATCH {
+                        if batch.len() == batch_size() {
                             inserted += store.insert_batch(&Batch::new(&batch)).unwrap().inserted;
                             batch.clear();
                         }

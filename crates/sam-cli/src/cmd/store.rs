@@ -368,7 +368,7 @@ fn ingest(
         let origin = (!stdin).then(|| file.clone());
 
         // Parse on one thread, write on this one: the two overlap.
-        let (tx, rx) = mpsc::sync_channel::<Result<Chunk, JsonlError>>(2);
+        let (tx, rx) = mpsc::sync_channel::<Result<Chunk, JsonlError>>(1);
         let domain = domain.map(str::to_string);
         let parser = std::thread::spawn(move || parse_chunks(reader, origin, batch_size, &default_source, domain, tx));
         let mut summary = IngestSummary { file: name.clone(), ..Default::default() };
