@@ -45,7 +45,6 @@ fn qwen2_and_llama3_split_regexes() {
 }
 
 fn differential(fast: &FastBpe, tk: &tokenizers::Tokenizer) {
-
     let fixed = [
         "",
         " ",

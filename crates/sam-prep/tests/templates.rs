@@ -153,3 +153,19 @@ fn jinja_features_render_like_transformers() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Masks follow the template, not ChatML: a Gemma-shaped template that trims
+/// contents and closes turns with `<end_of_turn>`.
+#[test]
+fn mask_on_a_trimming_non_chatml_template() {
+    let model = model();
+    let tk = model.tokenizer().unwrap();
+    let fixture: Value = serde_json::from_str(include_str!("fixtures/jinja_features.json")).unwrap();
+    let case = fixture["cases"].as_array().unwrap().iter().find(|c| c["name"] == "gemma_like").unwrap();
+    let tpl = ChatTemplate::new(case["template"].as_str().unwrap(), TemplateTokens::default()).unwrap();
+    let enc = Encoder::new(&tpl, tk, Some("<end_of_turn>".into()));
+    let msgs = messages(case);
+    let got = enc.encode_chat(&msgs).unwrap();
+    let trained: Vec<u32> = got.ids.iter().zip(&got.mask).filter(|(_, m)| **m).map(|(i, _)| *i).collect();
+    assert_eq!(tk.decode(&trained, false).unwrap(), "Hello a b c<end_of_turn>Not a lot!<end_of_turn>");
+}
