@@ -366,7 +366,7 @@ impl Redactor {
                 Some(|r, _, c, _| !r.is_placeholder(&c[1])),
             ),
             rule(Iban, r"\b([A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,32})", 1, 80, None),
-            rule(CreditCard, r"(?:^|[^0-9.-])((?:\d[ -]?){12,18}\d)(?:[^0-9]|$)", 1, 70, Some(Redactor::valid_card)),
+            rule(CreditCard, r"(?:^|[^0-9.-])((?:\d[ -]?){12,22}\d)(?:[^0-9]|$)", 1, 70, None),
             rule(
                 Email,
                 r"(?:^|[^A-Za-z0-9._%+-])([A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24})\b",
@@ -467,17 +467,32 @@ impl Redactor {
                         None => range.end = range.start,
                     }
                 }
+                if ok && rule.kind == SecretKind::CreditCard {
+                    // The run of digits may hold a card among other numbers
+                    // (`qty 2 4539 1488 0343 6467`): find it.
+                    match card_span(&text[range.clone()]) {
+                        Some(sub) => range = range.start + sub.start..range.start + sub.end,
+                        None => range.end = range.start,
+                    }
+                }
                 // Trim quotes from quoted values.
                 let v = &text[range.clone()];
                 if v.len() >= 2 && (v.starts_with('"') && v.ends_with('"') || v.starts_with('\'') && v.ends_with('\''))
                 {
                     range = range.start + 1..range.end - 1;
                 }
-                if ok && !range.is_empty() && !self.allowed(&text[range.clone()]) {
+                let found = ok && !range.is_empty();
+                if found && !self.allowed(&text[range.clone()]) {
                     cands.push((rule.priority, Span { kind: rule.kind, range: range.clone() }));
                 }
-                at =
-                    next_char(text, if g.end() > whole.start() { g.end().max(whole.start() + 1) } else { whole.end() });
+                // After a find, go on after it; after a candidate that failed
+                // validation, one character on, since a valid one may start
+                // inside it.
+                at = if found {
+                    next_char(text, range.end.max(whole.start() + 1))
+                } else {
+                    next_char(text, g.start().max(whole.start()) + 1)
+                };
             }
         }
         if !self.cfg.disabled.contains(&SecretKind::HighEntropy) {
@@ -629,32 +644,25 @@ impl Redactor {
         (has_digit && has_alpha && inner.len() >= 12) || shannon_entropy(inner) >= 3.8
     }
 
-    fn valid_card(&self, _text: &str, c: &regex::Captures<'_>, _r: std::ops::Range<usize>) -> bool {
-        let raw = &c[1];
+    fn valid_card(raw: &str) -> bool {
         let digits: Vec<u8> = raw.bytes().filter(u8::is_ascii_digit).map(|b| b - b'0').collect();
-        if !(13..=19).contains(&digits.len()) {
+        let n = digits.len();
+        if !(13..=19).contains(&n) || raw.contains(' ') && raw.contains('-') {
             return false;
         }
-        // One separator style throughout.
-        if raw.contains(' ') && raw.contains('-') {
-            return false;
-        }
-        let prefix = |p: &str| raw.bytes().filter(u8::is_ascii_digit).take(p.len()).eq(p.bytes());
-        let p2: u32 = u32::from(digits[0]) * 10 + u32::from(digits[1]);
-        let p4: u32 = digits[..4].iter().fold(0, |a, d| a * 10 + u32::from(*d));
-        let issuer = digits[0] == 4
-            || (51..=55).contains(&p2)
-            || (2221..=2720).contains(&p4)
-            || p2 == 34
-            || p2 == 37
-            || prefix("6011")
-            || p2 == 65
-            || (644..=649).contains(&(p4 / 10))
-            || (3528..=3589).contains(&p4)
-            || (300..=305).contains(&(p4 / 10))
-            || p2 == 36
-            || p2 == 38
-            || p2 == 62;
+        let num = |k: usize| digits[..k].iter().fold(0u32, |a, d| a * 10 + u32::from(*d));
+        let (p2, p3, p4) = (num(2), num(3), num(4));
+        // Issuer prefixes with their lengths.
+        let issuer = match digits[0] {
+            4 => [13, 16, 19].contains(&n),
+            _ if (51..=55).contains(&p2) || (2221..=2720).contains(&p4) => n == 16,
+            _ if p2 == 34 || p2 == 37 => n == 15,
+            _ if p4 == 6011 || p2 == 65 || (644..=649).contains(&p3) => (16..=19).contains(&n),
+            _ if (3528..=3589).contains(&p4) => (16..=19).contains(&n),
+            _ if (300..=305).contains(&p3) || p2 == 36 || p2 == 38 => (14..=19).contains(&n),
+            _ if p2 == 62 => (16..=19).contains(&n),
+            _ => false,
+        };
         issuer && luhn(&digits)
     }
 
@@ -848,6 +856,42 @@ fn next_char(text: &str, mut i: usize) -> usize {
     i.max(1).min(text.len() + 1)
 }
 
+/// The longest valid card number inside a run of digits and separators:
+/// the whole run, or whole groups of it (`qty 2 4539 1488 0343 6467`). A run
+/// without separators counts only whole.
+fn card_span(s: &str) -> Option<std::ops::Range<usize>> {
+    // Digit groups as byte ranges.
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, c) in s.char_indices() {
+        if c.is_ascii_digit() {
+            match groups.last_mut() {
+                Some(g) if g.end == i => g.end = i + 1,
+                _ => groups.push(i..i + 1),
+            }
+        }
+    }
+    let mut best: Option<std::ops::Range<usize>> = None;
+    for a in 0..groups.len() {
+        for b in a..groups.len() {
+            let lens: Vec<usize> = groups[a..=b].iter().map(|g| g.len()).collect();
+            let n: usize = lens.iter().sum();
+            let grouping_ok = lens.len() == 1
+                || lens[..lens.len() - 1].iter().all(|l| *l == 4) && (1..=4).contains(&lens[lens.len() - 1])
+                || lens == [4, 6, 5]
+                || lens == [4, 6, 4];
+            let span = groups[a].start..groups[b].end;
+            if grouping_ok
+                && (13..=19).contains(&n)
+                && best.as_ref().is_none_or(|r| span.len() > r.len())
+                && Redactor::valid_card(&s[span.clone()])
+            {
+                best = Some(span);
+            }
+        }
+    }
+    best
+}
+
 /// Shannon entropy of `s` in bits per character.
 pub fn shannon_entropy(s: &str) -> f64 {
     let mut counts: BTreeMap<char, usize> = BTreeMap::new();
@@ -945,6 +989,8 @@ mod tests {
             ("ssn 000-12-3456 is invalid", "ssn 000-12-3456 is invalid"),
             ("pay 4539 1488 0343 6467 now", "pay <CREDIT_CARD> now"),
             ("pay 4539 1488 0343 6468 now", "pay 4539 1488 0343 6468 now"),
+            ("qty 2 4539 1488 0343 6467", "qty 2 <CREDIT_CARD>"),
+            ("trace id 45391488034364670123", "trace id 45391488034364670123"),
             ("from 203.0.113.42:8080", "from <IPV4>:8080"),
             ("listen 127.0.0.1 and 0.0.0.0", "listen 127.0.0.1 and 0.0.0.0"),
             ("AssemblyVersion(\"1.0.0.0\")", "AssemblyVersion(\"1.0.0.0\")"),
@@ -970,6 +1016,24 @@ mod tests {
             ("seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)", "seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)"),
         ] {
             check(input, want);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_redacts_without_panic_idempotently(
+            a in "\\PC{0,60}",
+            b in "\\PC{0,60}",
+            secret in proptest::sample::select(vec![
+                "AKIAZ7Q3L4M5N6P2R3S4", "ana.silva@proton.me", "4539 1488 0343 6467", "078-05-1120",
+                "GB82 WEST 1234 5698 7654 32", "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+            ]),
+        ) {
+            let r = Redactor::default();
+            let text = format!("{a} {secret} {b}");
+            let (out, _) = r.redact(&text);
+            proptest::prop_assert!(!out.contains(secret), "{out:?}");
+            proptest::prop_assert_eq!(r.redact(&out).0, out.clone());
         }
     }
 
