@@ -320,8 +320,12 @@ impl Prepared {
     }
 
     /// Write the dataset folder: JSONL splits, token cache, manifest.
+    ///
+    /// Outputs of an earlier prep in the same folder are removed first (only
+    /// the names prep writes), so that no stale split or cache survives.
     pub fn write(mut self, dir: &Path) -> Result<Manifest, Error> {
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        remove_previous_outputs(dir)?;
         let mut files = Vec::new();
         let has_chat = self.sft.iter().any(|r| !r.is_text);
         // Prompt/completion examples keep their form when they are the only
@@ -372,6 +376,27 @@ impl Prepared {
         fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
         Ok(self.manifest)
     }
+}
+
+fn remove_previous_outputs(dir: &Path) -> Result<(), Error> {
+    let mut paths = vec![dir.join("manifest.json")];
+    for split in Split::ALL {
+        paths.push(dir.join(format!("{split}.jsonl")));
+        paths.push(dir.join(format!("text/{split}.jsonl")));
+        paths.push(dir.join(format!("preference/{split}.jsonl")));
+        paths.push(cache::sft_cache_path(dir, split));
+        paths.push(cache::preference_cache_path(dir, split));
+    }
+    for p in paths {
+        if p.is_file() {
+            fs::remove_file(&p).map_err(|e| io_err(&p, e))?;
+        }
+    }
+    for sub in ["text", "preference", "cache"] {
+        // Only when empty: anything else there is not prep's.
+        let _ = fs::remove_dir(dir.join(sub));
+    }
+    Ok(())
 }
 
 /// Write rows to `dir/name`; with no rows, write nothing (and remove a stale

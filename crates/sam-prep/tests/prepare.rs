@@ -240,3 +240,24 @@ fn prompt_completion_rows_keep_their_form_unless_a_system_prompt_is_set() {
         assert!(rows.iter().all(|r| !r[form].is_null()), "{form}: {}", rows[0]);
     }
 }
+
+#[test]
+fn rerunning_into_the_same_folder_leaves_no_stale_outputs() {
+    let model = model();
+    let prep = Preparer::new(&model, PrepConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    prep.prepare(&input(examples(0..50)), |_| {}).unwrap().write(dir.path()).unwrap();
+    assert!(dir.path().join("preference/train.jsonl").is_file());
+    assert!(dir.path().join("cache/preference-train.bin").is_file());
+    std::fs::write(dir.path().join("notes.md"), "mine").unwrap();
+    // Chats only this time: no preference pairs, no text rows.
+    let chats: Vec<Example> = (0..50).map(chat).collect();
+    let m = prep.prepare(&input(chats), |_| {}).unwrap().write(dir.path()).unwrap();
+    assert!(!dir.path().join("preference").exists());
+    assert!(!dir.path().join("text").exists());
+    assert!(!dir.path().join("cache/preference-train.bin").exists());
+    assert!(dir.path().join("notes.md").is_file());
+    let data = PreparedData::open(dir.path()).unwrap();
+    assert!(data.preference(Split::Train).unwrap().is_empty());
+    assert_eq!(data.sft(Split::Train).unwrap().len(), m.sft.train);
+}
