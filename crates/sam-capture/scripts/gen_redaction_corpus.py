@@ -260,6 +260,8 @@ T = {
         "[user]\n    name = {name}\n    email = {v}",
         "Author: {name} <{v}>\nDate:   Tue Mar 5 14:02:11 2024 +0100\n\n    Fix flaky retry test",
         "send_mail(to=[\"{v}\"], subject=\"Build {n} failed\")",
+        "<a href=\"mailto:{v}\">Contact us</a>",
+        "Reported-by: {name} <{v}>",
     ],
     "phone": [
         "Call me at {v} if the deploy fails again.",
@@ -267,6 +269,7 @@ T = {
         "2024-06-11 08:31:55 WARN sms: delivery failed to={v} provider=twilio attempt=3",
         "On-call this week: {name}, mobile {v}.",
         "  contact:\n    phone: \"{v}\"\n    timezone: Europe/Berlin",
+        "Support hotline ({name}): {v} (weekdays 9-17 CET)",
     ],
     "ssn": [
         "employee = {{\"name\": \"{name}\", \"ssn\": \"{v}\", \"dept\": \"R&D\"}}",
@@ -286,6 +289,7 @@ T = {
         "ALLOWED_HOSTS = [\"localhost\", \"{v}\"]",
         "The staging box is at {v}, ask ops for access.",
         "  - name: DB_HOST\n    value: \"{v}\"",
+        "X-Forwarded-For: {v}, 10.0.0.1",
     ],
     "ipv6": [
         "ping6 {v}",
@@ -355,6 +359,7 @@ T = {
         "curl -H 'Authorization: Bearer {v}' https://api.internal/v1/me",
         "2024-03-03 11:11:11 DEBUG session cookie={v}",
         "localStorage.setItem(\"jwt\", \"{v}\");",
+        "redirecting to https://app.internal/callback?token={v}",
     ],
     "password": [
         "DATABASE_URL=postgres://app:{v}@db.internal:5432/app",
@@ -366,6 +371,8 @@ T = {
         "conn = psycopg2.connect(host=\"db\", user=\"app\", password=\"{v}\")",
         "DB_PASSWORD={v}",
         "redis://:{v}@cache.internal:6379/0",
+        "export PGPASSWORD='{v}'",
+        "spring.datasource.password={v}",
     ],
     "secret": [
         "SECRET_KEY = \"{v}\"",
@@ -373,6 +380,7 @@ T = {
         "API_TOKEN={v}",
         "config.auth_token = '{v}'",
         "{{\"webhook_secret\": \"{v}\"}}",
+        "GET https://api.internal/v1/data?api_key={v}&format=json 200",
     ],
     "high_entropy": [
         "Authorization: Bearer {v}",
@@ -400,7 +408,7 @@ GEN = {
 
 def home_path():
     u = home_user()
-    base = R.choice([f"/home/{u}", f"/Users/{u}", f"C:\\Users\\{u}"])
+    base = R.choice([f"/home/{u}", f"/Users/{u}", f"C:\\Users\\{u}", f"C:/Users/{u}"])
     return base, [base]
 
 
@@ -496,12 +504,25 @@ CLEAN = [
     lambda: f"if (token === undefined) {{ throw new Error(\"missing token\"); }}",
     lambda: f"secret_name = \"prod/db/credentials\"\nregion_name = \"eu-central-1\"",
     lambda: f"use std::collections::HashMap;\nlet m: HashMap<u32, String> = HashMap::new();",
+    lambda: f".badge {{ color: #{rnd('0123456789abcdef', 6)}; background: #ffffff; }}",
+    lambda: "<img src=\"data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==\">",
+    lambda: f"import org.apache.commons.lang{R.randint(2, 3)}.StringUtils;",
+    lambda: "curl -H \"Authorization: Bearer $API_TOKEN\" https://api.internal/v1/me",
+    lambda: "password_hash = bcrypt.hashpw(password.encode(), bcrypt.gensalt())",
+    lambda: "AWS access key ids start with AKIA (long-term) or ASIA (temporary).",
+    lambda: f"\"engines\": {{ \"node\": \">={R.randint(14, 20)}.0.0 <{R.randint(21, 23)}.0.0\" }}",
+    lambda: f"OS build 10.0.{R.randint(19041, 22631)}.{R.randint(1000, 3000)}",
+    lambda: f"class AbstractSingletonProxyFactoryBean{R.randint(2, 9)}Impl extends Base {{}}",
+    lambda: "dsn = f\"postgres://{user}:{password}@{host}/{db}\"",
+    lambda: "ssh-keygen -t ed25519 -C \"work laptop\" -f ~/.ssh/id_ed25519",
+    lambda: f"AWS_REGION=eu-west-{R.randint(1, 3)}\nAWS_PROFILE=staging",
+    lambda: f"kubectl rollout restart deployment/web -n prod  # pod web-{rnd('0123456789abcdef', 10)}-{rnd(string.ascii_lowercase + string.digits, 5)}",
 ]
 
 
 def clean_records():
     out = []
-    for i in range(400):
+    for i in range(520):
         out.append({"label": "clean", "context": f"clean{i % len(CLEAN)}", "text": CLEAN[i % len(CLEAN)](),
                     "secrets": []})
     return out
