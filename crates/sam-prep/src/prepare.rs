@@ -198,6 +198,8 @@ pub struct Drops {
     pub dropped_no_response: usize,
     /// Dropped: the template failed on it (raised, or could not be located).
     pub dropped_template_error: usize,
+    /// The first such failure (`id: reason`).
+    pub first_template_error: Option<String>,
     /// Skipped: an id seen before in this input.
     pub duplicate_ids: usize,
     /// Input rows that did not parse.
@@ -282,11 +284,10 @@ enum Outcome {
     Dropped(DropReason),
 }
 
-#[derive(Clone, Copy)]
 enum DropReason {
     TooLong,
     NoResponse,
-    Template,
+    Template(String),
 }
 
 /// Everything prepared, in memory, before writing.
@@ -542,7 +543,13 @@ impl<'m> Preparer<'m> {
                 }
                 Outcome::Dropped(DropReason::TooLong) => drops.dropped_too_long += 1,
                 Outcome::Dropped(DropReason::NoResponse) => drops.dropped_no_response += 1,
-                Outcome::Dropped(DropReason::Template) => drops.dropped_template_error += 1,
+                Outcome::Dropped(DropReason::Template(why)) => {
+                    if drops.dropped_template_error == 0 {
+                        tracing::warn!("example dropped by the chat template (first of its kind): {why}");
+                        drops.first_template_error = Some(why);
+                    }
+                    drops.dropped_template_error += 1;
+                }
             }
         }
         let sft_tokens =
@@ -649,8 +656,9 @@ impl<'m> Preparer<'m> {
     fn sft_chat(&self, ex: &Example, split: Split, msgs: &[Message], row: Value) -> Outcome {
         let max = self.cfg.max_seq_len;
         let Some(tk) = self.tokenizer else {
-            let Ok(text) = self.template.render(msgs, false) else {
-                return Outcome::Dropped(DropReason::Template);
+            let text = match self.template.render(msgs, false) {
+                Ok(v) => v,
+                Err(e) => return Outcome::Dropped(DropReason::Template(format!("{}: {e}", ex.id))),
             };
             let len = estimate_tokens(&text);
             let resp: usize =
@@ -666,8 +674,9 @@ impl<'m> Preparer<'m> {
             );
         };
         let enc = self.encoder(tk);
-        let Ok(mut e) = enc.encode_chat(msgs) else {
-            return Outcome::Dropped(DropReason::Template);
+        let mut e = match enc.encode_chat(msgs) {
+            Ok(v) => v,
+            Err(e) => return Outcome::Dropped(DropReason::Template(format!("{}: {e}", ex.id))),
         };
         let mut truncated = false;
         if e.ids.len() > max {
@@ -706,8 +715,9 @@ impl<'m> Preparer<'m> {
             None => (None, estimate_tokens(text)),
             Some(tk) => {
                 let enc = self.encoder(tk);
-                let Ok(mut e) = enc.encode_text(text) else {
-                    return Outcome::Dropped(DropReason::Template);
+                let mut e = match enc.encode_text(text) {
+                    Ok(v) => v,
+                    Err(e) => return Outcome::Dropped(DropReason::Template(format!("{}: {e}", ex.id))),
                 };
                 let n = e.ids.len();
                 e.ids.truncate(max);
@@ -748,8 +758,9 @@ impl<'m> Preparer<'m> {
     ) -> Outcome {
         let max = self.cfg.max_seq_len;
         let Some(tk) = self.tokenizer else {
-            let Ok(p) = self.template.render(prompt, true) else {
-                return Outcome::Dropped(DropReason::Template);
+            let p = match self.template.render(prompt, true) {
+                Ok(v) => v,
+                Err(e) => return Outcome::Dropped(DropReason::Template(format!("{}: {e}", ex.id))),
             };
             let longer = estimate_tokens(chosen).max(estimate_tokens(rejected)) + 1;
             if longer >= max {
@@ -759,8 +770,9 @@ impl<'m> Preparer<'m> {
             return Outcome::Pair(PairRow { split, row, tokens: None, len: len.min(max) }, len > max);
         };
         let enc = self.encoder(tk);
-        let Ok(mut p) = enc.encode_pair(prompt, chosen, rejected) else {
-            return Outcome::Dropped(DropReason::Template);
+        let mut p = match enc.encode_pair(prompt, chosen, rejected) {
+            Ok(v) => v,
+            Err(e) => return Outcome::Dropped(DropReason::Template(format!("{}: {e}", ex.id))),
         };
         let longer = p.chosen.len().max(p.rejected.len());
         if longer >= max {

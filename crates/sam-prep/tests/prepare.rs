@@ -261,3 +261,26 @@ fn rerunning_into_the_same_folder_leaves_no_stale_outputs() {
     assert!(data.preference(Split::Train).unwrap().is_empty());
     assert_eq!(data.sft(Split::Train).unwrap().len(), m.sft.train);
 }
+
+#[test]
+fn template_errors_drop_the_example_and_are_reported() {
+    let gguf = model();
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("model");
+    std::fs::create_dir(&m).unwrap();
+    gguf.tokenizer().unwrap().save(m.join("tokenizer.json"), false).unwrap();
+    let tpl = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}\
+               {% for m in messages %}{{ m.role }}: {{ m.content }}<|im_end|>{% endfor %}";
+    std::fs::write(m.join("tokenizer_config.json"), serde_json::json!({ "chat_template": tpl }).to_string()).unwrap();
+    let model = BaseModel::open(&m).unwrap();
+    let exs: Vec<Example> = (0..10).map(chat).collect();
+    let plain = Preparer::new(&model, PrepConfig::default()).unwrap();
+    let ok = plain.prepare(&input(exs.clone()), |_| {}).unwrap();
+    assert_eq!(ok.manifest().drops.dropped_template_error, 0);
+    let with_system =
+        Preparer::new(&model, PrepConfig { system_prompt: Some("S".into()), ..PrepConfig::default() }).unwrap();
+    let bad = with_system.prepare(&input(exs), |_| {}).unwrap();
+    let d = &bad.manifest().drops;
+    assert_eq!(d.dropped_template_error, 10);
+    assert!(d.first_template_error.as_deref().unwrap().contains("System role not supported"), "{d:?}");
+}
