@@ -427,7 +427,9 @@ impl DataSource for CodeSource {
 
     fn collect(&mut self, since: Option<Cursor>) -> Result<Batch> {
         let seen = files::parse_cursor("code", since.as_ref())?;
-        let mut next = files::Seen::new();
+        // Start from the old fingerprints, so that runs over other folders
+        // keep this one's.
+        let mut next = seen.clone();
         let mut batch = Batch::default();
         let paths = files::walk(&self.roots, |p| Language::of(p).is_some())?;
         for path in paths {

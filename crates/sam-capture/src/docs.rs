@@ -187,7 +187,9 @@ impl DataSource for DocsSource {
 
     fn collect(&mut self, since: Option<Cursor>) -> Result<Batch> {
         let seen = files::parse_cursor("docs", since.as_ref())?;
-        let mut next = files::Seen::new();
+        // Start from the old fingerprints, so that runs over other folders
+        // keep this one's.
+        let mut next = seen.clone();
         let mut batch = Batch::default();
         let exts = &self.cfg.extensions;
         let paths = files::walk(&self.roots, |p| {

@@ -91,4 +91,11 @@ fn docs_source_makes_one_example_per_section_with_code_blocks_intact() {
         "Run the installer, then check the version:\n\n```sh\n# this is a comment, not a heading\nsam --version\n```"
     );
     assert_eq!(collect_into(&mut src, &mut store, &Pipeline::default()).unwrap().collected, 0);
+
+    // A run over another folder keeps this folder's fingerprints.
+    let other = dir.path().join("other");
+    write(&other, "faq.md", "# FAQ\n\nAnswers to the questions people ask about sam most often.\n");
+    let mut o = DocsSource::new([&other], DocsConfig::default());
+    assert_eq!(collect_into(&mut o, &mut store, &Pipeline::default()).unwrap().inserted, 1);
+    assert_eq!(collect_into(&mut src, &mut store, &Pipeline::default()).unwrap().collected, 0);
 }
