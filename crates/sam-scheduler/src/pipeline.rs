@@ -1,0 +1,726 @@
+//! The one pipeline: mine → validate + dedup → export → prep → train →
+//! evaluate → report, each stage resumable.
+//!
+//! [`run`] is what `sam run` calls and what the scheduler's "enough new
+//! data" trigger will call. Its progress goes to a [`Progress`]; its result
+//! is a [`Summary`].
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use sam_capture::capture::{CaptureConfig, Capturer};
+use sam_capture::code::{CodeConfig, CodeSource};
+use sam_capture::docs::{DocsConfig, DocsSource};
+use sam_capture::git::{GitConfig, GitSource};
+use sam_capture::{DataSource, Pipeline, collect_into};
+use sam_models::BaseModel;
+use sam_prep::cache::{PreparedData, Split};
+use sam_prep::prepare::{PrepConfig, Preparer, read_inputs};
+use sam_prep::split::SplitRatios;
+use sam_runs::{EventKind, MetricRecord, RunDir, RunStatus};
+use sam_schema::Tier;
+use sam_store::near_dup::NearDupConfig;
+use sam_store::{Filter, SqliteStore, Store, TrainingRun, ValidateOptions};
+use sam_trainer::{
+    Decoder, Duration, EvalMetrics, EvalReport, Layers, LoadOptions, LoraConfig, Observer, StepMetrics, Target,
+    TrainConfig,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::state::{
+    CleanReport, ExportInfo, MineReport, Outcome, PipelineState, PrepInfo, SourceReport, Stage, TrainInfo,
+};
+
+/// Everything the pipeline needs. [`PipelineConfig::new`] gives the embedded
+/// default: sized to finish in minutes on a 2-core laptop with the test
+/// model.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// `SAM_HOME`: the store, datasets, runs and the pipeline's state live here.
+    pub home: PathBuf,
+    /// Git repositories to mine (their history, markdown docs and documented code).
+    pub repos: Vec<PathBuf>,
+    /// Feed the sample captures shipped with sam ([`crate::samples`]).
+    pub sample_captures: bool,
+    /// The base model: a Hugging Face folder or a GGUF file.
+    pub model: PathBuf,
+    /// Redaction, quality scoring and domain rules applied to everything mined or captured.
+    pub cleaning: sam_capture::PipelineConfig,
+    /// The git source's settings.
+    pub git: GitConfig,
+    /// The docs source's settings.
+    pub docs: DocsConfig,
+    /// The code source's settings.
+    pub code: CodeConfig,
+    /// Near-duplicate removal (`None`: exact deduplication only).
+    pub near_dup: Option<NearDupConfig>,
+    /// Tiers exported for training.
+    pub export_tiers: Vec<Tier>,
+    /// Dataset preparation.
+    pub prep: PrepConfig,
+    /// Training. `pad_id`, `out_dir` and `base_model` are filled in by the pipeline.
+    pub train: TrainConfig,
+    /// Score at most this many held-out examples (test split, and the
+    /// validation split during training), the first ones in split order.
+    pub max_eval_examples: Option<usize>,
+    /// Train even when the export holds nothing new.
+    pub force: bool,
+}
+
+impl PipelineConfig {
+    /// The embedded default for `home` and `model` (no repositories yet).
+    ///
+    /// Training: LoRA rank 8 (alpha 16) on q, k, v and o of every layer,
+    /// learning rate 5e-4 with 4 warmup steps, batch 1 with 4 accumulation
+    /// steps, 48 steps, sequences cut to 256 tokens, validation every 16
+    /// steps. Prep: 256 tokens, 90/5/5 split. Evaluation: at most 48
+    /// held-out examples.
+    pub fn new(home: impl Into<PathBuf>, model: impl Into<PathBuf>) -> Self {
+        let train = TrainConfig {
+            lora: LoraConfig {
+                rank: 8,
+                alpha: 16.0,
+                dropout: 0.0,
+                targets: vec![Target::Q, Target::K, Target::V, Target::O],
+                layers: Layers::All,
+                rslora: false,
+            },
+            lr: 5e-4,
+            warmup_steps: Some(4),
+            batch_size: 1,
+            grad_accum: 4,
+            max_seq_len: 256,
+            duration: Duration::Iters(48),
+            eval_every: 16,
+            save_every: 16,
+            checkpoint_layers: false,
+            ..TrainConfig::default()
+        };
+        Self {
+            home: home.into(),
+            repos: Vec::new(),
+            sample_captures: true,
+            model: model.into(),
+            cleaning: Default::default(),
+            git: Default::default(),
+            docs: Default::default(),
+            code: Default::default(),
+            near_dup: Some(NearDupConfig::default()),
+            export_tiers: vec![Tier::Gold, Tier::Silver, Tier::Bronze],
+            prep: PrepConfig { max_seq_len: 256, split: SplitRatios::default(), ..PrepConfig::default() },
+            train,
+            max_eval_examples: Some(48),
+            force: false,
+        }
+    }
+
+    /// The store database.
+    pub fn store_path(&self) -> PathBuf {
+        self.home.join("store.db")
+    }
+}
+
+/// Receives the pipeline's progress. Every method has an empty default.
+pub trait Progress {
+    /// A stage starts; `what` says what it does.
+    fn stage_started(&mut self, _stage: Stage, _what: &str) {}
+    /// Work done within the stage (`total` 0: unknown).
+    fn advance(&mut self, _done: u64, _total: u64) {}
+    /// A stage finished; `line` sums it up.
+    fn stage_finished(&mut self, _stage: Stage, _line: &str) {}
+    /// A stage was not run; `why` says why (finished by an earlier run, nothing new…).
+    fn stage_skipped(&mut self, _stage: Stage, _why: &str) {}
+    /// Something worth telling the user.
+    fn note(&mut self, _msg: &str) {}
+    /// A training step finished.
+    fn train_step(&mut self, _m: &StepMetrics) {}
+    /// A validation pass during training finished.
+    fn train_eval(&mut self, _m: &EvalMetrics) {}
+}
+
+/// A [`Progress`] that ignores everything.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
+
+/// Where the pipeline's files are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Paths {
+    /// SAM_HOME.
+    pub home: PathBuf,
+    /// The store.
+    pub store: PathBuf,
+    /// The pipeline's state file.
+    pub state: PathBuf,
+    /// The export file.
+    pub export: Option<PathBuf>,
+    /// The dataset folder.
+    pub dataset: Option<PathBuf>,
+    /// The run folder.
+    pub run: Option<PathBuf>,
+    /// The adapter folder.
+    pub adapter: Option<PathBuf>,
+}
+
+/// What a pipeline run did: the final state plus where things are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The pipeline run's id.
+    pub id: String,
+    /// Trained, or nothing new to train on.
+    pub outcome: Outcome,
+    /// The first stage this invocation ran when it continued an interrupted run.
+    pub resumed_at: Option<Stage>,
+    /// Stages finished by an earlier, interrupted invocation and skipped now.
+    pub skipped_stages: Vec<Stage>,
+    /// The base model.
+    pub model: PathBuf,
+    /// Mining.
+    pub mine: Option<MineReport>,
+    /// Validation and deduplication.
+    pub clean: Option<CleanReport>,
+    /// The export.
+    pub export: Option<ExportInfo>,
+    /// The dataset.
+    pub prep: Option<PrepInfo>,
+    /// Training.
+    pub train: Option<TrainInfo>,
+    /// Base vs adapter on the held-out test split.
+    pub eval: Option<EvalReport>,
+    /// Files.
+    pub paths: Paths,
+    /// Wall time of this invocation, seconds.
+    pub seconds: f64,
+}
+
+/// Runs the pipeline, continuing an interrupted run when there is one.
+///
+/// A run that finds nothing new (the export's hash equals the last trained
+/// run's) stops after the export with [`Outcome::NothingNew`] and trains
+/// nothing, unless `cfg.force` is set.
+pub fn run(cfg: &PipelineConfig, progress: &mut dyn Progress) -> Result<Summary> {
+    let t0 = Instant::now();
+    if !cfg.model.exists() {
+        return Err(Error::ModelMissing {
+            path: cfg.model.clone(),
+            hint: "run scripts/fetch-test-model.sh for the test model, or pass a Hugging Face folder or a .gguf file"
+                .into(),
+        });
+    }
+    std::fs::create_dir_all(&cfg.home).map_err(|e| Error::io(&cfg.home, e))?;
+    let mut st = match PipelineState::load(&cfg.home)? {
+        Some(mut s) if s.outcome.is_none() => {
+            s.resumed_at = Stage::ALL.into_iter().find(|st| !s.finished(*st));
+            if let Some(at) = s.resumed_at {
+                progress.note(&format!("continuing interrupted pipeline run {} at the {at} stage", s.id));
+            }
+            s
+        }
+        prev => {
+            let baseline = prev.and_then(|p| match p.outcome {
+                Some(Outcome::Trained) => p.export.map(|e| e.hash),
+                _ => p.baseline_export_hash,
+            });
+            PipelineState::new(sam_runs::new_run_id(), baseline)
+        }
+    };
+    let skipped_stages: Vec<Stage> = Stage::ALL.into_iter().filter(|s| st.finished(*s)).collect();
+    for s in &skipped_stages {
+        progress.stage_skipped(*s, "finished by the interrupted run");
+    }
+    st.save(&cfg.home)?;
+    let mut store = SqliteStore::open(cfg.store_path())?;
+
+    if !st.finished(Stage::Mine) {
+        st.mine = Some(mine(cfg, &mut store, progress)?);
+        st.reached = Some(Stage::Mine);
+        st.save(&cfg.home)?;
+    }
+    if !st.finished(Stage::Clean) {
+        st.clean = Some(clean(cfg, &mut store, progress)?);
+        st.reached = Some(Stage::Clean);
+        st.save(&cfg.home)?;
+    }
+    if !st.finished(Stage::Export) {
+        let export = export(cfg, &st.id, &mut store, progress)?;
+        let same = st.baseline_export_hash.as_deref() == Some(export.hash.as_str());
+        st.export = Some(export);
+        st.reached = Some(Stage::Export);
+        if same && !cfg.force {
+            for s in [Stage::Prep, Stage::Train, Stage::Evaluate] {
+                progress.stage_skipped(s, "nothing new to train on");
+            }
+            progress.note("nothing new to train on: the export is the same as the last trained run's");
+            st.reached = Some(Stage::Report);
+            st.outcome = Some(Outcome::NothingNew);
+            st.save(&cfg.home)?;
+            append_history(&cfg.home, &st)?;
+            return Ok(summary(cfg, &st, skipped_stages, t0));
+        }
+        st.save(&cfg.home)?;
+    }
+    let export_path = st.export.as_ref().map(|e| e.path.clone()).expect("export finished");
+    let base = BaseModel::open(&cfg.model)?;
+    let dataset = cfg.home.join("datasets").join(&st.id);
+    if !st.finished(Stage::Prep) {
+        st.prep = Some(prep(cfg, &base, &export_path, &dataset, progress)?);
+        st.reached = Some(Stage::Prep);
+        st.save(&cfg.home)?;
+    }
+    let prep_info = st.prep.clone().expect("prep finished");
+    let data = PreparedData::open(&prep_info.dir)?;
+    let pad_id = {
+        let sp = base.special_tokens();
+        sp.pad.as_ref().or(sp.eos.as_ref()).map_or(0, |t| t.id)
+    };
+    let mut train_cfg = cfg.train.clone();
+    train_cfg.pad_id = pad_id;
+    train_cfg.base_model = Some(base.name());
+    let mut model: Option<Decoder> = None;
+    if !st.finished(Stage::Train) {
+        let restarted = st.run_started.clone();
+        if let Some(old) = &restarted {
+            let old_dir = cfg.home.join("runs").join(old);
+            progress.note(&format!(
+                "training run {old} was interrupted: starting the train stage over in a new run (exact resume from checkpoints is not available yet)"
+            ));
+            if let Ok(run) = RunDir::open(&old_dir) {
+                let step = run.status().map(|s| s.step).unwrap_or(0);
+                let _ = run.append_event(EventKind::Stopped, step, "interrupted; the pipeline started training over");
+                let _ = run.set_status(RunStatus::Failed, Some("interrupted; training started over".into()), step, 0);
+            }
+            let _ = store.record_training_run(&TrainingRun {
+                id: old.clone(),
+                started: st.started_at as i64,
+                finished: Some(sam_runs::unix_now() as i64),
+                status: "interrupted".into(),
+                dataset_path: Some(prep_info.dir.clone()),
+                manifest_hash: Some(prep_info.manifest_hash.clone()),
+                adapter_path: None,
+                metrics: serde_json::json!({}),
+            });
+        }
+        let run_id = sam_runs::new_run_id();
+        st.run_started = Some(run_id.clone());
+        st.save(&cfg.home)?;
+        let (m, info) = train(cfg, &mut store, &mut train_cfg, &data, &prep_info, &run_id, restarted.is_some(), progress)?;
+        model = Some(m);
+        st.train = Some(info);
+        st.reached = Some(Stage::Train);
+        st.save(&cfg.home)?;
+    }
+    let train_info = st.train.clone().expect("train finished");
+    if !st.finished(Stage::Evaluate) {
+        let model = match model.take() {
+            Some(m) => m,
+            None => {
+                let mut m = sam_trainer::load_model(&cfg.model, &LoadOptions::default())?;
+                sam_trainer::load_adapter(&mut m, &train_info.adapter_dir)?;
+                m
+            }
+        };
+        st.eval = Some(evaluate(cfg, &model, &train_cfg, &data, &train_info, &mut store, &prep_info, progress)?);
+        st.reached = Some(Stage::Evaluate);
+        st.save(&cfg.home)?;
+    }
+    st.reached = Some(Stage::Report);
+    st.outcome = Some(Outcome::Trained);
+    st.save(&cfg.home)?;
+    append_history(&cfg.home, &st)?;
+    Ok(summary(cfg, &st, skipped_stages, t0))
+}
+
+fn summary(cfg: &PipelineConfig, st: &PipelineState, skipped_stages: Vec<Stage>, t0: Instant) -> Summary {
+    Summary {
+        id: st.id.clone(),
+        outcome: st.outcome.unwrap_or(Outcome::NothingNew),
+        resumed_at: st.resumed_at,
+        skipped_stages,
+        model: cfg.model.clone(),
+        mine: st.mine.clone(),
+        clean: st.clean.clone(),
+        export: st.export.clone(),
+        prep: st.prep.clone(),
+        train: st.train.clone(),
+        eval: st.eval.clone(),
+        paths: Paths {
+            home: cfg.home.clone(),
+            store: cfg.store_path(),
+            state: PipelineState::path(&cfg.home),
+            export: st.export.as_ref().map(|e| e.path.clone()),
+            dataset: st.prep.as_ref().map(|p| p.dir.clone()),
+            run: st.train.as_ref().map(|t| t.run_dir.clone()),
+            adapter: st.train.as_ref().map(|t| t.adapter_dir.clone()),
+        },
+        seconds: t0.elapsed().as_secs_f64(),
+    }
+}
+
+fn append_history(home: &Path, st: &PipelineState) -> Result<()> {
+    use std::io::Write as _;
+    let path = home.join("pipeline").join("history.jsonl");
+    let line = serde_json::to_string(st).map_err(|source| Error::State { path: path.clone(), source })?;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+    writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
+}
+
+fn mine(cfg: &PipelineConfig, store: &mut SqliteStore, progress: &mut dyn Progress) -> Result<MineReport> {
+    progress.stage_started(Stage::Mine, "mining git history, markdown docs and documented code");
+    let pipeline = Pipeline::new(cfg.cleaning.clone());
+    let mut report = MineReport { repos: cfg.repos.clone(), ..Default::default() };
+    if !cfg.repos.is_empty() {
+        let mut sources: Vec<Box<dyn DataSource>> = vec![
+            Box::new(GitSource::new(cfg.repos.clone(), cfg.git.clone())),
+            Box::new(DocsSource::new(cfg.repos.clone(), cfg.docs.clone())),
+            Box::new(CodeSource::new(cfg.repos.clone(), cfg.code.clone())),
+        ];
+        let n = sources.len() as u64 + u64::from(cfg.sample_captures);
+        for (i, src) in sources.iter_mut().enumerate() {
+            progress.advance(i as u64, n);
+            let r = collect_into(src.as_mut(), store, &pipeline)?;
+            report.redacted.merge(&r.redacted);
+            report.sources.push(SourceReport {
+                source: r.source,
+                collected: r.collected as u64,
+                inserted: r.inserted,
+                duplicates: r.duplicates,
+                rejected: r.rejected,
+                skipped: r.skipped.into_iter().map(|(k, v)| (k, v as u64)).collect(),
+            });
+        }
+    }
+    if cfg.sample_captures {
+        let events = crate::samples::sample_captures()?;
+        let capture_cfg = CaptureConfig {
+            max_batch: events.len().max(1),
+            spool: Some(cfg.home.join("capture-spool.jsonl")),
+            ..CaptureConfig::default()
+        };
+        let mut capturer = Capturer::new(SqliteStore::open(cfg.store_path())?, pipeline, capture_cfg);
+        let mut sr = SourceReport { source: "captures".into(), collected: events.len() as u64, ..Default::default() };
+        let absorb = |f: sam_capture::capture::FlushReport, sr: &mut SourceReport| -> Result<()> {
+            if let Some(e) = f.error {
+                return Err(Error::NoData(format!("the sample captures could not be stored ({e}); they wait in the spool")));
+            }
+            sr.inserted += f.stored;
+            sr.duplicates += f.duplicates;
+            sr.rejected += f.rejected;
+            Ok(())
+        };
+        for ev in events {
+            if let Some(f) = capturer.capture(ev)? {
+                absorb(f, &mut sr)?;
+            }
+        }
+        absorb(capturer.flush()?, &mut sr)?;
+        report.redacted.merge(capturer.redacted());
+        report.sources.push(sr);
+    }
+    let line = report
+        .sources
+        .iter()
+        .map(|s| format!("{} {} new/{}", s.source, s.inserted, s.collected))
+        .collect::<Vec<_>>()
+        .join(", ");
+    progress.stage_finished(Stage::Mine, &format!("{line}; {} redactions", report.redacted.total()));
+    Ok(report)
+}
+
+fn clean(cfg: &PipelineConfig, store: &mut SqliteStore, progress: &mut dyn Progress) -> Result<CleanReport> {
+    progress.stage_started(Stage::Clean, "validating into tiers and removing duplicates");
+    let opts = ValidateOptions { quality: cfg.cleaning.quality.clone(), all: false };
+    let validation = store.validate(&opts, &mut |done, total| progress.advance(done, total))?;
+    let same_question_removed = store.dedup(false)?.removed;
+    let near_duplicates_removed = match &cfg.near_dup {
+        Some(near) => store.dedup_near(near, true)?.removed,
+        None => 0,
+    };
+    let store_total = store.count(&Filter::default())?;
+    let r = CleanReport { validation, same_question_removed, near_duplicates_removed, store_total };
+    progress.stage_finished(
+        Stage::Clean,
+        &format!(
+            "{} validated; removed {} same-question and {} near duplicates; {} in the store",
+            r.validation.examples, r.same_question_removed, r.near_duplicates_removed, r.store_total
+        ),
+    );
+    Ok(r)
+}
+
+fn export(cfg: &PipelineConfig, id: &str, store: &mut SqliteStore, progress: &mut dyn Progress) -> Result<ExportInfo> {
+    progress.stage_started(Stage::Export, "exporting the quality-filtered examples");
+    let filter = Filter::default().tiers(cfg.export_tiers.iter().copied());
+    let path = cfg.home.join("exports").join(format!("pipeline-{id}.jsonl"));
+    let rec = store.export(&filter, &path, Default::default())?;
+    let total = store.count(&Filter::default())?;
+    if rec.rows == 0 {
+        return Err(Error::NoData(format!(
+            "the store holds {total} examples and none is in the exported tiers: mine a repository with history and docs (--repo PATH) or capture more"
+        )));
+    }
+    let info = ExportInfo {
+        id: rec.id,
+        path: rec.path,
+        rows: rec.rows,
+        left_out_low_quality: total.saturating_sub(rec.rows),
+        hash: rec.hash,
+    };
+    progress.stage_finished(
+        Stage::Export,
+        &format!("{} rows ({} left out as unverified)", info.rows, info.left_out_low_quality),
+    );
+    Ok(info)
+}
+
+fn prep(
+    cfg: &PipelineConfig,
+    base: &BaseModel,
+    export: &Path,
+    dir: &Path,
+    progress: &mut dyn Progress,
+) -> Result<PrepInfo> {
+    progress.stage_started(Stage::Prep, "rendering, tokenising and splitting for the base model");
+    let input = read_inputs(&[export.to_path_buf()])?;
+    let n = input.examples.len() as u64;
+    let preparer = Preparer::new(base, cfg.prep.clone())?;
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let prepared = preparer.prepare(&input, |k| {
+        done.fetch_add(k as u64, std::sync::atomic::Ordering::Relaxed);
+    })?;
+    progress.advance(done.into_inner(), n);
+    let m = prepared.write(dir)?;
+    let manifest_path = dir.join("manifest.json");
+    let bytes = std::fs::read(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+    let d = &m.drops;
+    let dropped = [
+        ("too_long", d.dropped_too_long),
+        ("no_response", d.dropped_no_response),
+        ("template_error", d.dropped_template_error),
+        ("duplicate_id", d.duplicate_ids),
+        ("bad_row", d.bad_rows),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(k, n)| (k.to_string(), n as u64))
+    .collect();
+    let info = PrepInfo {
+        dir: dir.to_path_buf(),
+        manifest_hash: blake3::hash(&bytes).to_hex().to_string(),
+        sft: [m.sft.train as u64, m.sft.valid as u64, m.sft.test as u64],
+        preference: [m.preference.train as u64, m.preference.valid as u64, m.preference.test as u64],
+        tokens: m.sft_tokens.total as u64,
+        trained_tokens: m.sft_tokens.trained as u64,
+        truncated: d.truncated as u64,
+        dropped,
+    };
+    if info.sft[0] == 0 {
+        return Err(Error::NoData(format!(
+            "the dataset at {} has no SFT training rows: mine a repository (--repo PATH) or capture more",
+            dir.display()
+        )));
+    }
+    progress.stage_finished(
+        Stage::Prep,
+        &format!(
+            "sft {}/{}/{} (train/valid/test), {} preference pairs, {} tokens",
+            info.sft[0],
+            info.sft[1],
+            info.sft[2],
+            info.preference.iter().sum::<u64>(),
+            info.tokens
+        ),
+    );
+    Ok(info)
+}
+
+/// Forwards the trainer's progress to the pipeline's and into the run folder.
+struct RunObserver<'a> {
+    run: &'a RunDir,
+    progress: &'a mut dyn Progress,
+    tokens: u64,
+    total: u64,
+}
+
+impl Observer for RunObserver<'_> {
+    fn on_start(&mut self, total_steps: usize, _train_examples: usize) {
+        self.total = total_steps as u64;
+        let _ = self.run.set_status(RunStatus::Running, None, 0, self.total);
+        let _ = self.run.append_event(EventKind::Started, 0, "");
+    }
+    fn on_step(&mut self, m: &StepMetrics) {
+        self.tokens += m.tokens as u64;
+        let _ = self.run.append_metric(&MetricRecord {
+            step: m.step as u64,
+            phase: Some("sft".into()),
+            train_loss: Some(m.loss),
+            lr: Some(m.lr),
+            tokens_per_sec: Some(m.tokens_per_s),
+            tokens_seen: Some(self.tokens),
+            rss_bytes: Some(sam_runs::current_rss()),
+            elapsed_s: Some(m.elapsed_s),
+            ..Default::default()
+        });
+        let _ = self.run.set_status(RunStatus::Running, None, m.step as u64, self.total);
+        self.progress.train_step(m);
+    }
+    fn on_eval(&mut self, m: &EvalMetrics) {
+        let _ = self.run.append_metric(&MetricRecord {
+            step: m.step as u64,
+            phase: Some("sft".into()),
+            val_loss: Some(m.loss),
+            ..Default::default()
+        });
+        let _ = self.run.append_event(EventKind::Evaluated, m.step as u64, format!("validation loss {:.4}", m.loss));
+        self.progress.train_eval(m);
+    }
+    fn on_checkpoint(&mut self, step: usize, dir: &Path) {
+        let _ = self.run.append_event(EventKind::Checkpoint, step as u64, dir.display().to_string());
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train(
+    cfg: &PipelineConfig,
+    store: &mut SqliteStore,
+    train_cfg: &mut TrainConfig,
+    data: &PreparedData,
+    prep: &PrepInfo,
+    run_id: &str,
+    restarted: bool,
+    progress: &mut dyn Progress,
+) -> Result<(Decoder, TrainInfo)> {
+    progress.stage_started(Stage::Train, "training the LoRA adapter (SFT)");
+    let runs = cfg.home.join("runs");
+    let run_dir = runs.join(run_id);
+    train_cfg.out_dir = Some(run_dir.clone());
+    let run = RunDir::create(&runs, run_id, &*train_cfg)?;
+    let started = sam_runs::unix_now() as i64;
+    let mut record = TrainingRun {
+        id: run_id.to_string(),
+        started,
+        finished: None,
+        status: "running".into(),
+        dataset_path: Some(prep.dir.clone()),
+        manifest_hash: Some(prep.manifest_hash.clone()),
+        adapter_path: None,
+        metrics: serde_json::json!({}),
+    };
+    store.record_training_run(&record)?;
+    let train = data.sft(Split::Train)?;
+    let mut valid = data.sft(Split::Valid)?;
+    if let Some(n) = cfg.max_eval_examples {
+        valid.truncate(n);
+    }
+    let t0 = Instant::now();
+    let res = (|| -> Result<(Decoder, sam_trainer::TrainOutcome, u64)> {
+        let mut model = sam_trainer::load_model(&cfg.model, &LoadOptions::default())?;
+        model.attach_lora(&train_cfg.lora, train_cfg.seed)?;
+        let mut obs = RunObserver { run: &run, progress: &mut *progress, tokens: 0, total: 0 };
+        let outcome = sam_trainer::train_sft(&mut model, train_cfg, &train, &valid, &mut obs)?;
+        Ok((model, outcome, obs.tokens))
+    })();
+    let (model, outcome, tokens) = match res {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = run.append_event(EventKind::Error, 0, e.to_string());
+            let _ = run.set_status(RunStatus::Failed, Some(e.to_string()), 0, 0);
+            record.status = "failed".into();
+            record.finished = Some(sam_runs::unix_now() as i64);
+            let _ = store.record_training_run(&record);
+            return Err(e);
+        }
+    };
+    let seconds = t0.elapsed().as_secs_f64();
+    run.append_event(EventKind::Completed, outcome.steps as u64, "")?;
+    run.set_status(RunStatus::Completed, None, outcome.steps as u64, outcome.steps as u64)?;
+    run.write_loss_svg()?;
+    let pairs: u64 = prep.preference.iter().sum();
+    let dpo = if pairs == 0 {
+        "no preference pairs".to_string()
+    } else {
+        format!(
+            "{pairs} preference pairs kept in {} for DPO, which sam-trainer does not offer yet",
+            prep.dir.join("preference").display()
+        )
+    };
+    let info = TrainInfo {
+        run_id: run_id.to_string(),
+        run_dir: run_dir.clone(),
+        adapter_dir: outcome.adapter_dir.clone().unwrap_or_else(|| run.adapter_dir()),
+        steps: outcome.steps as u64,
+        examples: train.len() as u64,
+        tokens,
+        seconds,
+        tokens_per_s: outcome.tokens_per_s,
+        final_train_loss: outcome.final_train_loss,
+        initial_val_loss: outcome.initial_val_loss,
+        best_val_loss: outcome.best_val_loss,
+        restarted,
+        preference_pairs: pairs,
+        dpo,
+    };
+    record.status = "trained".into();
+    record.adapter_path = Some(info.adapter_dir.clone());
+    record.metrics = serde_json::to_value(&info).unwrap_or_default();
+    store.record_training_run(&record)?;
+    let val = match (info.initial_val_loss, info.best_val_loss) {
+        (Some(a), Some(b)) => format!(", validation loss {a:.3} → {b:.3}"),
+        _ => String::new(),
+    };
+    progress.stage_finished(
+        Stage::Train,
+        &format!("{} steps in {:.0}s, {:.0} tokens/s{val}", info.steps, info.seconds, info.tokens_per_s),
+    );
+    Ok((model, info))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    cfg: &PipelineConfig,
+    model: &Decoder,
+    train_cfg: &TrainConfig,
+    data: &PreparedData,
+    train: &TrainInfo,
+    store: &mut SqliteStore,
+    prep: &PrepInfo,
+    progress: &mut dyn Progress,
+) -> Result<EvalReport> {
+    progress.stage_started(Stage::Evaluate, "scoring base and adapter on the held-out test split");
+    let mut test = data.sft(Split::Test)?;
+    let mut split = "test";
+    if test.is_empty() {
+        progress.note("the test split is empty: evaluating on the validation split instead");
+        test = data.sft(Split::Valid)?;
+        split = "valid";
+    }
+    if let Some(n) = cfg.max_eval_examples {
+        test.truncate(n);
+    }
+    let report = sam_trainer::evaluate(model, split, &test, train_cfg.max_seq_len, 1, train_cfg.pad_id)?;
+    let run = RunDir::open(&train.run_dir)?;
+    report.write(&run.eval_path())?;
+    let finished = sam_runs::unix_now() as i64;
+    let mut metrics = serde_json::to_value(train).unwrap_or_default();
+    metrics["eval"] = serde_json::to_value(&report).unwrap_or_default();
+    store.record_training_run(&TrainingRun {
+        id: train.run_id.clone(),
+        started: finished - train.seconds as i64,
+        finished: Some(finished),
+        status: "succeeded".into(),
+        dataset_path: Some(prep.dir.clone()),
+        manifest_hash: Some(prep.manifest_hash.clone()),
+        adapter_path: Some(train.adapter_dir.clone()),
+        metrics,
+    })?;
+    let ad = report.adapter.map(|a| format!(" → adapter {:.4} (ppl {:.2})", a.loss, a.perplexity)).unwrap_or_default();
+    progress.stage_finished(
+        Stage::Evaluate,
+        &format!(
+            "{} {} examples: base {:.4} (ppl {:.2}){ad}",
+            report.examples, split, report.base.loss, report.base.perplexity
+        ),
+    );
+    Ok(report)
+}

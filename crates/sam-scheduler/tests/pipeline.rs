@@ -1,0 +1,147 @@
+//! The whole pipeline on a small real git repository plus the sample
+//! captures, with the real test model and a few optimiser steps: the summary,
+//! a second run that finds nothing new, and a run killed during training
+//! that the next run resumes.
+
+use std::path::Path;
+
+use sam_scheduler::{NoProgress, Outcome, PipelineConfig, PipelineState, Progress, Stage};
+use sam_store::{SqliteStore, Store};
+
+const README: &str = "# Cachey\n\nA small in-memory cache with expiry.\n\n## Install\n\nAdd `cachey = \"0.3\"` to the `[dependencies]` of your Cargo.toml and run `cargo build`; there are no other requirements.\n\n## Expiry\n\nEvery entry has a time to live. `Cache::get` returns `None` for an entry whose time has passed and removes it on the way, so memory is reclaimed lazily.\n\n## Contributing\n\nRun `cargo test` before sending a patch; write to maintainer@cachey.example with questions.\n";
+
+const LIB: &str = "/// Return the entry stored under `key`, or `None` when it is missing or expired.\npub fn get(map: &std::collections::HashMap<String, String>, key: &str) -> Option<String> {\n    map.get(key).cloned()\n}\n\n/// Insert `value` under `key`, replacing any previous entry, and return the old value.\npub fn put(map: &mut std::collections::HashMap<String, String>, key: &str, value: &str) -> Option<String> {\n    map.insert(key.to_string(), value.to_string())\n}\n";
+
+fn commit(repo: &git2::Repository, files: &[(&str, &str)], message: &str) {
+    let root = repo.workdir().unwrap().to_path_buf();
+    let mut index = repo.index().unwrap();
+    for (name, text) in files {
+        let p = root.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        index.add_path(Path::new(name)).unwrap();
+    }
+    index.write().unwrap();
+    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+    let sig = git2::Signature::now("Ada Dev", "ada@dev.example").unwrap();
+    let parents: Vec<git2::Commit> = repo.head().ok().and_then(|h| h.peel_to_commit().ok()).into_iter().collect();
+    let parents: Vec<&git2::Commit> = parents.iter().collect();
+    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).unwrap();
+}
+
+fn make_repo(dir: &Path) -> git2::Repository {
+    let repo = git2::Repository::init(dir).unwrap();
+    commit(&repo, &[("README.md", README)], "Add the README with install and expiry sections");
+    commit(&repo, &[("src/lib.rs", LIB)], "Add get and put over a HashMap\n\nThe first two operations of the cache.");
+    let lib2 = format!("{LIB}\n/// Remove every entry from `map` and return how many there were.\npub fn clear(map: &mut std::collections::HashMap<String, String>) -> usize {{\n    let n = map.len();\n    map.clear();\n    n\n}}\n");
+    commit(&repo, &[("src/lib.rs", &lib2)], "Add clear, which reports how many entries it removed");
+    repo
+}
+
+fn config(home: &Path, repo: &Path) -> PipelineConfig {
+    let model = sam_models::require_test_model().expect("the test model (scripts/fetch-test-model.sh)");
+    let mut cfg = PipelineConfig::new(home, model);
+    cfg.repos = vec![repo.to_path_buf()];
+    cfg.train.duration = sam_trainer::Duration::Iters(3);
+    cfg.train.eval_every = 3;
+    cfg.train.save_every = 0;
+    cfg.train.max_seq_len = 128;
+    cfg.prep.max_seq_len = 128;
+    cfg.prep.split = "60,20,20".parse().unwrap();
+    cfg.max_eval_examples = Some(4);
+    cfg
+}
+
+/// Dies at the second training step, as a killed process would.
+struct CrashInTraining;
+
+impl Progress for CrashInTraining {
+    fn train_step(&mut self, m: &sam_trainer::StepMetrics) {
+        if m.step == 2 {
+            panic!("simulated crash during training");
+        }
+    }
+}
+
+#[test]
+fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let repo_dir = tmp.path().join("repo");
+    let repo = make_repo(&repo_dir);
+    let cfg = config(&home, &repo_dir);
+
+    // First run: every stage.
+    let s = sam_scheduler::run(&cfg, &mut NoProgress).unwrap();
+    assert_eq!(s.outcome, Outcome::Trained);
+    assert_eq!(s.resumed_at, None);
+    let mine = s.mine.as_ref().unwrap();
+    let by = |name: &str| mine.sources.iter().find(|x| x.source == name).unwrap_or_else(|| panic!("no {name}"));
+    assert_eq!(by("git").inserted, 3, "{mine:?}");
+    assert!(by("docs").inserted >= 2, "{mine:?}");
+    assert!(by("code").inserted >= 2, "{mine:?}");
+    assert_eq!(by("captures").collected, 24);
+    assert!(by("captures").inserted >= 20, "{mine:?}");
+    assert!(mine.redacted.total() >= 6, "{:?}", mine.redacted);
+    let export = s.export.as_ref().unwrap();
+    assert!(export.rows > 20 && export.path.exists(), "{export:?}");
+    let exported = std::fs::read_to_string(&export.path).unwrap();
+    for planted in ["ghp_4fK9sQ2mV7xL1cN8pR3tY6wZ0bH5jD2gA7eU", "bob.smith@example.org", "maintainer@cachey.example"] {
+        assert!(!exported.contains(planted), "{planted} reached the export");
+    }
+    let prep = s.prep.as_ref().unwrap();
+    assert!(prep.sft[0] > 0 && prep.sft[2] > 0, "{prep:?}");
+    assert!(prep.preference.iter().sum::<u64>() > 0, "the corrections make preference pairs: {prep:?}");
+    assert!(prep.dir.join("manifest.json").exists());
+    let train = s.train.as_ref().unwrap();
+    assert_eq!(train.steps, 3);
+    assert!(!train.restarted);
+    assert!(train.tokens > 0 && train.tokens_per_s > 0.0 && train.seconds > 0.0, "{train:?}");
+    assert!(train.adapter_dir.join("adapter_model.safetensors").exists());
+    assert!(train.run_dir.join("loss.svg").exists() && train.run_dir.join("eval.json").exists());
+    let eval = s.eval.as_ref().unwrap();
+    let adapter = eval.adapter.unwrap();
+    assert!(eval.examples > 0 && eval.base.loss.is_finite() && adapter.loss.is_finite(), "{eval:?}");
+    assert_ne!(eval.base.loss, adapter.loss, "the adapter changed nothing");
+    let store = SqliteStore::open(home.join("store.db")).unwrap();
+    let runs = store.training_runs().unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].id, train.run_id);
+    assert_eq!(runs[0].status, "succeeded");
+    assert_eq!(runs[0].manifest_hash.as_deref(), Some(prep.manifest_hash.as_str()));
+    drop(store);
+
+    // Second run, nothing new: trains nothing and says so.
+    let s2 = sam_scheduler::run(&cfg, &mut NoProgress).unwrap();
+    assert_eq!(s2.outcome, Outcome::NothingNew);
+    assert!(s2.train.is_none() && s2.eval.is_none() && s2.prep.is_none());
+    assert_eq!(s2.mine.as_ref().unwrap().inserted(), 0);
+    assert_eq!(std::fs::read_dir(home.join("runs")).unwrap().count(), 1);
+
+    // New data, and a crash during training: the state is left at prep with
+    // a training run started.
+    commit(&repo, &[("CHANGELOG.md", "# Changelog\n\n## 0.3\n\nEntries expire lazily on read; `clear` reports how many entries it removed.\n")], "Write the changelog for 0.3");
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sam_scheduler::run(&cfg, &mut CrashInTraining)
+    }));
+    assert!(crashed.is_err());
+    let st = PipelineState::load(&home).unwrap().unwrap();
+    assert_eq!(st.reached, Some(Stage::Prep));
+    assert!(st.run_started.is_some() && st.outcome.is_none());
+    let interrupted = st.run_started.clone().unwrap();
+
+    // The next run continues at the train stage instead of starting over.
+    let s3 = sam_scheduler::run(&cfg, &mut NoProgress).unwrap();
+    assert_eq!(s3.outcome, Outcome::Trained);
+    assert_eq!(s3.resumed_at, Some(Stage::Train));
+    assert_eq!(s3.skipped_stages, vec![Stage::Mine, Stage::Clean, Stage::Export, Stage::Prep]);
+    assert_eq!(s3.id, st.id);
+    let t3 = s3.train.as_ref().unwrap();
+    assert!(t3.restarted && t3.run_id != interrupted);
+    assert!(s3.eval.is_some());
+    let store = SqliteStore::open(home.join("store.db")).unwrap();
+    let runs = store.training_runs().unwrap();
+    let status = |id: &str| runs.iter().find(|r| r.id == id).map(|r| r.status.clone());
+    assert_eq!(status(&interrupted).as_deref(), Some("interrupted"));
+    assert_eq!(status(&t3.run_id).as_deref(), Some("succeeded"));
+}
