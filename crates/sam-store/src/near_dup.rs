@@ -109,23 +109,17 @@ pub fn signature(text: &str, cfg: &NearDupConfig, coeffs: &[(u64, u64)]) -> Vec<
         })
         .collect();
     let k = cfg.shingle.max(1);
-    let mut add = |h: u64| {
-        let h = mix(h);
-        for (s, (a, b)) in sig.iter_mut().zip(coeffs) {
-            // Multiply-shift hashing: the high 32 bits of a·h + b.
-            let v = (a.wrapping_mul(h).wrapping_add(*b) >> 32) as u32;
-            if v < *s {
-                *s = v;
-            }
-        }
-    };
-    if words.len() < k {
+    let shingles: Vec<u64> = if words.len() < k {
         // Too short for one shingle: the words together are the one shingle.
-        add(words.iter().fold(0x9e37_79b9_7f4a_7c15, |acc, w| mix(acc ^ w)));
+        vec![mix(words.iter().fold(0x9e37_79b9_7f4a_7c15, |acc, w| mix(acc ^ w)))]
     } else {
-        for win in words.windows(k) {
-            add(win.iter().fold(0x9e37_79b9_7f4a_7c15, |acc, w| mix(acc ^ w)));
-        }
+        words.windows(k).map(|win| mix(win.iter().fold(0x9e37_79b9_7f4a_7c15, |acc, w| mix(acc ^ w)))).collect()
+    };
+    // One hash function at a time over all shingles: the minimum stays in a
+    // register and the loop vectorises.
+    for (s, (a, b)) in sig.iter_mut().zip(coeffs) {
+        // Multiply-shift hashing: the high 32 bits of a·h + b.
+        *s = shingles.iter().map(|h| (a.wrapping_mul(*h).wrapping_add(*b) >> 32) as u32).min().unwrap_or(u32::MAX);
     }
     sig
 }
