@@ -426,3 +426,90 @@ pub fn spooled(path: &Path) -> Result<usize> {
     }
     Ok(n)
 }
+
+/// A [`Capturer`] shared between threads, with a background thread that
+/// flushes by time even when the assistant is quiet (a plain `Capturer`
+/// flushes by time only when it is called). Dropping it stops the thread and
+/// flushes what is left.
+///
+/// ```
+/// use sam_capture::capture::{BackgroundCapturer, Capture, CaptureConfig, Capturer};
+/// use sam_store::{Filter, SqliteStore, Store};
+///
+/// let dir = tempfile::tempdir()?;
+/// let db = dir.path().join("store.db");
+/// let cfg = CaptureConfig { max_age_ms: 50, spool: Some(dir.path().join("spool.jsonl")), ..Default::default() };
+/// let cap = BackgroundCapturer::start(Capturer::new(SqliteStore::open(&db)?, Default::default(), cfg));
+/// cap.capture(Capture::Feedback { prompt: "Undo a git add?".into(), response: "`git restore --staged FILE`".into() })?;
+/// // No further call: the background thread flushes it; another connection sees it.
+/// let reader = SqliteStore::open(&db)?;
+/// let t = std::time::Instant::now();
+/// while reader.count(&Filter::default())? == 0 && t.elapsed().as_secs() < 10 {
+///     std::thread::sleep(std::time::Duration::from_millis(20));
+/// }
+/// assert_eq!(reader.count(&Filter::default())?, 1);
+/// assert_eq!(cap.pending(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct BackgroundCapturer<S: Store + Send + 'static> {
+    inner: std::sync::Arc<std::sync::Mutex<Capturer<S>>>,
+    stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<S: Store + Send + 'static> std::fmt::Debug for BackgroundCapturer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackgroundCapturer").finish_non_exhaustive()
+    }
+}
+
+impl<S: Store + Send + 'static> BackgroundCapturer<S> {
+    /// Start the flushing thread; it checks every half `max_age_ms`.
+    pub fn start(capturer: Capturer<S>) -> Self {
+        let every = Duration::from_millis((capturer.cfg.max_age_ms / 2).max(10));
+        let inner = std::sync::Arc::new(std::sync::Mutex::new(capturer));
+        let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let (inner2, stop2) = (inner.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let (lock, cvar) = &*stop2;
+            let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !*stopped {
+                stopped = cvar.wait_timeout(stopped, every).unwrap_or_else(|e| e.into_inner()).0;
+                // A failing tick keeps its buffer or spool; the next one retries.
+                let _ = inner2.lock().unwrap_or_else(|e| e.into_inner()).tick();
+            }
+        });
+        Self { inner, stop, thread: Some(thread) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Capturer<S>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Capture one event (see [`Capturer::capture`]).
+    pub fn capture(&self, event: Capture) -> Result<Option<FlushReport>> {
+        self.lock().capture(event)
+    }
+
+    /// Flush now (see [`Capturer::flush`]).
+    pub fn flush(&self) -> Result<FlushReport> {
+        self.lock().flush()
+    }
+
+    /// Examples buffered, not yet flushed.
+    pub fn pending(&self) -> usize {
+        self.lock().pending()
+    }
+}
+
+impl<S: Store + Send + 'static> Drop for BackgroundCapturer<S> {
+    fn drop(&mut self) {
+        let (lock, cvar) = &*self.stop;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cvar.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // The inner Capturer flushes on its own drop.
+    }
+}

@@ -13,7 +13,9 @@
 //! - [`capture::Capturer`] is the live API for the running assistant:
 //!   escalations, corrections, preferred alternatives, positive feedback and
 //!   distillation, batched and flushed by size and time, spooled to an
-//!   append-only file when the store cannot be written.
+//!   append-only file when the store cannot be written;
+//!   [`capture::BackgroundCapturer`] shares one between threads and flushes
+//!   by time from a thread of its own.
 //! - [`Pipeline`] redacts ([`redact::Redactor`]), scores
 //!   ([`sam_schema::quality::assess`]) and classifies
 //!   ([`domain::DomainClassifier`]) each example.
