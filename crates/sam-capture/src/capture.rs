@@ -45,11 +45,14 @@ pub struct CaptureConfig {
     /// rejected = local answer) when the local answer is given; otherwise,
     /// or when this is false, a chat example of the remote answer.
     pub escalation_as_preference: bool,
+    /// How long `sam capture` waits for another process's write lock before
+    /// it spools instead (milliseconds): capture must not stall the assistant.
+    pub busy_timeout_ms: u64,
 }
 
 impl Default for CaptureConfig {
     fn default() -> Self {
-        Self { max_batch: 32, max_age_ms: 5_000, spool: None, escalation_as_preference: true }
+        Self { max_batch: 32, max_age_ms: 5_000, spool: None, escalation_as_preference: true, busy_timeout_ms: 2_000 }
     }
 }
 

@@ -95,6 +95,11 @@ const SECTIONS: &[Section] = &[
                 "An escalation with a local attempt becomes a preference pair (chosen = remote,\n\
                  rejected = local) rather than a chat example of the remote answer.",
             ),
+            (
+                "busy_timeout_ms",
+                "How long `sam capture` waits for another process's write lock before it spools\n\
+                 instead, in milliseconds.",
+            ),
         ],
     },
     Section {

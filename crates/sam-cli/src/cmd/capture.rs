@@ -240,7 +240,12 @@ fn capture(ctx: &Ctx, events: Vec<Capture>) -> anyhow::Result<()> {
         None => ctx.home.join("capture-spool.jsonl"),
     };
     let capture_cfg = CaptureConfig { spool: Some(spool.clone()), max_batch: usize::MAX, ..cfg.capture.clone() };
-    let report = match open_store(ctx, &cfg) {
+    // Capture must not stall the assistant: a short wait for the lock, then the spool.
+    let store_cfg = Config {
+        store: sam_store::StoreConfig { busy_timeout_ms: cfg.capture.busy_timeout_ms, ..cfg.store.clone() },
+        ..cfg.clone()
+    };
+    let report = match open_store(ctx, &store_cfg) {
         Ok(store) => {
             let mut cap = Capturer::new(store, pipeline(&cfg), capture_cfg);
             for e in events {
