@@ -108,6 +108,11 @@ pub trait Store {
     /// Quarantined lines, oldest first, at most `limit`.
     fn quarantined(&self, limit: Option<u64>) -> Result<Vec<QuarantineEntry>, StoreError>;
 
+    /// How many lines are in quarantine.
+    fn quarantine_len(&self) -> Result<u64, StoreError> {
+        Ok(self.quarantined(None)?.len() as u64)
+    }
+
     /// Remove quarantined lines: those numbered in `ids`, or all with `None`.
     /// Returns how many were removed.
     fn clear_quarantine(&mut self, ids: Option<&[i64]>) -> Result<u64, StoreError>;

@@ -374,6 +374,10 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn quarantine_len(&self) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?)
+    }
+
     fn clear_quarantine(&mut self, ids: Option<&[i64]>) -> Result<u64, StoreError> {
         let tx = self.write_tx()?;
         let n = match ids {

@@ -124,6 +124,7 @@ fn bad_lines_are_quarantined_once_and_can_be_cleared() {
     let report = store.insert_batch(&batch).unwrap();
     assert_eq!((report.inserted, report.duplicates, report.quarantined), (0, 1, 0));
     assert_eq!(store.quarantined(None).unwrap().len(), 3);
+    assert_eq!(store.quarantine_len().unwrap(), 3);
     assert_eq!(store.quarantined(Some(1)).unwrap().len(), 1);
 
     let first = store.quarantined(None).unwrap()[0].id;

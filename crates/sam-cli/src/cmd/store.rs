@@ -499,7 +499,7 @@ fn quarantine(ctx: &Ctx, action: Option<QuarantineAction>, limit: Option<u64>, r
                     println!("       {}", e.raw);
                 }
             }
-            let total = store.stats()?.quarantined;
+            let total = store.quarantine_len()?;
             println!(
                 "{} of {total} shown; fix them at the source and ingest again, then `sam quarantine clear --all`",
                 entries.len()
