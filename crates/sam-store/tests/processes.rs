@@ -98,49 +98,62 @@ fn parse_committed(line: &str) -> (u64, u64, u64) {
 fn sigkill_mid_ingest_keeps_exactly_the_committed_batches() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("store.db");
-    const SIZE: u64 = 3_000;
-    // Each round kills the writer at a different moment, then the next round
-    // resumes from the cursor the store kept.
-    for (round, delay_ms) in [0u64, 7, 23, 41].into_iter().enumerate() {
-        let mut child = spawn(&db, "git", u64::MAX, SIZE);
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut printed = 0u64;
-        let mut line = String::new();
-        // Let it commit two batches, then kill it somewhere in the third.
-        for _ in 0..2 {
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "the child stopped early: {:?}", child.wait_with_output());
-            printed = parse_committed(&line).0;
+    // Each round kills a writer at a different moment, then the next round
+    // resumes from the cursor the store kept. Big batches: the kill lands
+    // inside a transaction. Small ones, many delays: it also lands between
+    // a commit and the next batch.
+    let plans: [(&str, u64, &[u64]); 2] =
+        [("big", 3_000, &[0, 7, 23, 41]), ("small", 100, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])];
+    for (source, size, delays) in plans {
+        for (round, &delay_ms) in delays.iter().enumerate() {
+            kill_round(&db, source, size, delay_ms, round as u64);
         }
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-        assert_eq!(rc, 0);
-        let status = child.wait().unwrap();
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
-        // Whatever it printed before dying was committed.
-        for l in out.lines() {
-            printed = parse_committed(&l.unwrap()).0;
-        }
-
-        let store = SqliteStore::open(&db).unwrap();
-        store.integrity_check().unwrap_or_else(|e| panic!("round {round}: {e}"));
-        let cursor: u64 = store.cursor("git").unwrap().unwrap().parse().unwrap();
-        // A batch may have committed after its line was printed, never before.
-        assert!(cursor == printed || cursor == printed + 1, "round {round}: cursor {cursor}, printed {printed}");
-        let rows = store.count(&Filter::default().source("git")).unwrap();
-        assert_eq!(rows, cursor * SIZE, "round {round}: whole batches only, and exactly the committed ones");
-        assert_eq!(store.count(&Filter::default().source("shared")).unwrap(), cursor);
-        // Every committed batch is complete.
-        let mut per_batch = vec![0u64; cursor as usize];
-        store
-            .scan(&Filter::default().source("git"), &mut |ex| {
-                per_batch[ex.metadata["batch"].as_u64().unwrap() as usize] += 1;
-                Ok(())
-            })
-            .unwrap();
-        assert!(per_batch.iter().all(|n| *n == SIZE), "round {round}: {per_batch:?}");
-        assert!(cursor >= 2 * (round as u64 + 1), "round {round}: each round adds at least two batches");
     }
+}
+
+fn kill_round(db: &Path, source: &str, size: u64, delay_ms: u64, round: u64) {
+    let ctx = format!("{source} round {round} ({delay_ms} ms)");
+    let mut child = spawn(db, source, u64::MAX, size);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = 0u64;
+    let mut line = String::new();
+    // Let it commit two batches, then kill it somewhere after.
+    for _ in 0..2 {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "{ctx}: the child stopped early: {:?}",
+            child.wait_with_output()
+        );
+        printed = parse_committed(&line).0;
+    }
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    // Whatever it printed before dying was committed.
+    for l in out.lines() {
+        printed = parse_committed(&l.unwrap()).0;
+    }
+
+    let store = SqliteStore::open(db).unwrap();
+    store.integrity_check().unwrap_or_else(|e| panic!("{ctx}: {e}"));
+    let cursor: u64 = store.cursor(source).unwrap().unwrap().parse().unwrap();
+    // A batch may have committed after its line was printed, never before.
+    assert!(cursor == printed || cursor == printed + 1, "{ctx}: cursor {cursor}, printed {printed}");
+    let rows = store.count(&Filter::default().source(source)).unwrap();
+    assert_eq!(rows, cursor * size, "{ctx}: whole batches only, and exactly those the cursor counts");
+    // Every committed batch is complete.
+    let mut per_batch = vec![0u64; cursor as usize];
+    store
+        .scan(&Filter::default().source(source), &mut |ex| {
+            per_batch[ex.metadata["batch"].as_u64().unwrap() as usize] += 1;
+            Ok(())
+        })
+        .unwrap();
+    assert!(per_batch.iter().all(|n| *n == size), "{ctx}: {per_batch:?}");
+    assert!(cursor >= 2 * (round + 1), "{ctx}: each round adds at least two batches");
 }
 
 fn two_writer_processes_both_finish_with_every_row() {
