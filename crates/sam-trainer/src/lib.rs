@@ -1,19 +1,43 @@
-//! sam-trainer: LoRA fine-tuning of Llama and Qwen2 decoders on candle.
+//! sam-trainer: LoRA fine-tuning of Llama and Qwen2 decoders on candle, with
+//! evaluation, generation and adapters in PEFT's (or mlx-lm's) layout.
+//!
+//! It reads a base model (a Hugging Face folder or a GGUF file) and a
+//! prepared dataset (`sam_prep::cache`), and writes run folders: adapters,
+//! metrics, evaluation reports. It never opens the store.
 //!
 //! Main types:
-//! - [`Decoder`]: one configurable Llama/Qwen2 decoder whose projections are
-//!   [`Linear`] layers that can carry LoRA adapters; loaded by
-//!   [`load_model`] from a Hugging Face folder or a GGUF file.
-//! - [`LoraConfig`]: rank, alpha, dropout, targets, layers, rsLoRA.
+//! - [`Decoder`]: one configurable Llama/Qwen2 decoder (RMSNorm, rotary,
+//!   grouped-query attention, SwiGLU, Qwen2's q/k/v biases, tied or separate
+//!   head, KV cache) whose projections are [`Linear`] layers that can carry
+//!   LoRA adapters. Loaded by [`load_model`]; frozen weights are plain
+//!   tensors (f32 or bf16), never trainable variables.
+//! - [`LoraConfig`] / [`Target`] / [`Layers`]: rank, alpha, dropout, target
+//!   modules, which layers, rsLoRA.
+//! - [`Trainer`] (implemented by [`SftTrainer`]) with [`TrainConfig`],
+//!   reporting to an [`Observer`]; [`train_sft`] is the loop on token slices.
+//! - [`save_adapter`] / [`load_adapter`] ([`AdapterFormat`]), [`Decoder::merge_lora`]
+//!   and [`save_hf_model`] for `sam fuse`.
+//! - [`evaluate`] → [`EvalReport`]; [`generate()`] with [`GenerateConfig`].
+//! - [`ops`]: custom ops with their own backward (candle's fused ops cut
+//!   gradients silently, and its matmul backward computes frozen weights'
+//!   gradients too).
 //!
 //! ```no_run
-//! use sam_trainer::{load_model, LoadOptions, LoraConfig, Mode};
+//! use sam_prep::cache::TokenizedExample;
+//! use sam_trainer::{load_model, train_sft, LoadOptions, Mode, NoopObserver, TrainConfig};
 //! # fn main() -> sam_trainer::Result<()> {
 //! let mut model = load_model("model.gguf".as_ref(), &LoadOptions::default())?;
-//! model.attach_lora(&LoraConfig::default(), 0)?;
-//! let ids = candle_core::Tensor::new(&[[1u32, 2, 3]], model.device())?;
-//! let logits = model.logits(&ids, Mode::INFER)?;
-//! # let _ = logits; Ok(()) }
+//! let cfg = TrainConfig::default();
+//! model.attach_lora(&cfg.lora, cfg.seed)?;
+//! let train = vec![TokenizedExample {
+//!     id: "1".into(),
+//!     domain: "code".into(),
+//!     input_ids: vec![1, 2, 3, 4],
+//!     loss_mask: vec![false, false, true, true],
+//! }];
+//! let outcome = train_sft(&mut model, &cfg, &train, &[], &mut NoopObserver)?;
+//! let ids = sam_trainer::generate(&model, &[1, 2], &Default::default(), Mode::INFER, |_| true)?;
+//! # let _ = (outcome, ids); Ok(()) }
 //! ```
 #![deny(missing_docs)]
 

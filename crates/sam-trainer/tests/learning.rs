@@ -66,9 +66,11 @@ fn lora_sft_teaches_an_invented_fact() {
         lr: 1e-3,
         batch_size: 4,
         grad_accum: 1,
-        duration: Duration::Iters(24),
+        duration: Duration::Iters(16),
         warmup_steps: Some(2),
         eval_every: 8,
+        // The model is small: keep activations rather than recompute them.
+        checkpoint_layers: false,
         seed: 7,
         pad_id: eos[1],
         ..Default::default()
