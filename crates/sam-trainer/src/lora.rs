@@ -297,3 +297,58 @@ impl Linear {
         Ok(y)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_from_short_and_long_names() {
+        let cases = [
+            ("q", Target::Q),
+            ("k_proj", Target::K),
+            ("self_attn.v_proj", Target::V),
+            ("o", Target::O),
+            ("mlp.gate_proj", Target::Gate),
+            ("up", Target::Up),
+            (" down ", Target::Down),
+        ];
+        for (s, t) in cases {
+            assert_eq!(Target::parse(s).unwrap(), t, "{s}");
+        }
+        assert!(Target::parse("lm_head").is_err());
+    }
+
+    #[test]
+    fn scale_and_layer_selection() {
+        let mut c = LoraConfig { rank: 4, alpha: 8.0, ..Default::default() };
+        assert_eq!(c.scale(), 2.0);
+        c.rslora = true;
+        assert_eq!(c.scale(), 4.0);
+        assert_eq!(Layers::Last(2).indices(5), vec![3, 4]);
+        assert_eq!(Layers::Last(9).indices(3), vec![0, 1, 2]);
+        assert_eq!(Layers::All.indices(2), vec![0, 1]);
+    }
+
+    #[test]
+    fn fresh_adapter_is_a_no_op_and_merge_folds_it_in() {
+        let d = &Device::Cpu;
+        let w = Tensor::new(&[[1f32, 2.0], [3.0, 4.0], [5.0, 6.0]], d).unwrap();
+        let mut lin = Linear::new(w, None);
+        let mut rng = StdRng::seed_from_u64(0);
+        lin.attach(&LoraConfig { rank: 2, ..Default::default() }, &mut rng).unwrap();
+        let x = Tensor::new(&[[1f32, -1.0]], d).unwrap();
+        let base: Vec<Vec<f32>> = lin.forward(&x, false, None).unwrap().to_vec2().unwrap();
+        let with: Vec<Vec<f32>> = lin.forward(&x, true, None).unwrap().to_vec2().unwrap();
+        assert_eq!(base, with, "B starts at zero");
+        let l = lin.lora().unwrap();
+        l.b.set(&Tensor::new(&[[1f32, 0.0], [0.0, 1.0], [1.0, 1.0]], d).unwrap()).unwrap();
+        let with: Vec<Vec<f32>> = lin.forward(&x, true, None).unwrap().to_vec2().unwrap();
+        lin.merge().unwrap();
+        assert!(lin.lora().is_none());
+        let merged: Vec<Vec<f32>> = lin.forward(&x, true, None).unwrap().to_vec2().unwrap();
+        for (a, b) in with[0].iter().zip(&merged[0]) {
+            assert!((a - b).abs() < 1e-5);
+        }
+    }
+}

@@ -119,3 +119,27 @@ pub fn mean_loss(
     }
     Ok((sum / n as f64, n))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_pads_and_shifts_the_mask() {
+        let a = Sequence { ids: &[1, 2, 3, 4], mask: &[false, false, true, true] };
+        let b = Sequence { ids: &[7, 8], mask: &[false, true] };
+        let batch = Batch::new(&[a, b], 0, &candle_core::Device::Cpu).unwrap();
+        assert_eq!(batch.ids.to_vec2::<u32>().unwrap(), vec![vec![1, 2, 3, 4], vec![7, 8, 0, 0]]);
+        // Position i predicts token i + 1: rows 1, 2 of the first sequence
+        // and row 4 (= 1 * 4 + 0) of the second.
+        assert_eq!(batch.rows.to_vec1::<u32>().unwrap(), vec![1, 2, 4]);
+        assert_eq!(batch.targets.to_vec1::<u32>().unwrap(), vec![3, 4, 8]);
+        assert_eq!((batch.n_targets, batch.n_tokens), (3, 6));
+    }
+
+    #[test]
+    fn mismatched_mask_is_an_error() {
+        let a = Sequence { ids: &[1, 2, 3], mask: &[false, true] };
+        assert!(Batch::new(&[a], 0, &candle_core::Device::Cpu).is_err());
+    }
+}

@@ -304,3 +304,54 @@ pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> candle_core::Res
     let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?;
     (lse - picked)?.squeeze(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causal_softmax_matches_masked_reference() {
+        let d = &Device::Cpu;
+        let x = Tensor::new(&[[[0.5f32, 1.0, -2.0], [0.1, 0.2, 0.3]]], d).unwrap(); // [1, 2, 3]: t=2, tk=3, offset 1
+        let got: Vec<Vec<f32>> = causal_softmax(&x, 2.0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        let sm = |v: &[f32]| -> Vec<f32> {
+            let e: Vec<f32> = v.iter().map(|a| (2.0 * a).exp()).collect();
+            let s: f32 = e.iter().sum();
+            e.iter().map(|a| a / s).collect()
+        };
+        let want = [[sm(&[0.5, 1.0]), vec![0.0]].concat(), sm(&[0.1, 0.2, 0.3])];
+        for (g, w) in got.iter().zip(&want) {
+            for (a, b) in g.iter().zip(w) {
+                assert!((a - b).abs() < 1e-6, "{got:?} vs {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn cross_entropy_rows_matches_log_softmax() {
+        let d = &Device::Cpu;
+        let x = Tensor::new(&[[1f32, 2.0, 3.0], [0.0, 0.0, 0.0]], d).unwrap();
+        let t = Tensor::new(&[2u32, 0], d).unwrap();
+        let got: Vec<f32> = cross_entropy_rows(&x, &t).unwrap().to_vec1().unwrap();
+        let lse = (1f32.exp() + 2f32.exp() + 3f32.exp()).ln();
+        assert!((got[0] - (lse - 3.0)).abs() < 1e-6);
+        assert!((got[1] - 3f32.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bf16_frozen_matmul_widens_blockwise() {
+        let d = &Device::Cpu;
+        // More rows than one widening block holds, to exercise the blocks.
+        let inp = 4;
+        let out = WIDEN_BLOCK / inp + 3;
+        let w = Tensor::arange(0u32, (out * inp) as u32, d).unwrap().to_dtype(DType::F32).unwrap();
+        let w = ((w.reshape((out, inp)).unwrap() * 1e-7).unwrap()).to_dtype(DType::BF16).unwrap();
+        let x = Tensor::new(&[[1f32, -1.0, 0.5, 2.0]], d).unwrap();
+        let a: Vec<f32> = frozen_matmul(&x, &w).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> =
+            x.matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a.len(), out);
+        let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-6, "{worst}");
+    }
+}

@@ -78,3 +78,49 @@ pub fn lr_at(step: usize, total: usize, warmup: usize, peak: f64, min_ratio: f64
     let floor = peak * min_ratio;
     floor + (peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_the_floor() {
+        let cases = [
+            (1, 0.25),
+            (4, 1.0),   // end of warmup: the peak
+            (14, 0.55), // half-way through the cosine: (1 + 0.1) / 2
+            (24, 0.1),  // the floor
+            (30, 0.1),  // past the end stays at the floor
+        ];
+        for (step, want) in cases {
+            let got = lr_at(step, 24, 4, 1.0, 0.1);
+            assert!((got - want).abs() < 1e-9, "step {step}: {got} != {want}");
+        }
+    }
+
+    #[test]
+    fn clipping_rescales_to_the_max_norm() {
+        let d = &Device::Cpu;
+        let mut g = vec![Tensor::new(&[3f32, 0.0], d).unwrap(), Tensor::new(&[4f32], d).unwrap()];
+        let n = clip_grad_norm(&mut g, 1.0).unwrap();
+        assert!((n - 5.0).abs() < 1e-6);
+        let after = clip_grad_norm(&mut g, 0.0).unwrap();
+        assert!((after - 1.0).abs() < 1e-4, "{after}");
+    }
+
+    #[test]
+    fn adamw_first_step_moves_by_lr_and_decays() {
+        let d = &Device::Cpu;
+        let v = Var::new(&[1f32, -2.0], d).unwrap();
+        let mut opt = AdamW::new(vec![v.clone()], 0.1).unwrap();
+        let g = Tensor::new(&[0.5f32, -0.5], d).unwrap();
+        opt.step(&[g], 0.01).unwrap();
+        // Bias-corrected first step: update = sign(g) · lr; decay w · lr · wd.
+        let got: Vec<f32> = v.as_tensor().to_vec1().unwrap();
+        let want = [1.0 * (1.0 - 0.001) - 0.01, -2.0 * (1.0 - 0.001) + 0.01];
+        for (a, b) in got.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    }
+}
