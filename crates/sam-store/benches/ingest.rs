@@ -52,6 +52,11 @@ fn examples(n: usize) -> Vec<Example> {
 }
 
 fn rows() -> Vec<usize> {
+    // `cargo test --all-targets` runs benchmarks once each, as a smoke test,
+    // without `--bench`: keep that quick.
+    if !std::env::args().any(|a| a == "--bench") {
+        return vec![10_000];
+    }
     let large = std::env::var("SAM_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     if large == 10_000 { vec![10_000] } else { vec![10_000, large] }
 }
