@@ -108,13 +108,13 @@ impl SqliteStore {
     }
 
     /// The connection, for modules of this crate that add their own queries.
-    #[allow(dead_code)]
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
     }
 
-    /// The connection, mutably (to begin transactions).
-    #[allow(dead_code)]
+    /// The connection, mutably (for modules of this crate; writes should go
+    /// through [`SqliteStore::write_tx`]).
+    #[allow(dead_code)] // kept for near_dup-style modules
     pub(crate) fn conn_mut(&mut self) -> &mut Connection {
         &mut self.conn
     }
