@@ -3,12 +3,12 @@
 //! batch 1, f32, loss on every position, AdamW.
 //!
 //! ```text
-//! cargo run --release -p sam-trainer --example step_bench -- MODEL [seq] [steps] [rank] [dtype] [ckpt|nockpt]
+//! cargo run --release -p sam-trainer --example step_bench -- MODEL [seq] [steps] [rank] [dtype] [CKPT_EVERY|nockpt]
 //! ```
 //! MODEL is a GGUF file, a Hugging Face folder, or `qwen2.5-coder-1.5b-random`
 //! (that shape, random weights); dtype is f32 (default) or
-//! bf16 for the frozen weights; `nockpt` keeps all activations instead of
-//! recomputing each layer in the backward pass. Prints one JSON line.
+//! bf16 for the frozen weights; CKPT_EVERY (default 1) recomputes every
+//! N-th layer in the backward pass, `nockpt` keeps all activations. Prints one JSON line.
 
 use candle_core::DType;
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -75,7 +75,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         duration: Duration::Iters(steps),
         warmup_steps: Some(0),
         eval_every: 0,
-        checkpoint_layers: args.get(6).map(String::as_str) != Some("nockpt"),
+        checkpoint_every: match args.get(6).map(String::as_str) {
+            Some("nockpt") => 0,
+            Some(k) => k.parse().unwrap_or(1),
+            None => 1,
+        },
         ..Default::default()
     };
     model.attach_lora(&cfg.lora, 0)?;
@@ -91,7 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "peer": "sam",
             "threads": candle_core::utils::get_num_threads(),
             "seq": seq, "rank": rank, "dtype": format!("{dtype:?}"),
-            "checkpointing": cfg.checkpoint_layers,
+            "checkpoint_every": cfg.checkpoint_every,
             "load_s": (load_s * 100.0).round() / 100.0,
             "median_step_s": (step_s * 1000.0).round() / 1000.0,
             "tokens_per_s": ((seq as f64 / step_s) * 10.0).round() / 10.0,

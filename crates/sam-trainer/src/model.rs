@@ -118,7 +118,7 @@ pub struct Decoder {
     pub(crate) lm_head: Option<Tensor>,
     lora: Option<LoraConfig>,
     device: Device,
-    checkpoint: bool,
+    checkpoint: usize,
     ckpt_grads: CkptGrads,
 }
 
@@ -146,17 +146,7 @@ impl Decoder {
         lm_head: Option<Tensor>,
     ) -> Self {
         let device = embed.device().clone();
-        Self {
-            cfg,
-            embed,
-            layers,
-            norm,
-            lm_head,
-            lora: None,
-            device,
-            checkpoint: false,
-            ckpt_grads: CkptGrads::default(),
-        }
+        Self { cfg, embed, layers, norm, lm_head, lora: None, device, checkpoint: 0, ckpt_grads: CkptGrads::default() }
     }
 
     /// The model's configuration.
@@ -274,13 +264,14 @@ impl Decoder {
                 .layers
                 .iter()
                 .any(|l| Target::ALL.iter().any(|&t| l.linear(t).lora().is_some_and(|w| w.dropout > 0.0)));
-        let ckpt = self.checkpoint && cache.is_none() && lowest.is_some() && !dropout_on;
+        let ckpt = self.checkpoint > 0 && cache.is_none() && lowest.is_some() && !dropout_on;
         let shape = Shape { b, t, cfg: cfg.clone() };
         for (li, layer) in self.layers.iter().enumerate() {
-            if ckpt && Some(li) >= lowest {
-                if Some(li) == lowest {
-                    x = Var::from_tensor(&x)?.as_tensor().clone();
-                }
+            if ckpt && Some(li) == lowest {
+                x = Var::from_tensor(&x)?.as_tensor().clone();
+            }
+            let recompute = ckpt && lowest.is_some_and(|lo| li >= lo && (li - lo) % self.checkpoint == 0);
+            if recompute {
                 let op = Checkpoint {
                     layer: layer.clone(),
                     shape: shape.clone(),
@@ -297,12 +288,13 @@ impl Decoder {
         rms_norm(&x, &self.norm, cfg.rms_norm_eps)
     }
 
-    /// Turns per-layer activation checkpointing on or off (training keeps
-    /// only each adapted layer's input and recomputes the layer during the
-    /// backward pass: much less memory, about a third more compute). Not
-    /// applied when LoRA dropout is active.
-    pub fn set_checkpointing(&mut self, on: bool) {
-        self.checkpoint = on;
+    /// Activation checkpointing: every `every`-th adapted layer (counting
+    /// from the lowest) keeps only its input and is recomputed during the
+    /// backward pass; 0 keeps all activations. 1 gives the least memory for
+    /// about a third more compute; 2 halves both effects. Not applied when
+    /// LoRA dropout is active.
+    pub fn set_checkpointing(&mut self, every: usize) {
+        self.checkpoint = every;
     }
 
     /// Gradients of the LoRA variables that checkpointed layers produced

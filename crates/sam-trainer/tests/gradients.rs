@@ -52,12 +52,12 @@ fn check_all_vars_get_gradients(model: &Decoder, b: &Batch) {
 
 #[test]
 fn every_lora_variable_gets_a_gradient_tiny_qwen2() {
-    for checkpoint in [false, true] {
+    for checkpoint in [0, 1, 2] {
         every_lora_variable_gets_a_gradient_tiny(checkpoint);
     }
 }
 
-fn every_lora_variable_gets_a_gradient_tiny(checkpoint: bool) {
+fn every_lora_variable_gets_a_gradient_tiny(checkpoint: usize) {
     let mut model = tiny();
     model.set_checkpointing(checkpoint);
     let cfg = LoraConfig { rank: 4, targets: Target::ALL.to_vec(), ..Default::default() };
@@ -78,7 +78,7 @@ fn every_lora_variable_gets_a_gradient_tiny(checkpoint: bool) {
 #[test]
 fn every_lora_variable_gets_a_gradient_smollm2_last_layers() {
     let mut model = load_model_at(&common::test_model());
-    model.set_checkpointing(true);
+    model.set_checkpointing(1);
     let cfg = LoraConfig { rank: 2, targets: Target::ALL.to_vec(), layers: Layers::Last(2), ..Default::default() };
     model.attach_lora(&cfg, 1).unwrap();
     randomise_b(&model);
@@ -102,12 +102,12 @@ fn nudge(var: &Var, idx: usize, delta: f32) {
 
 #[test]
 fn lora_gradients_match_finite_differences() {
-    for checkpoint in [false, true] {
+    for checkpoint in [0, 1, 2] {
         finite_differences(checkpoint);
     }
 }
 
-fn finite_differences(checkpoint: bool) {
+fn finite_differences(checkpoint: usize) {
     let mut model = tiny();
     model.set_checkpointing(checkpoint);
     let cfg = LoraConfig { rank: 4, targets: Target::ALL.to_vec(), ..Default::default() };

@@ -70,7 +70,7 @@ fn lora_sft_teaches_an_invented_fact() {
         warmup_steps: Some(2),
         eval_every: 8,
         // The model is small: keep activations rather than recompute them.
-        checkpoint_layers: false,
+        checkpoint_every: 0,
         seed: 7,
         pad_id: eos[1],
         ..Default::default()
