@@ -43,6 +43,7 @@
 
 pub mod adapter;
 pub mod config;
+pub mod dpo;
 pub mod error;
 pub mod eval;
 pub mod generate;
@@ -57,6 +58,7 @@ pub mod train;
 pub use adapter::{AdapterFormat, load_adapter, save_adapter, save_hf_model};
 pub use candle_core::{DType, Device};
 pub use config::{Arch, ModelConfig};
+pub use dpo::{DpoConfig, DpoLoss, DpoTrainer, PreferenceMetrics, PreferenceStats, Reference, train_dpo};
 pub use error::{Error, Result};
 pub use eval::{EvalReport, Score, evaluate};
 pub use generate::{GenerateConfig, generate};

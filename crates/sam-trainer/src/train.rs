@@ -155,6 +155,8 @@ pub trait Observer {
     fn on_eval(&mut self, _m: &EvalMetrics) {}
     /// An adapter was written.
     fn on_checkpoint(&mut self, _step: usize, _dir: &std::path::Path) {}
+    /// Preference metrics of a DPO step or validation (see [`crate::dpo`]).
+    fn on_preference(&mut self, _m: &crate::dpo::PreferenceMetrics) {}
 }
 
 /// An observer that ignores everything.
