@@ -287,7 +287,9 @@ impl Content {
         // The kind is left out on purpose: an instruction and a chat asking
         // the same thing are the same input.
         let mut h = Hasher::new("input");
-        for (name, text) in fields {
+        // Empty fields (an instruction's empty `input`) are left out, so the
+        // same question as an instruction, a chat or a prompt hashes alike.
+        for (name, text) in fields.into_iter().filter(|(_, t)| !t.trim().is_empty()) {
             let name = if name == "instruction" || name == "prompt" { "user" } else { name };
             h.field(name, text);
         }

@@ -109,6 +109,22 @@ mod proptests {
             })
     }
 
+    #[test]
+    fn same_question_in_any_form_has_one_input_hash() {
+        let q = "How do I list changed files?";
+        let forms = [
+            format!(r#"{{"instruction":"{q}","input":"","output":"a"}}"#),
+            format!(r#"{{"instruction":"{q}","output":"b"}}"#),
+            format!(r#"{{"messages":[{{"role":"user","content":"{q}"}},{{"role":"assistant","content":"c"}}]}}"#),
+            format!(r#"{{"prompt":"{q}","completion":"d"}}"#),
+            format!(r#"{{"prompt":"{q}","chosen":"e","rejected":"f"}}"#),
+        ];
+        let hashes: Vec<_> = forms.iter().map(|l| parse_line(l).unwrap().input_hash().unwrap()).collect();
+        assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+        let other = parse_line(r#"{"instruction":"How do I list changed files?","input":"in HEAD~2","output":"x"}"#);
+        assert_ne!(other.unwrap().input_hash().unwrap(), hashes[0]);
+    }
+
     proptest! {
         #[test]
         fn full_form_round_trips(ex in example()) {
