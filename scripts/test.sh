@@ -16,3 +16,10 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
+
+# Every example in examples/ embeds one crate on its own; build and run each.
+for dir in examples/*/; do
+  name="example-$(basename "$dir")"
+  echo "running $name"
+  cargo run --locked --quiet -p "$name"
+done

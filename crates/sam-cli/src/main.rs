@@ -44,6 +44,8 @@ enum Commands {
     #[command(flatten)]
     Prep(cmd::prep::PrepCommand),
     #[command(flatten)]
+    Run(cmd::run::RunCommand),
+    #[command(flatten)]
     Train(cmd::train::TrainCommand),
 }
 
@@ -58,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Commands::Store(c) => cmd::store::run(c, &ctx),
         Commands::Capture(c) => cmd::capture::run(c, &ctx),
         Commands::Prep(c) => cmd::prep::run(c, &ctx),
+        Commands::Run(c) => cmd::run::run(c, &ctx),
         Commands::Train(c) => cmd::train::run(c, &ctx),
     };
     match res {

@@ -33,7 +33,9 @@ fn make_repo(dir: &Path) -> git2::Repository {
     let repo = git2::Repository::init(dir).unwrap();
     commit(&repo, &[("README.md", README)], "Add the README with install and expiry sections");
     commit(&repo, &[("src/lib.rs", LIB)], "Add get and put over a HashMap\n\nThe first two operations of the cache.");
-    let lib2 = format!("{LIB}\n/// Remove every entry from `map` and return how many there were.\npub fn clear(map: &mut std::collections::HashMap<String, String>) -> usize {{\n    let n = map.len();\n    map.clear();\n    n\n}}\n");
+    let lib2 = format!(
+        "{LIB}\n/// Remove every entry from `map` and return how many there were.\npub fn clear(map: &mut std::collections::HashMap<String, String>) -> usize {{\n    let n = map.len();\n    map.clear();\n    n\n}}\n"
+    );
     commit(&repo, &[("src/lib.rs", &lib2)], "Add clear, which reports how many entries it removed");
     repo
 }
@@ -120,10 +122,16 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
 
     // New data, and a crash during training: the state is left at prep with
     // a training run started.
-    commit(&repo, &[("CHANGELOG.md", "# Changelog\n\n## 0.3\n\nEntries expire lazily on read; `clear` reports how many entries it removed.\n")], "Write the changelog for 0.3");
-    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        sam_scheduler::run(&cfg, &mut CrashInTraining)
-    }));
+    commit(
+        &repo,
+        &[(
+            "CHANGELOG.md",
+            "# Changelog\n\n## 0.3\n\nEntries expire lazily on read; `clear` reports how many entries it removed.\n",
+        )],
+        "Write the changelog for 0.3",
+    );
+    let crashed =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sam_scheduler::run(&cfg, &mut CrashInTraining)));
     assert!(crashed.is_err());
     let st = PipelineState::load(&home).unwrap().unwrap();
     assert_eq!(st.reached, Some(Stage::Prep));

