@@ -66,9 +66,9 @@ fn lora_sft_teaches_an_invented_fact() {
         lr: 1e-3,
         batch_size: 4,
         grad_accum: 1,
-        duration: Duration::Iters(16),
+        duration: Duration::Iters(12),
         warmup_steps: Some(2),
-        eval_every: 8,
+        eval_every: 6,
         // The model is small: keep activations rather than recompute them.
         checkpoint_every: 0,
         seed: 7,
