@@ -124,6 +124,10 @@ pub struct TrainArgs {
     /// Storage type of the frozen weights
     #[arg(long, value_enum, default_value_t = WeightType::F32)]
     weights: WeightType,
+    /// Recompute every N-th layer in the backward pass to save memory
+    /// (0: keep all activations, fastest; 1: least memory)
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    checkpoint_every: usize,
 }
 
 #[derive(Args, Debug)]
@@ -291,6 +295,7 @@ fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         pad_id: pad_id(&info),
         out_dir: Some(out.clone()),
         save_every: a.save_every,
+        checkpoint_every: a.checkpoint_every,
         adapter_format: match a.format {
             Format::Peft => AdapterFormat::Peft,
             Format::Mlx => AdapterFormat::Mlx,
