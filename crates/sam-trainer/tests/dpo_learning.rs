@@ -8,7 +8,6 @@
 mod common;
 
 use sam_prep::cache::TokenizedPair;
-use sam_trainer::dpo::{self, pair_sequences};
 use sam_trainer::{
     DpoConfig, Duration, GenerateConfig, LoadOptions, LoraConfig, Mode, Observer, PreferenceMetrics, Reference,
     StepMetrics, Target, TrainConfig, generate, load_model, train_dpo,
@@ -57,9 +56,7 @@ impl Tok {
     }
 
     fn prompt(&self, q: &str) -> Vec<u32> {
-        self.ids(&format!(
-            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
-        ))
+        self.ids(&format!("<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"))
     }
 
     fn pairs(&self, qa: &[(&str, &str)]) -> Vec<TokenizedPair> {
@@ -119,12 +116,12 @@ fn dpo_teaches_a_style_preference() {
 
     let cfg = TrainConfig {
         lora: LoraConfig { rank: 8, alpha: 16.0, targets: Target::ALL.to_vec(), ..Default::default() },
-        lr: 1e-3,
+        lr: 2e-3,
         batch_size: 4,
         grad_accum: 1,
-        duration: Duration::Iters(12),
-        warmup_steps: Some(2),
-        eval_every: 6,
+        duration: Duration::Iters(8),
+        warmup_steps: Some(1),
+        eval_every: 0,
         checkpoint_every: 0,
         seed: 7,
         pad_id: eot[0],
@@ -137,19 +134,19 @@ fn dpo_teaches_a_style_preference() {
     let out = train_dpo(&mut model, &cfg, &dpo_cfg, &train, &valid, &mut log).unwrap();
     eprintln!("trained in {:.1}s: {out:?}", started.elapsed().as_secs_f64());
 
-    let first = log.valid.first().unwrap().stats;
-    assert_eq!(log.valid.first().unwrap().step, 0);
-    // Recompute the held-out statistics for the adapter left on the model.
-    let (valid_seqs, _) = pair_sequences(&valid, cfg.max_seq_len);
-    let refs = dpo::reference_logps(&model, &valid_seqs, 4, cfg.pad_id, Reference::Base).unwrap();
-    let after = dpo::evaluate_pairs(&model, &valid_seqs, &refs, 4, cfg.pad_id, &dpo_cfg).unwrap();
+    // Validation runs before training and after the last step (the adapter left on the model).
+    assert_eq!(log.valid.iter().map(|m| m.step).collect::<Vec<_>>(), vec![0, out.steps]);
+    let (first, after) = (log.valid[0].stats, log.valid[1].stats);
     eprintln!("held-out before: {first:?}\nheld-out after:  {after:?}");
     assert!(after.accuracy > 0.8, "held-out reward accuracy {:.2}", after.accuracy);
     assert!(after.margin > first.margin + 0.5, "mean margin {:+.3} → {:+.3}", first.margin, after.margin);
     assert!(after.loss < first.loss, "held-out loss {:.4} → {:.4}", first.loss, after.loss);
 
     let tuned_leads = leads_with(&model, &prompts, &marker, Mode::INFER);
-    eprintln!("greedy answers leading with {MARKER:?}: base {base_leads}/{n}, adapter {tuned_leads}/{n}", n = prompts.len());
+    eprintln!(
+        "greedy answers leading with {MARKER:?}: base {base_leads}/{n}, adapter {tuned_leads}/{n}",
+        n = prompts.len()
+    );
     assert!(tuned_leads > base_leads, "generation did not shift: base {base_leads}, adapter {tuned_leads}");
     assert!(tuned_leads * 2 > prompts.len(), "only {tuned_leads} of {} lead with the chosen style", prompts.len());
     // The adapter switched off is the base again.
