@@ -61,9 +61,10 @@ pub struct PipelineConfig {
     pub prep: PrepConfig,
     /// Training. `pad_id`, `out_dir` and `base_model` are filled in by the pipeline.
     pub train: TrainConfig,
-    /// Score at most this many held-out examples (test split, and the
-    /// validation split during training), the first ones in split order.
+    /// Score at most this many test examples, the first ones in split order.
     pub max_eval_examples: Option<usize>,
+    /// Validate on at most this many validation examples during training.
+    pub max_valid_examples: Option<usize>,
     /// Train even when the export holds nothing new.
     pub force: bool,
 }
@@ -73,9 +74,9 @@ impl PipelineConfig {
     ///
     /// Training: LoRA rank 8 (alpha 16) on q, k, v and o of every layer,
     /// learning rate 1e-3 with 3 warmup steps, batch 1 with 2 accumulation
-    /// steps, 32 steps, sequences cut to 256 tokens, validation at the start,
-    /// half way and the end. Prep: 256 tokens, 90/5/5 split. Evaluation: at
-    /// most 32 held-out examples (validation and test each).
+    /// steps, 32 steps, sequences cut to 256 tokens, validation (16
+    /// examples) before and after training. Prep: 256 tokens, 90/5/5 split.
+    /// Evaluation: at most 32 test examples.
     pub fn new(home: impl Into<PathBuf>, model: impl Into<PathBuf>) -> Self {
         let train = TrainConfig {
             lora: LoraConfig {
@@ -92,7 +93,7 @@ impl PipelineConfig {
             grad_accum: 2,
             max_seq_len: 256,
             duration: Duration::Iters(32),
-            eval_every: 16,
+            eval_every: 32,
             save_every: 16,
             checkpoint_every: 0,
             ..TrainConfig::default()
@@ -111,6 +112,7 @@ impl PipelineConfig {
             prep: PrepConfig { max_seq_len: 256, split: SplitRatios::default(), ..PrepConfig::default() },
             train,
             max_eval_examples: Some(32),
+            max_valid_examples: Some(16),
             force: false,
         }
     }
@@ -613,7 +615,7 @@ fn train(
     store.record_training_run(&record)?;
     let train = data.sft(Split::Train)?;
     let mut valid = data.sft(Split::Valid)?;
-    if let Some(n) = cfg.max_eval_examples {
+    if let Some(n) = cfg.max_valid_examples {
         valid.truncate(n);
     }
     let t0 = Instant::now();

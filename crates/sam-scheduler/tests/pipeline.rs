@@ -44,22 +44,23 @@ fn config(home: &Path, repo: &Path) -> PipelineConfig {
     let model = sam_models::require_test_model().expect("the test model (scripts/fetch-test-model.sh)");
     let mut cfg = PipelineConfig::new(home, model);
     cfg.repos = vec![repo.to_path_buf()];
-    cfg.train.duration = sam_trainer::Duration::Iters(3);
-    cfg.train.eval_every = 3;
+    cfg.train.duration = sam_trainer::Duration::Iters(2);
+    cfg.train.eval_every = 2;
     cfg.train.save_every = 0;
     cfg.train.max_seq_len = 128;
     cfg.prep.max_seq_len = 128;
     cfg.prep.split = "60,20,20".parse().unwrap();
-    cfg.max_eval_examples = Some(4);
+    cfg.max_eval_examples = Some(3);
+    cfg.max_valid_examples = Some(3);
     cfg
 }
 
-/// Dies at the second training step, as a killed process would.
+/// Dies after the first training step, as a killed process would.
 struct CrashInTraining;
 
 impl Progress for CrashInTraining {
     fn train_step(&mut self, m: &sam_trainer::StepMetrics) {
-        if m.step == 2 {
+        if m.step == 1 {
             panic!("simulated crash during training");
         }
     }
@@ -96,7 +97,7 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
     assert!(prep.preference.iter().sum::<u64>() > 0, "the corrections make preference pairs: {prep:?}");
     assert!(prep.dir.join("manifest.json").exists());
     let train = s.train.as_ref().unwrap();
-    assert_eq!(train.steps, 3);
+    assert_eq!(train.steps, 2);
     assert!(!train.restarted);
     assert!(train.tokens > 0 && train.tokens_per_s > 0.0 && train.seconds > 0.0, "{train:?}");
     assert!(train.adapter_dir.join("adapter_model.safetensors").exists());

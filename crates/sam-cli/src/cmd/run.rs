@@ -86,8 +86,8 @@ pub fn run(cmd: RunCommand, ctx: &Ctx) -> anyhow::Result<()> {
     };
     cfg.near_dup = Some(file.dedup.near.clone());
     cfg.train.duration = sam_trainer::Duration::Iters(a.iters);
-    cfg.train.eval_every = (a.iters / 2).max(1);
-    cfg.train.save_every = cfg.train.eval_every;
+    cfg.train.eval_every = a.iters.max(1);
+    cfg.train.save_every = (a.iters / 2).max(1);
     cfg.train.lr = a.lr;
     cfg.train.lora.rank = a.rank;
     cfg.train.lora.alpha = 2.0 * a.rank as f64;
