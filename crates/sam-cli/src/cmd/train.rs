@@ -10,15 +10,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sam_models::BaseModel;
 use sam_prep::cache::{PreparedData, Split};
 use sam_trainer::{
-    AdapterFormat, DType, Duration, EvalMetrics, GenerateConfig, Layers, LoadOptions, LoraConfig, Mode, Observer,
-    SftTrainer, StepMetrics, Target, TrainConfig, Trainer as _,
+    AdapterFormat, DType, DpoConfig, DpoLoss, DpoTrainer, Duration, EvalMetrics, GenerateConfig, Layers, LoadOptions,
+    LoraConfig, Mode, Observer, PreferenceMetrics, Reference, SftTrainer, StepMetrics, Target, TrainConfig,
+    Trainer as _,
 };
 
 use crate::ctx::Ctx;
 
 #[derive(Subcommand, Debug)]
 pub enum TrainCommand {
-    /// Train a LoRA adapter (SFT) on a prepared dataset
+    /// Train a LoRA adapter (SFT, DPO, or SFT then DPO) on a prepared dataset
     Train(TrainArgs),
     /// Generate a reply to a prompt with a base model and optional adapter
     Generate(GenerateArgs),
@@ -34,6 +35,27 @@ pub enum Format {
     Peft,
     /// mlx-lm (adapters.safetensors)
     Mlx,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainMode {
+    /// Supervised fine-tuning on the chat/instruction examples
+    Sft,
+    /// Direct preference optimisation on the preference pairs
+    Dpo,
+    /// SFT, then DPO starting from (and measured against) the SFT adapter
+    #[value(name = "sft+dpo")]
+    SftDpo,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum DpoLossArg {
+    /// -log σ(β·h), the DPO paper's loss
+    Sigmoid,
+    /// (h - 1/(2β))²
+    Ipo,
+    /// max(0, 1 - β·h)
+    Hinge,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -128,6 +150,23 @@ pub struct TrainArgs {
     /// (0: keep all activations, fastest; 1: least memory)
     #[arg(long, default_value_t = 1, value_name = "N")]
     checkpoint_every: usize,
+    /// Training method
+    #[arg(long, value_enum, default_value_t = TrainMode::Sft)]
+    mode: TrainMode,
+    /// DPO: strength of the pull towards the reference policy (β)
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// DPO: loss variant
+    #[arg(long, value_enum, default_value_t = DpoLossArg::Sigmoid)]
+    dpo_loss: DpoLossArg,
+    /// DPO: label smoothing (conservative DPO), in [0, 0.5)
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// Start from this adapter (e.g. the production one); with --mode dpo it
+    /// is also the reference policy [default: a fresh adapter, the base model
+    /// as reference]
+    #[arg(long, value_name = "DIR")]
+    from_adapter: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -222,6 +261,8 @@ struct Progress {
     bar: ProgressBar,
     metrics: Option<std::fs::File>,
     last_eval: Option<f64>,
+    /// `sft` or `dpo`, recorded with every event.
+    phase: &'static str,
 }
 
 impl Progress {
@@ -229,6 +270,7 @@ impl Progress {
         if let Some(f) = &mut self.metrics {
             let mut v = v;
             v["event"] = serde_json::json!(kind);
+            v["phase"] = serde_json::json!(self.phase);
             let _ = writeln!(f, "{v}");
         }
     }
@@ -247,17 +289,29 @@ impl Observer for Progress {
     }
     fn on_eval(&mut self, m: &EvalMetrics) {
         self.last_eval = Some(m.loss);
+        // A DPO loss has no perplexity.
+        let ppl = if self.phase == "dpo" { String::new() } else { format!(" (ppl {:.2})", m.perplexity) };
         self.bar.println(format!(
-            "step {:>5}: validation loss {:.4} (ppl {:.2}){}",
+            "step {:>5}: {} validation loss {:.4}{ppl}{}",
             m.step,
+            self.phase,
             m.loss,
-            m.perplexity,
             if m.best { " best" } else { "" }
         ));
         self.log("eval", serde_json::to_value(m).unwrap_or_default());
     }
     fn on_checkpoint(&mut self, step: usize, dir: &Path) {
         self.log("checkpoint", serde_json::json!({"step": step, "dir": dir}));
+    }
+    fn on_preference(&mut self, m: &PreferenceMetrics) {
+        if m.split == "valid" {
+            let s = &m.stats;
+            self.bar.println(format!(
+                "step {:>5}: validation reward margin {:+.4} · accuracy {:.3} · chosen {:+.4} · rejected {:+.4}",
+                m.step, s.margin, s.accuracy, s.reward_chosen, s.reward_rejected
+            ));
+        }
+        self.log("preference", serde_json::to_value(m).unwrap_or_default());
     }
 }
 
@@ -305,14 +359,56 @@ fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let cfg_path = out.join("config.json");
     std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)? + "\n")?;
+    let dpo = DpoConfig {
+        beta: a.beta,
+        loss: match a.dpo_loss {
+            DpoLossArg::Sigmoid => DpoLoss::Sigmoid,
+            DpoLossArg::Ipo => DpoLoss::Ipo,
+            DpoLossArg::Hinge => DpoLoss::Hinge,
+        },
+        label_smoothing: a.label_smoothing,
+        // DPO measures against the adapter it starts from, when there is one.
+        reference: if a.mode == TrainMode::SftDpo || a.from_adapter.is_some() {
+            Reference::Initial
+        } else {
+            Reference::Base
+        },
+    };
+    if a.from_adapter.is_some() && a.mode != TrainMode::Dpo {
+        bail!("--from-adapter works with --mode dpo only");
+    }
+    if a.mode != TrainMode::Sft {
+        dpo.validate()?;
+        std::fs::write(out.join("dpo.json"), serde_json::to_string_pretty(&dpo)? + "\n")?;
+    }
     let mut model = load(&a.model, a.weights)?;
+    if let Some(dir) = &a.from_adapter {
+        sam_trainer::load_adapter(&mut model, dir).with_context(|| format!("loading adapter {}", dir.display()))?;
+    }
     let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template(
         "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps · ETA {eta} · {msg}",
     )?);
     let metrics = std::fs::File::create(out.join("metrics.jsonl"))?;
-    let mut progress = Progress { bar, metrics: Some(metrics), last_eval: None };
-    let outcome = SftTrainer::new(&mut model).train(&cfg, &data, &mut progress)?;
+    let phase = if a.mode == TrainMode::Dpo { "dpo" } else { "sft" };
+    let mut progress = Progress { bar, metrics: Some(metrics), last_eval: None, phase };
+    let mut sft_outcome = None;
+    if a.mode != TrainMode::Dpo {
+        // In sft+dpo the SFT adapter goes to OUT/sft/adapter, the final one to OUT/adapter.
+        let sft_cfg = if a.mode == TrainMode::SftDpo {
+            TrainConfig { out_dir: Some(out.join("sft")), ..cfg.clone() }
+        } else {
+            cfg.clone()
+        };
+        sft_outcome = Some(SftTrainer::new(&mut model).train(&sft_cfg, &data, &mut progress)?);
+    }
+    let outcome = if a.mode == TrainMode::Sft {
+        sft_outcome.take().expect("SFT ran")
+    } else {
+        progress.phase = "dpo";
+        progress.last_eval = None;
+        DpoTrainer::new(&mut model, dpo).train(&cfg, &data, &mut progress)?
+    };
     progress.bar.finish_and_clear();
     let test = data.sft(Split::Test)?;
     let report = if test.is_empty() {
@@ -323,7 +419,7 @@ fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         Some(r)
     };
     if ctx.json {
-        println!("{}", serde_json::json!({"run": out, "outcome": outcome, "eval": report}));
+        println!("{}", serde_json::json!({"run": out, "outcome": outcome, "sft_outcome": sft_outcome, "eval": report}));
     } else {
         println!("run folder: {}", out.display());
         println!(
