@@ -709,9 +709,10 @@ fn evaluate(
     let finished = sam_runs::unix_now() as i64;
     let mut metrics = serde_json::to_value(train).unwrap_or_default();
     metrics["eval"] = serde_json::to_value(&report).unwrap_or_default();
+    let started = store.training_runs()?.into_iter().find(|r| r.id == train.run_id).map(|r| r.started);
     store.record_training_run(&TrainingRun {
         id: train.run_id.clone(),
-        started: finished - train.seconds as i64,
+        started: started.unwrap_or(finished - train.seconds as i64),
         finished: Some(finished),
         status: "succeeded".into(),
         dataset_path: Some(prep.dir.clone()),
