@@ -51,7 +51,8 @@ fn redact_filters_stdin() {
 #[test]
 fn a_capture_made_while_the_store_is_locked_is_stored_once_it_is_free() {
     let home = tempfile::tempdir().unwrap();
-    std::fs::write(home.path().join("sam.toml"), "[store]\nbusy_timeout_ms = 100\n[capture]\nbusy_timeout_ms = 100\n").unwrap();
+    std::fs::write(home.path().join("sam.toml"), "[store]\nbusy_timeout_ms = 100\n[capture]\nbusy_timeout_ms = 100\n")
+        .unwrap();
     // Create the store, then hold its write lock as another process would.
     json(home.path(), &["collect", "routing"], None);
     let locker = rusqlite::Connection::open(home.path().join("store.db")).unwrap();
