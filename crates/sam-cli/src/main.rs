@@ -47,6 +47,8 @@ enum Commands {
     Run(cmd::run::RunCommand),
     #[command(flatten)]
     Train(cmd::train::TrainCommand),
+    #[command(flatten)]
+    Runs(cmd::runs::RunsCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Commands::Prep(c) => cmd::prep::run(c, &ctx),
         Commands::Run(c) => cmd::run::run(c, &ctx),
         Commands::Train(c) => cmd::train::run(c, &ctx),
+        Commands::Runs(c) => cmd::runs::run(c, &ctx),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -313,7 +313,14 @@ impl RunDir {
     /// Keep only metrics at or before `step` (used on resume, so that the
     /// steps redone after a crash are not counted twice).
     pub fn truncate_metrics_after(&self, step: u64) -> Result<(), RunError> {
-        let kept: Vec<MetricRecord> = self.metrics()?.into_iter().filter(|m| m.step <= step).collect();
+        self.retain_metrics(|m| m.step <= step)
+    }
+
+    /// Keep only the metrics lines for which `keep` is true (rewritten
+    /// atomically). A run with several phases uses it on resume to drop what
+    /// the interrupted phase logged after its last checkpoint.
+    pub fn retain_metrics(&self, keep: impl Fn(&MetricRecord) -> bool) -> Result<(), RunError> {
+        let kept: Vec<MetricRecord> = self.metrics()?.into_iter().filter(|m| keep(m)).collect();
         let mut text = String::new();
         for m in &kept {
             text.push_str(&serde_json::to_string(m).expect("metrics serialise"));
@@ -322,13 +329,73 @@ impl RunDir {
         write_atomic(&self.metrics_path(), text.as_bytes())
     }
 
-    /// Draw `loss.svg` from the metrics so far.
+    /// Draw `loss.svg` from the metrics so far. The steps of a later phase
+    /// (DPO after SFT) continue after the earlier phase's last step.
     pub fn write_loss_svg(&self) -> Result<(), RunError> {
         let metrics = self.metrics()?;
-        let train: Vec<(f64, f64)> = metrics.iter().filter_map(|m| m.train_loss.map(|l| (m.step as f64, l))).collect();
-        let valid: Vec<(f64, f64)> = metrics.iter().filter_map(|m| m.val_loss.map(|l| (m.step as f64, l))).collect();
-        let svg = crate::plot::loss_svg(&format!("run {}", self.id), &train, &valid);
+        let mut offsets: Vec<(Option<String>, u64)> = Vec::new();
+        let mut phase_end = 0u64;
+        let mut x = |m: &MetricRecord| -> f64 {
+            if offsets.last().map(|(p, _)| p) != Some(&m.phase) {
+                let start = offsets.last().map_or(0, |_| phase_end);
+                offsets.push((m.phase.clone(), start));
+            }
+            let off = offsets.last().map_or(0, |o| o.1);
+            phase_end = phase_end.max(off + m.step);
+            (off + m.step) as f64
+        };
+        let mut train = Vec::new();
+        let mut valid = Vec::new();
+        for m in &metrics {
+            let at = x(m);
+            if let Some(l) = m.train_loss {
+                train.push((at, l));
+            }
+            if let Some(l) = m.val_loss {
+                valid.push((at, l));
+            }
+        }
+        let phases: Vec<&str> = offsets.iter().filter_map(|(p, _)| p.as_deref()).collect();
+        let title = if phases.len() > 1 {
+            format!("run {} ({})", self.id, phases.join(" then "))
+        } else {
+            format!("run {}", self.id)
+        };
+        let svg = crate::plot::loss_svg(&title, &train, &valid);
         write_atomic(&self.loss_svg_path(), svg.as_bytes())
+    }
+
+    /// `stop`: a request from another process (`sam runs stop`) to stop the
+    /// run at its next step boundary, with a checkpoint.
+    pub fn stop_request_path(&self) -> PathBuf {
+        self.path.join("stop")
+    }
+
+    /// Ask the process running this run to stop after its current step.
+    pub fn request_stop(&self) -> Result<(), RunError> {
+        write_atomic(&self.stop_request_path(), format!("{}\n", unix_now()).as_bytes())
+    }
+
+    /// Whether a stop was requested and not yet cleared.
+    pub fn stop_requested(&self) -> bool {
+        self.stop_request_path().exists()
+    }
+
+    /// Forget a stop request (done when the run is resumed).
+    pub fn clear_stop_request(&self) -> Result<(), RunError> {
+        match fs::remove_file(self.stop_request_path()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RunError::io(&self.stop_request_path(), e)),
+        }
+    }
+
+    /// Whether the process recorded in `status.json` as running this run is
+    /// still alive (`false` when no process is recorded, or it is gone: the
+    /// run crashed or was killed and can be resumed).
+    pub fn owner_alive(&self) -> Result<bool, RunError> {
+        let st = self.status()?;
+        Ok(st.pid.is_some_and(process_alive))
     }
 }
 
@@ -381,6 +448,84 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
         return Err(RunError::io(path, e));
     }
     Ok(())
+}
+
+/// Replace the folder `dest` with the complete folder `tmp` (a sibling on
+/// the same file system) so that readers see either the old folder or the
+/// new one, never a mix: on Linux with one `renameat2(RENAME_EXCHANGE)`,
+/// elsewhere with two renames (a crash between them leaves no `dest`, and the
+/// old folder beside it as `.NAME.old-PID`). `tmp` is gone afterwards.
+pub fn replace_dir(tmp: &Path, dest: &Path) -> Result<(), RunError> {
+    sync_dir(tmp)?;
+    if !dest.exists() {
+        fs::rename(tmp, dest).map_err(|e| RunError::io(dest, e))?;
+    } else if !exchange(tmp, dest)? {
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let old = dest.with_file_name(format!(".{name}.old-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&old);
+        fs::rename(dest, &old).map_err(|e| RunError::io(dest, e))?;
+        fs::rename(tmp, dest).map_err(|e| RunError::io(dest, e))?;
+        let _ = fs::remove_dir_all(&old);
+    } else {
+        // `tmp` now holds the old folder.
+        let _ = fs::remove_dir_all(tmp);
+    }
+    if let Some(parent) = dest.parent() {
+        let _ = File::open(parent).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// fsync every file directly inside `dir`, and `dir` itself.
+fn sync_dir(dir: &Path) -> Result<(), RunError> {
+    for entry in fs::read_dir(dir).map_err(|e| RunError::io(dir, e))? {
+        let p = entry.map_err(|e| RunError::io(dir, e))?.path();
+        if p.is_file() {
+            File::open(&p).and_then(|f| f.sync_all()).map_err(|e| RunError::io(&p, e))?;
+        }
+    }
+    let _ = File::open(dir).and_then(|d| d.sync_all());
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> Result<bool, RunError> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes()).map_err(|e| RunError::io(a, io::Error::other(e)))?;
+    let cb = CString::new(b.as_os_str().as_bytes()).map_err(|e| RunError::io(b, io::Error::other(e)))?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let rc =
+        unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        // Not supported by this kernel or file system: fall back to two renames.
+        Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(RunError::io(b, err)),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> Result<bool, RunError> {
+    Ok(false)
+}
+
+/// Whether a process with this id exists.
+pub fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: signal 0 only checks that the process exists.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+        rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
 }
 
 /// Serialise to pretty JSON and write atomically.

@@ -15,7 +15,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 /// Which on-disk layout an adapter uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AdapterFormat {
     /// Hugging Face PEFT (`adapter_model.safetensors`).
     Peft,

@@ -21,18 +21,15 @@
 //! and kept beside the pairs, so each step runs the policy only. Chosen and
 //! rejected answers of a micro-batch go through the model as one batch.
 
-use crate::adapter::save_adapter;
 use crate::error::{Error, Result};
-use crate::lora::DropoutRng;
+use crate::fit::{Control, Objective, fit};
 use crate::loss::{Batch, Sequence};
 use crate::model::{Decoder, Mode};
-use crate::optim::{AdamW, clip_grad_norm, lr_at};
-use crate::train::{Duration, EvalMetrics, Observer, StepMetrics, TrainConfig, TrainOutcome, Trainer, lora_gradients};
-use candle_core::{DType, Tensor};
-use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+use crate::train::{Observer, TrainConfig, TrainOutcome, Trainer};
+use candle_core::{DType, Device, Tensor};
 use sam_prep::cache::{PreparedData, Split, TokenizedPair};
 use serde::{Deserialize, Serialize};
-use std::time::Instant;
+use std::path::Path;
 
 /// Rows of the output head evaluated at once.
 const HEAD_CHUNK: usize = 256;
@@ -377,165 +374,216 @@ pub fn train_dpo(
     valid: &[TokenizedPair],
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome> {
+    train_dpo_with(model, cfg, dpo, train, valid, observer, &mut Control::default(), None)
+}
+
+/// [`train_dpo`] with runtime controls (stop requests, memory guard,
+/// resuming from a checkpoint) and a folder caching the reference
+/// log-probabilities (`reference_cache`, usually the prepared dataset's
+/// `cache/`): they are computed once per pair set, reference policy and
+/// model, and read back by later runs and by a resumed one. On resume the
+/// model must carry the adapter the run *started* from until the reference
+/// log-probs are known; the checkpoint's values replace it afterwards.
+#[allow(clippy::too_many_arguments)]
+pub fn train_dpo_with(
+    model: &mut Decoder,
+    cfg: &TrainConfig,
+    dpo: &DpoConfig,
+    train: &[TokenizedPair],
+    valid: &[TokenizedPair],
+    observer: &mut dyn Observer,
+    control: &mut Control<'_>,
+    reference_cache: Option<&Path>,
+) -> Result<TrainOutcome> {
     dpo.validate()?;
     if cfg.batch_size == 0 || cfg.grad_accum == 0 {
         return Err(Error::InvalidConfig("batch size and accumulation must be ≥ 1".into()));
     }
-    let named = model.lora_vars();
-    if named.is_empty() {
+    if model.lora_vars().is_empty() {
         return Err(Error::InvalidConfig("no adapters attached".into()));
     }
-    let vars: Vec<_> = named.iter().map(|(_, v)| v.clone()).collect();
     model.set_checkpointing(cfg.checkpoint_every);
     let (train_pairs, skipped) = pair_sequences(train, cfg.max_seq_len);
     let (valid_pairs, _) = pair_sequences(valid, cfg.max_seq_len);
     if train_pairs.is_empty() {
         return Err(Error::InvalidData("no preference pair has a response token within max_seq_len".into()));
     }
-    let train_refs = reference_logps(model, &train_pairs, cfg.batch_size, cfg.pad_id, dpo.reference)?;
-    let valid_refs = reference_logps(model, &valid_pairs, cfg.batch_size, cfg.pad_id, dpo.reference)?;
-
-    let batches_per_epoch = train_pairs.len().div_ceil(cfg.batch_size);
-    let total = match cfg.duration {
-        Duration::Iters(n) => n,
-        Duration::Epochs(e) => (e * batches_per_epoch).div_ceil(cfg.grad_accum),
-    }
-    .max(1);
-    let warmup = cfg.warmup_steps.unwrap_or((total / 20).max(1)).min(total);
-    let mut opt = AdamW::new(vars.clone(), cfg.weight_decay)?;
-    let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_add(1));
-    let dropout = DropoutRng::new(cfg.seed.wrapping_add(2));
-    let mode = Mode { adapter: true, dropout: Some(&dropout) };
-    observer.on_start(total, train_pairs.len());
-
-    let mut order: Vec<usize> = Vec::new();
-    let mut cursor = 0;
-    let mut next_batch = |rng: &mut StdRng| -> Vec<usize> {
-        if cursor >= order.len() {
-            order = (0..train_pairs.len()).collect();
-            order.shuffle(rng);
-            cursor = 0;
-        }
-        let end = (cursor + cfg.batch_size).min(order.len());
-        let b = order[cursor..end].to_vec();
-        cursor = end;
-        b
+    let (train_refs, valid_refs) = cached_reference_logps(
+        model,
+        &train_pairs,
+        &valid_pairs,
+        cfg.batch_size,
+        cfg.pad_id,
+        dpo.reference,
+        reference_cache,
+    )?;
+    let mut obj = DpoObjective {
+        train: train_pairs,
+        valid: valid_pairs,
+        train_refs,
+        valid_refs,
+        dpo,
+        batch: cfg.batch_size,
+        pad: cfg.pad_id,
+        stats: PreferenceStats::default(),
     };
-    let validate = |model: &Decoder, step: usize, observer: &mut dyn Observer| -> Result<Option<f64>> {
-        if valid_pairs.is_empty() {
+    fit(model, cfg, &mut obj, observer, control, skipped)
+}
+
+/// Reference `(chosen, rejected)` log-probs, one per pair.
+type RefLogps = Vec<(f32, f32)>;
+
+/// The reference log-probs of the training and validation pairs, from
+/// `cache` when it holds them for this model, reference and data, else
+/// computed (and written there).
+fn cached_reference_logps(
+    model: &Decoder,
+    train: &[PairSeqs],
+    valid: &[PairSeqs],
+    batch: usize,
+    pad: u32,
+    reference: Reference,
+    cache: Option<&Path>,
+) -> Result<(RefLogps, RefLogps)> {
+    let compute = || -> Result<_> {
+        Ok((
+            reference_logps(model, train, batch, pad, reference)?,
+            reference_logps(model, valid, batch, pad, reference)?,
+        ))
+    };
+    let Some(dir) = cache else {
+        return compute();
+    };
+    let key = reference_key(model, train, valid, batch, pad, reference)?;
+    let path = dir.join(format!("dpo-reference-{key}.safetensors"));
+    let to_vec = |t: &Tensor| -> Result<Vec<(f32, f32)>> {
+        let rows: Vec<Vec<f32>> = t.to_vec2()?;
+        Ok(rows.into_iter().map(|r| (r[0], r[1])).collect())
+    };
+    if path.is_file()
+        && let Ok(map) = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
+        && let (Some(t), Some(v)) = (map.get("train"), map.get("valid"))
+    {
+        let (t, v) = (to_vec(t)?, to_vec(v)?);
+        if t.len() == train.len() && v.len() == valid.len() {
+            tracing::debug!(path = %path.display(), "reference log-probs read from the cache");
+            return Ok((t, v));
+        }
+    }
+    let (t, v) = compute()?;
+    let as_tensor = |x: &[(f32, f32)]| -> Result<Tensor> {
+        let flat: Vec<f32> = x.iter().flat_map(|(a, b)| [*a, *b]).collect();
+        Ok(Tensor::from_vec(flat, (x.len(), 2), &candle_core::Device::Cpu)?)
+    };
+    let map: std::collections::HashMap<String, Tensor> =
+        [("train".to_string(), as_tensor(&t)?), ("valid".to_string(), as_tensor(&v)?)].into_iter().collect();
+    // A cache that cannot be written only costs time next run.
+    let written = (|| -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
+        let tmp = dir.join(format!(".dpo-reference-{key}.tmp-{}", std::process::id()));
+        candle_core::safetensors::save(&map, &tmp)?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::Io { path: path.clone(), source: e })
+    })();
+    if let Err(e) = written {
+        tracing::warn!("could not cache the DPO reference log-probs: {e}");
+    }
+    Ok((t, v))
+}
+
+/// What the reference log-probs depend on: the model, the reference policy
+/// (and its adapter's values), the pairs as cut, the padding and batching.
+fn reference_key(
+    model: &Decoder,
+    train: &[PairSeqs],
+    valid: &[PairSeqs],
+    batch: usize,
+    pad: u32,
+    reference: Reference,
+) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update(model.fingerprint()?.as_bytes());
+    h.update(&[reference as u8]);
+    if reference == Reference::Initial {
+        for (name, v) in model.lora_vars() {
+            h.update(name.as_bytes());
+            for x in v.as_tensor().flatten_all()?.to_vec1::<f32>()? {
+                h.update(&x.to_le_bytes());
+            }
+        }
+    }
+    h.update(&(batch as u64).to_le_bytes());
+    h.update(&pad.to_le_bytes());
+    for (split, pairs) in [(0u8, train), (1, valid)] {
+        h.update(&[split]);
+        h.update(pair_fingerprint(pairs).as_bytes());
+    }
+    Ok(h.finalize().to_hex()[..24].to_string())
+}
+
+fn pair_fingerprint(pairs: &[PairSeqs]) -> String {
+    let mut h = blake3::Hasher::new();
+    for p in pairs {
+        for s in [p.chosen(), p.rejected()] {
+            h.update(&(s.ids.len() as u64).to_le_bytes());
+            for id in s.ids {
+                h.update(&id.to_le_bytes());
+            }
+            h.update(&s.mask.iter().map(|&m| u8::from(m)).collect::<Vec<_>>());
+        }
+    }
+    h.finalize().to_hex()[..16].to_string()
+}
+
+/// The DPO loss on pairs against precomputed reference log-probs.
+struct DpoObjective<'a> {
+    train: Vec<PairSeqs>,
+    valid: Vec<PairSeqs>,
+    train_refs: Vec<(f32, f32)>,
+    valid_refs: Vec<(f32, f32)>,
+    dpo: &'a DpoConfig,
+    batch: usize,
+    pad: u32,
+    /// The current step's training statistics.
+    stats: PreferenceStats,
+}
+
+impl Objective for DpoObjective<'_> {
+    type Micro = Vec<usize>;
+
+    fn phase(&self) -> &'static str {
+        "dpo"
+    }
+    fn len(&self) -> usize {
+        self.train.len()
+    }
+    fn fingerprint(&self) -> String {
+        pair_fingerprint(&self.train)
+    }
+    fn prepare(&self, idx: &[usize], _dev: &Device) -> Result<Vec<usize>> {
+        Ok(idx.to_vec())
+    }
+    fn count(&self, idx: &Vec<usize>) -> (usize, usize) {
+        let tokens = idx.iter().map(|&i| self.train[i].chosen.0.len() + self.train[i].rejected.0.len()).sum();
+        (idx.len(), tokens)
+    }
+    fn loss(&mut self, model: &Decoder, idx: &Vec<usize>, units: f64, mode: Mode<'_>) -> Result<Option<Tensor>> {
+        let out = batch_output(model, &self.train, &self.train_refs, idx, self.pad, mode, self.dpo)?;
+        self.stats.add(&out)?;
+        Ok(Some((out.losses.sum_all()? / units)?))
+    }
+    fn end_step(&mut self, step: usize, observer: &mut dyn Observer) -> Result<()> {
+        let stats = std::mem::take(&mut self.stats).finish();
+        observer.on_preference(&PreferenceMetrics { step, split: "train", stats });
+        Ok(())
+    }
+    fn validate(&self, model: &Decoder, step: usize, observer: &mut dyn Observer) -> Result<Option<f64>> {
+        if self.valid.is_empty() {
             return Ok(None);
         }
-        let stats = evaluate_pairs(model, &valid_pairs, &valid_refs, cfg.batch_size, cfg.pad_id, dpo)?;
+        let stats = evaluate_pairs(model, &self.valid, &self.valid_refs, self.batch, self.pad, self.dpo)?;
         observer.on_preference(&PreferenceMetrics { step, split: "valid", stats });
         Ok(Some(stats.loss))
-    };
-    let save = |model: &Decoder, dir: &std::path::Path| {
-        save_adapter(model, dir, cfg.adapter_format, cfg.base_model.as_deref())
-    };
-
-    let initial_val = validate(model, 0, observer)?;
-    if let Some(l) = initial_val {
-        observer.on_eval(&EvalMetrics { step: 0, loss: l, perplexity: l.exp(), best: false });
     }
-    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
-    let started = Instant::now();
-    let mut total_tokens = 0usize;
-    let mut last_loss = f64::NAN;
-    let mut since_best = 0usize;
-    let mut stopped_early = false;
-    let mut steps_done = 0;
-    for step in 1..=total {
-        let t0 = Instant::now();
-        let micro: Vec<Vec<usize>> = (0..cfg.grad_accum).map(|_| next_batch(&mut rng)).collect();
-        let n_pairs: usize = micro.iter().map(Vec::len).sum();
-        let tokens: usize =
-            micro.iter().flatten().map(|&i| train_pairs[i].chosen.0.len() + train_pairs[i].rejected.0.len()).sum();
-        let mut grads: Vec<Tensor> =
-            vars.iter().map(|v| v.as_tensor().zeros_like()).collect::<candle_core::Result<_>>()?;
-        let mut stats = PreferenceStats::default();
-        for idx in &micro {
-            let out = batch_output(model, &train_pairs, &train_refs, idx, cfg.pad_id, mode, dpo)?;
-            let loss = (out.losses.sum_all()? / n_pairs as f64)?;
-            let gs = lora_gradients(model, &loss)?;
-            for (acc, g) in grads.iter_mut().zip(gs) {
-                if let Some(g) = g {
-                    *acc = (&*acc + g)?;
-                }
-            }
-            stats.add(&out)?;
-        }
-        let stats = stats.finish();
-        if !stats.loss.is_finite() {
-            return Err(Error::Diverged { step, loss: stats.loss as f32 });
-        }
-        let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
-        let lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr_ratio);
-        opt.step(&grads, lr)?;
-        let dt = t0.elapsed().as_secs_f64();
-        total_tokens += tokens;
-        last_loss = stats.loss;
-        steps_done = step;
-        observer.on_step(&StepMetrics {
-            step,
-            total_steps: total,
-            loss: stats.loss,
-            lr,
-            grad_norm,
-            tokens,
-            tokens_per_s: tokens as f64 / dt.max(1e-9),
-            elapsed_s: started.elapsed().as_secs_f64(),
-        });
-        observer.on_preference(&PreferenceMetrics { step, split: "train", stats });
-
-        let eval_now = (cfg.eval_every > 0 && step % cfg.eval_every == 0) || step == total;
-        if eval_now && let Some(l) = validate(model, step, observer)? {
-            let improved = best.as_ref().is_none_or(|(b, _, _)| l < *b);
-            observer.on_eval(&EvalMetrics { step, loss: l, perplexity: l.exp(), best: improved });
-            if improved {
-                let snap = vars.iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
-                best = Some((l, step, snap));
-                since_best = 0;
-                if let Some(out) = &cfg.out_dir {
-                    let dir = out.join("adapter");
-                    save(model, &dir)?;
-                    observer.on_checkpoint(step, &dir);
-                }
-            } else {
-                since_best += 1;
-                stopped_early = cfg.patience.is_some_and(|p| since_best >= p);
-            }
-        }
-        if cfg.save_every > 0
-            && step % cfg.save_every == 0
-            && let Some(out) = &cfg.out_dir
-        {
-            let dir = out.join("checkpoints").join(format!("step-{step}"));
-            save(model, &dir)?;
-            observer.on_checkpoint(step, &dir);
-        }
-        if stopped_early {
-            break;
-        }
-    }
-    if let Some((_, _, values)) = &best {
-        for (v, t) in vars.iter().zip(values) {
-            v.set(t)?;
-        }
-    } else if let Some(out) = &cfg.out_dir {
-        save(model, &out.join("adapter"))?;
-        observer.on_checkpoint(steps_done, &out.join("adapter"));
-    }
-    Ok(TrainOutcome {
-        steps: steps_done,
-        final_train_loss: last_loss,
-        initial_val_loss: initial_val,
-        best_val_loss: best.as_ref().map(|b| b.0),
-        best_step: best.as_ref().map(|b| b.1),
-        stopped_early,
-        tokens_per_s: total_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
-        adapter_dir: cfg.out_dir.as_ref().map(|o| o.join("adapter")),
-        skipped_examples: skipped,
-    })
 }
 
 /// DPO of LoRA adapters on a model, on the prepared data's preference pairs.
@@ -563,7 +611,8 @@ impl Trainer for DpoTrainer<'_> {
         if self.model.lora_config().is_none() {
             self.model.attach_lora(&cfg.lora, cfg.seed)?;
         }
-        train_dpo(self.model, cfg, &self.dpo, &train, &valid, observer)
+        let cache = data.dir().join("cache");
+        train_dpo_with(self.model, cfg, &self.dpo, &train, &valid, observer, &mut Control::default(), Some(&cache))
     }
 }
 

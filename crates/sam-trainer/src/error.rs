@@ -40,14 +40,26 @@ pub enum Error {
     /// The training data is unusable (empty, nothing to learn, too long).
     #[error("invalid data: {0}")]
     InvalidData(String),
-    /// Training diverged (loss became NaN or infinite).
-    #[error("training diverged at step {step}: loss {loss}")]
+    /// Training diverged (a loss or gradient became NaN or infinite). No
+    /// adapter or checkpoint is written from the diverged weights.
+    #[error("training diverged at step {step}: {what} (lower the learning rate, or resume from an earlier checkpoint)")]
     Diverged {
         /// The optimiser step at which it happened.
         step: usize,
-        /// The offending loss value.
-        loss: f32,
+        /// What was not finite, with its value (`training loss NaN`).
+        what: String,
     },
+    /// A checkpoint cannot continue this run (other data, model or settings).
+    #[error("checkpoint {}: {why}", path.display())]
+    Checkpoint {
+        /// The checkpoint folder.
+        path: PathBuf,
+        /// What does not match.
+        why: String,
+    },
+    /// Writing or reading a run folder failed.
+    #[error(transparent)]
+    Run(#[from] sam_runs::RunError),
 }
 
 /// The crate's result type.

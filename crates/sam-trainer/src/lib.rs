@@ -13,8 +13,15 @@
 //!   tensors (f32 or bf16), never trainable variables.
 //! - [`LoraConfig`] / [`Target`] / [`Layers`]: rank, alpha, dropout, target
 //!   modules, which layers, rsLoRA.
-//! - [`Trainer`] (implemented by [`SftTrainer`]) with [`TrainConfig`],
-//!   reporting to an [`Observer`]; [`train_sft`] is the loop on token slices.
+//! - [`Trainer`] (implemented by [`SftTrainer`] and [`DpoTrainer`]) with
+//!   [`TrainConfig`], reporting to an [`Observer`]; [`train_sft`] and
+//!   [`train_dpo`] are the loops on token slices, [`train_sft_with`] and
+//!   [`train_dpo_with`] the same with a [`Control`] (stop requests, memory
+//!   guard, resume from a [`Checkpoint`]). Both run one loop ([`fit`]).
+//! - [`Job`] ([`job`]): a training run in its own folder under
+//!   `SAM_HOME/runs/<id>/` — SFT, DPO or SFT then DPO from one [`JobSpec`],
+//!   checkpoints (adapter, AdamW moments, data position), exact resume,
+//!   status, metrics, events and `loss.svg` through `sam_runs`.
 //! - [`save_adapter`] / [`load_adapter`] ([`AdapterFormat`]), [`Decoder::merge_lora`]
 //!   and [`save_hf_model`] for `sam fuse`.
 //! - [`evaluate`] → [`EvalReport`]; [`generate()`] with [`GenerateConfig`].
@@ -42,11 +49,14 @@
 #![deny(missing_docs)]
 
 pub mod adapter;
+pub mod checkpoint;
 pub mod config;
 pub mod dpo;
 pub mod error;
 pub mod eval;
+pub mod fit;
 pub mod generate;
+pub mod job;
 pub mod load;
 pub mod lora;
 pub mod loss;
@@ -57,16 +67,21 @@ pub mod train;
 
 pub use adapter::{AdapterFormat, load_adapter, save_adapter, save_hf_model};
 pub use candle_core::{DType, Device};
+pub use checkpoint::{Checkpoint, LoopState};
 pub use config::{Arch, ModelConfig};
-pub use dpo::{DpoConfig, DpoLoss, DpoTrainer, PreferenceMetrics, PreferenceStats, Reference, train_dpo};
+pub use dpo::{
+    DpoConfig, DpoLoss, DpoTrainer, PreferenceMetrics, PreferenceStats, Reference, train_dpo, train_dpo_with,
+};
 pub use error::{Error, Result};
 pub use eval::{EvalReport, Score, evaluate};
+pub use fit::Control;
 pub use generate::{GenerateConfig, generate};
+pub use job::{Job, JobControl, JobMode, JobOutcome, JobSpec, WeightType};
 pub use load::{LoadOptions, load_model, random_model, read_config};
 pub use lora::{Layers, Linear, LoraConfig, Target};
 pub use loss::{Batch, Sequence, mean_loss, nll_sum};
 pub use model::{Decoder, KvCache, Mode};
 pub use train::{
     Duration, EvalMetrics, NoopObserver, Observer, SftTrainer, StepMetrics, TrainConfig, TrainOutcome, Trainer,
-    lora_gradients, train_sft,
+    lora_gradients, train_sft, train_sft_with,
 };

@@ -188,6 +188,13 @@ impl DropoutRng {
         Self(Mutex::new(StdRng::seed_from_u64(seed)))
     }
 
+    /// Restarts the stream from `seed`. The training loop reseeds it from
+    /// the run's seed and the step number before every step, so a resumed
+    /// run draws the same masks as an uninterrupted one.
+    pub fn reseed(&self, seed: u64) {
+        *self.0.lock().expect("dropout rng poisoned") = StdRng::seed_from_u64(seed);
+    }
+
     fn mask(&self, shape: &[usize], p: f32, dev: &Device) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         let keep = 1.0 / (1.0 - p);

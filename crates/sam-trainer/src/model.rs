@@ -203,6 +203,29 @@ impl Decoder {
         Ok(())
     }
 
+    /// A short fingerprint of the base model: its configuration and a sample
+    /// of its weights (the first embedding rows, the last layer's output
+    /// projection, the final norm). Caches keyed on it are not reused for
+    /// another model.
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut h = blake3::Hasher::new();
+        h.update(serde_json::to_string(&self.cfg).unwrap_or_default().as_bytes());
+        let mut sample = |t: &Tensor, rows: usize| -> Result<()> {
+            let t = if t.rank() >= 2 { t.narrow(0, 0, rows.min(t.dim(0)?))? } else { t.clone() };
+            h.update(format!("{:?}", t.dtype()).as_bytes());
+            for x in t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()? {
+                h.update(&x.to_le_bytes());
+            }
+            Ok(())
+        };
+        sample(&self.embed, 64)?;
+        if let Some(last) = self.layers.last() {
+            sample(last.attn.o.weight(), 16)?;
+        }
+        sample(&self.norm, 0)?;
+        Ok(h.finalize().to_hex()[..16].to_string())
+    }
+
     /// The trainable variables, named like PEFT's modules without the
     /// `base_model.model.` prefix and `.weight` suffix:
     /// `model.layers.3.self_attn.q_proj.lora_A`.

@@ -29,6 +29,42 @@ impl AdamW {
         Ok(Self { vars, m, v, t: 0, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay })
     }
 
+    /// Updates taken so far (the bias-correction step count).
+    pub fn steps(&self) -> usize {
+        self.t
+    }
+
+    /// First and second moments, one tensor per variable in order.
+    pub fn moments(&self) -> (&[Tensor], &[Tensor]) {
+        (&self.m, &self.v)
+    }
+
+    /// Puts back a saved state (from [`Self::steps`] and [`Self::moments`]):
+    /// the next [`Self::step`] continues exactly where the saved one was.
+    pub fn restore(&mut self, steps: usize, m: Vec<Tensor>, v: Vec<Tensor>) -> Result<()> {
+        if m.len() != self.vars.len() || v.len() != self.vars.len() {
+            return Err(crate::error::Error::InvalidConfig(format!(
+                "optimizer state holds {} and {} moments for {} variables",
+                m.len(),
+                v.len(),
+                self.vars.len()
+            )));
+        }
+        for (i, var) in self.vars.iter().enumerate() {
+            if m[i].dims() != var.dims() || v[i].dims() != var.dims() {
+                return Err(crate::error::Error::InvalidConfig(format!(
+                    "optimizer moment {i} has shape {:?}, its variable {:?}",
+                    m[i].dims(),
+                    var.dims()
+                )));
+            }
+        }
+        self.t = steps;
+        self.m = m;
+        self.v = v;
+        Ok(())
+    }
+
     /// One update with gradients `grads` (same order as the variables).
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
         self.t += 1;

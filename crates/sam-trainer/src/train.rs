@@ -1,24 +1,25 @@
 //! Supervised fine-tuning of LoRA adapters, behind the [`Trainer`] seam.
 //!
-//! The loop: shuffle (seeded) → batches of `batch_size` right-padded
-//! sequences → `grad_accum` micro-batches per optimiser step, the loss being
-//! the mean cross-entropy over all trained-on tokens of the step → global
-//! gradient-norm clipping → AdamW with warmup + cosine schedule. Validation
-//! every `eval_every` steps keeps the best adapter (and stops early after
-//! `patience` evaluations without improvement, when set).
+//! The loop (shared with DPO, see [`crate::fit`]): shuffle (seeded) →
+//! batches of `batch_size` right-padded sequences → `grad_accum`
+//! micro-batches per optimiser step, the loss being the mean cross-entropy
+//! over all trained-on tokens of the step → global gradient-norm clipping →
+//! AdamW with warmup + cosine schedule. Validation every `eval_every` steps
+//! keeps the best adapter (and stops early after `patience` evaluations
+//! without improvement, when set). With `out_dir` and `save_every`, full
+//! checkpoints (adapter, optimizer moments, data position) let
+//! [`train_sft_with`] continue a run exactly.
 
-use crate::adapter::{AdapterFormat, save_adapter};
+use crate::adapter::AdapterFormat;
 use crate::error::{Error, Result};
-use crate::lora::{DropoutRng, LoraConfig};
+use crate::fit::{Control, Objective, fit};
+use crate::lora::LoraConfig;
 use crate::loss::{Batch, Sequence, mean_loss, nll_sum};
 use crate::model::{Decoder, Mode};
-use crate::optim::{AdamW, clip_grad_norm, lr_at};
-use candle_core::Tensor;
-use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+use candle_core::{Device, Tensor};
 use sam_prep::cache::{PreparedData, Split, TokenizedExample};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::time::Instant;
 
 /// How long to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,18 +62,19 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Token used for padding (never trained on).
     pub pad_id: u32,
-    /// Run folder: the best adapter goes to `OUT/adapter`, periodic ones to
-    /// `OUT/checkpoints/step-N`. `None`: keep everything in memory.
+    /// Run folder: the best adapter goes to `OUT/adapter`, checkpoints to
+    /// `OUT/checkpoints/<phase>-step-N`. `None`: keep everything in memory.
     pub out_dir: Option<PathBuf>,
-    /// Save a checkpoint every this many steps (0: never).
+    /// Save a checkpoint (adapter, optimizer state, data position) every
+    /// this many steps (0: only when stopped).
     pub save_every: usize,
     /// Recompute every N-th adapted layer in the backward pass instead of
     /// keeping its activations (0: keep everything; 1: every layer, a
     /// fraction of the memory for about a third more compute). Ignored while
     /// LoRA dropout is active.
     pub checkpoint_every: usize,
-    /// Layout of written adapters.
-    #[serde(skip, default = "default_format")]
+    /// Layout of written adapters (checkpoints are always in PEFT's).
+    #[serde(default = "default_format")]
     pub adapter_format: AdapterFormat,
     /// Recorded as the adapter's base model.
     pub base_model: Option<String>,
@@ -128,7 +130,11 @@ pub struct StepMetrics {
     pub tokens: usize,
     /// Throughput of this step.
     pub tokens_per_s: f64,
-    /// Seconds since training started.
+    /// Wall seconds of this step.
+    pub step_s: f64,
+    /// Tokens trained on since the run started (across resumes).
+    pub tokens_seen: u64,
+    /// Training seconds since the run started (across resumes, pauses not counted).
     pub elapsed_s: f64,
 }
 
@@ -151,12 +157,17 @@ pub trait Observer {
     fn on_start(&mut self, _total_steps: usize, _train_examples: usize) {}
     /// An optimiser step finished.
     fn on_step(&mut self, _m: &StepMetrics) {}
+    /// The run continues from a checkpoint after `step` (called right after
+    /// [`Self::on_start`]).
+    fn on_resumed(&mut self, _step: usize) {}
     /// A validation finished.
     fn on_eval(&mut self, _m: &EvalMetrics) {}
-    /// An adapter was written.
+    /// An adapter or a checkpoint was written (the folder says which).
     fn on_checkpoint(&mut self, _step: usize, _dir: &std::path::Path) {}
     /// Preference metrics of a DPO step or validation (see [`crate::dpo`]).
     fn on_preference(&mut self, _m: &crate::dpo::PreferenceMetrics) {}
+    /// The memory guard paused or resumed training between steps.
+    fn on_memory(&mut self, _e: &sam_runs::GuardEvent) {}
 }
 
 /// An observer that ignores everything.
@@ -166,7 +177,7 @@ pub struct NoopObserver;
 impl Observer for NoopObserver {}
 
 /// What a run produced.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainOutcome {
     /// Optimiser steps taken.
     pub steps: usize,
@@ -180,7 +191,12 @@ pub struct TrainOutcome {
     pub best_step: Option<usize>,
     /// Whether early stopping ended the run.
     pub stopped_early: bool,
-    /// Mean throughput over the run.
+    /// Whether a stop request ended the run before its last step (a
+    /// checkpoint holds where it stopped; the best adapter is not put back).
+    pub stopped: bool,
+    /// The step of the checkpoint this run continued from.
+    pub resumed_from: Option<usize>,
+    /// Mean throughput over the run (this process's part of it, when resumed).
     pub tokens_per_s: f64,
     /// Where the best adapter was written, when `out_dir` was set.
     pub adapter_dir: Option<PathBuf>,
@@ -242,170 +258,75 @@ pub fn train_sft(
     valid: &[TokenizedExample],
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome> {
-    if cfg.batch_size == 0 || cfg.grad_accum == 0 {
-        return Err(Error::InvalidConfig("batch size and accumulation must be ≥ 1".into()));
-    }
-    let named = model.lora_vars();
-    if named.is_empty() {
-        return Err(Error::InvalidConfig("no adapters attached".into()));
-    }
-    let vars: Vec<_> = named.iter().map(|(_, v)| v.clone()).collect();
-    model.set_checkpointing(cfg.checkpoint_every);
+    train_sft_with(model, cfg, train, valid, observer, &mut Control::default())
+}
+
+/// [`train_sft`] with runtime controls: stop requests, the memory guard,
+/// and resuming from a checkpoint.
+pub fn train_sft_with(
+    model: &mut Decoder,
+    cfg: &TrainConfig,
+    train: &[TokenizedExample],
+    valid: &[TokenizedExample],
+    observer: &mut dyn Observer,
+    control: &mut Control<'_>,
+) -> Result<TrainOutcome> {
     let (train_seqs, skipped) = sequences(train, cfg.max_seq_len);
     let (valid_seqs, _) = sequences(valid, cfg.max_seq_len);
     if train_seqs.is_empty() {
         return Err(Error::InvalidData("no training example has a trained-on token".into()));
     }
-    let batches_per_epoch = train_seqs.len().div_ceil(cfg.batch_size);
-    let total = match cfg.duration {
-        Duration::Iters(n) => n,
-        Duration::Epochs(e) => (e * batches_per_epoch).div_ceil(cfg.grad_accum),
+    let mut obj = SftObjective { train: train_seqs, valid: valid_seqs, batch: cfg.batch_size, pad: cfg.pad_id };
+    fit(model, cfg, &mut obj, observer, control, skipped)
+}
+
+/// Masked cross-entropy on sequences.
+struct SftObjective<'a> {
+    train: Vec<Sequence<'a>>,
+    valid: Vec<Sequence<'a>>,
+    batch: usize,
+    pad: u32,
+}
+
+impl Objective for SftObjective<'_> {
+    type Micro = Batch;
+
+    fn phase(&self) -> &'static str {
+        "sft"
     }
-    .max(1);
-    let warmup = cfg.warmup_steps.unwrap_or((total / 20).max(1)).min(total);
-    let mut opt = AdamW::new(vars.clone(), cfg.weight_decay)?;
-    let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_add(1));
-    let dropout = DropoutRng::new(cfg.seed.wrapping_add(2));
-    let mode = Mode { adapter: true, dropout: Some(&dropout) };
-    let dev = model.device().clone();
-    observer.on_start(total, train_seqs.len());
-
-    let mut order: Vec<usize> = Vec::new();
-    let mut cursor = 0;
-    let mut next_batch = |rng: &mut StdRng| -> Vec<Sequence<'_>> {
-        if cursor >= order.len() {
-            order = (0..train_seqs.len()).collect();
-            order.shuffle(rng);
-            cursor = 0;
+    fn len(&self) -> usize {
+        self.train.len()
+    }
+    fn fingerprint(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        for s in &self.train {
+            h.update(&(s.ids.len() as u64).to_le_bytes());
+            for id in s.ids {
+                h.update(&id.to_le_bytes());
+            }
+            h.update(&s.mask.iter().map(|&m| u8::from(m)).collect::<Vec<_>>());
         }
-        let end = (cursor + cfg.batch_size).min(order.len());
-        let b = order[cursor..end].iter().map(|&i| train_seqs[i]).collect();
-        cursor = end;
-        b
-    };
-
-    let evaluate = |model: &Decoder| -> Result<Option<f64>> {
-        if valid_seqs.is_empty() {
+        h.finalize().to_hex()[..16].to_string()
+    }
+    fn prepare(&self, idx: &[usize], dev: &Device) -> Result<Batch> {
+        let seqs: Vec<Sequence<'_>> = idx.iter().map(|&i| self.train[i]).collect();
+        Batch::new(&seqs, self.pad, dev)
+    }
+    fn count(&self, b: &Batch) -> (usize, usize) {
+        (b.n_targets, b.n_tokens)
+    }
+    fn loss(&mut self, model: &Decoder, b: &Batch, units: f64, mode: Mode<'_>) -> Result<Option<Tensor>> {
+        Ok(match nll_sum(model, b, mode)? {
+            Some(nll) => Some((nll / units)?),
+            None => None,
+        })
+    }
+    fn validate(&self, model: &Decoder, _step: usize, _observer: &mut dyn Observer) -> Result<Option<f64>> {
+        if self.valid.is_empty() {
             return Ok(None);
         }
-        Ok(Some(mean_loss(model, &valid_seqs, cfg.batch_size, cfg.pad_id, Mode::INFER)?.0))
-    };
-    let snapshot = |vars: &[candle_core::Var]| -> Result<Vec<Tensor>> {
-        Ok(vars.iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?)
-    };
-
-    let initial_val = evaluate(model)?;
-    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
-    if let Some(l) = initial_val {
-        observer.on_eval(&EvalMetrics { step: 0, loss: l, perplexity: l.exp(), best: false });
+        Ok(Some(mean_loss(model, &self.valid, self.batch, self.pad, Mode::INFER)?.0))
     }
-    let save = |model: &Decoder, dir: &std::path::Path| {
-        save_adapter(model, dir, cfg.adapter_format, cfg.base_model.as_deref())
-    };
-    let started = Instant::now();
-    let mut total_tokens = 0usize;
-    let mut last_loss = f64::NAN;
-    let mut since_best = 0usize;
-    let mut stopped_early = false;
-    let mut steps_done = 0;
-    for step in 1..=total {
-        let t0 = Instant::now();
-        let micro: Vec<Batch> =
-            (0..cfg.grad_accum).map(|_| Batch::new(&next_batch(&mut rng), cfg.pad_id, &dev)).collect::<Result<_>>()?;
-        let n_targets: usize = micro.iter().map(|b| b.n_targets).sum();
-        let tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
-        let mut grads: Vec<Tensor> =
-            vars.iter().map(|v| v.as_tensor().zeros_like()).collect::<candle_core::Result<_>>()?;
-        let mut loss_sum = 0f64;
-        for b in &micro {
-            let Some(nll) = nll_sum(model, b, mode)? else {
-                continue;
-            };
-            let loss = (nll / n_targets as f64)?;
-            let gs = lora_gradients(model, &loss)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            for (acc, g) in grads.iter_mut().zip(gs) {
-                if let Some(g) = g {
-                    *acc = (&*acc + g)?;
-                }
-            }
-        }
-        if !loss_sum.is_finite() {
-            return Err(Error::Diverged { step, loss: loss_sum as f32 });
-        }
-        let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
-        let lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr_ratio);
-        opt.step(&grads, lr)?;
-        let dt = t0.elapsed().as_secs_f64();
-        total_tokens += tokens;
-        last_loss = loss_sum;
-        steps_done = step;
-        observer.on_step(&StepMetrics {
-            step,
-            total_steps: total,
-            loss: loss_sum,
-            lr,
-            grad_norm,
-            tokens,
-            tokens_per_s: tokens as f64 / dt.max(1e-9),
-            elapsed_s: started.elapsed().as_secs_f64(),
-        });
-
-        let eval_now = (cfg.eval_every > 0 && step % cfg.eval_every == 0) || step == total;
-        if eval_now && let Some(l) = evaluate(model)? {
-            let improved = best.as_ref().is_none_or(|(b, _, _)| l < *b);
-            observer.on_eval(&EvalMetrics { step, loss: l, perplexity: l.exp(), best: improved });
-            if improved {
-                best = Some((l, step, snapshot(&vars)?));
-                since_best = 0;
-                if let Some(out) = &cfg.out_dir {
-                    let dir = out.join("adapter");
-                    save(model, &dir)?;
-                    observer.on_checkpoint(step, &dir);
-                }
-            } else {
-                since_best += 1;
-                if cfg.patience.is_some_and(|p| since_best >= p) {
-                    stopped_early = true;
-                }
-            }
-        }
-        if cfg.save_every > 0
-            && step % cfg.save_every == 0
-            && let Some(out) = &cfg.out_dir
-        {
-            let dir = out.join("checkpoints").join(format!("step-{step}"));
-            save(model, &dir)?;
-            observer.on_checkpoint(step, &dir);
-        }
-        if stopped_early {
-            break;
-        }
-    }
-    // Leave the best adapter on the model (the last one without validation).
-    let mut adapter_dir = None;
-    if let Some((_, _, values)) = &best {
-        for (v, t) in vars.iter().zip(values) {
-            v.set(t)?;
-        }
-    } else if let Some(out) = &cfg.out_dir {
-        save(model, &out.join("adapter"))?;
-        observer.on_checkpoint(steps_done, &out.join("adapter"));
-    }
-    if let Some(out) = &cfg.out_dir {
-        adapter_dir = Some(out.join("adapter"));
-    }
-    Ok(TrainOutcome {
-        steps: steps_done,
-        final_train_loss: last_loss,
-        initial_val_loss: initial_val,
-        best_val_loss: best.as_ref().map(|b| b.0),
-        best_step: best.as_ref().map(|b| b.1),
-        stopped_early,
-        tokens_per_s: total_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
-        adapter_dir,
-        skipped_examples: skipped,
-    })
 }
 
 /// Backpropagates `loss` and returns the gradient of every LoRA variable of

@@ -5,5 +5,6 @@
 pub mod capture;
 pub mod prep;
 pub mod run;
+pub mod runs;
 pub mod store;
 pub mod train;

@@ -10,9 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sam_models::BaseModel;
 use sam_prep::cache::{PreparedData, Split};
 use sam_trainer::{
-    AdapterFormat, DType, DpoConfig, DpoLoss, DpoTrainer, Duration, EvalMetrics, GenerateConfig, Layers, LoadOptions,
-    LoraConfig, Mode, Observer, PreferenceMetrics, Reference, SftTrainer, StepMetrics, Target, TrainConfig,
-    Trainer as _,
+    AdapterFormat, DType, DpoConfig, DpoLoss, Duration, EvalMetrics, GenerateConfig, Job, JobControl, JobMode,
+    JobOutcome, JobSpec, Layers, LoadOptions, LoraConfig, Mode, Observer, PreferenceMetrics, Reference, StepMetrics,
+    Target, TrainConfig,
 };
 
 use crate::ctx::Ctx;
@@ -20,7 +20,7 @@ use crate::ctx::Ctx;
 #[derive(Subcommand, Debug)]
 pub enum TrainCommand {
     /// Train a LoRA adapter (SFT, DPO, or SFT then DPO) on a prepared dataset
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Generate a reply to a prompt with a base model and optional adapter
     Generate(GenerateArgs),
     /// Loss and perplexity of the base model and an adapter on a split
@@ -75,15 +75,24 @@ impl WeightType {
     }
 }
 
+/// Trains in a run folder (SAM_HOME/runs/<id>/: config.json, status.json,
+/// metrics.jsonl, events.jsonl, checkpoints/, adapter/, eval.json, loss.svg).
+/// Ctrl-C (or SIGTERM, or `sam runs stop`) stops after the current step with
+/// a checkpoint; `sam runs resume ID` (or `sam train --resume ID`) continues
+/// exactly where it stopped, also after a crash.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Prepared dataset folder (from `sam prep`)
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "resume")]
+    data: Option<PathBuf>,
     /// Base model: a Hugging Face folder or a .gguf file
-    #[arg(long, value_name = "PATH")]
-    model: PathBuf,
-    /// Run folder [default: SAM_HOME/runs/<unix time>]
+    #[arg(long, value_name = "PATH", required_unless_present = "resume")]
+    model: Option<PathBuf>,
+    /// Continue this run (an id under SAM_HOME/runs, or a run folder) from
+    /// its last checkpoint, with the settings it was started with
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["data", "model", "out"])]
+    resume: Option<String>,
+    /// Run folder [default: SAM_HOME/runs/<new id>]
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// LoRA rank
@@ -134,9 +143,22 @@ pub struct TrainArgs {
     /// Stop after N validations without improvement
     #[arg(long)]
     patience: Option<usize>,
-    /// Also save an adapter every N steps under checkpoints/
-    #[arg(long, default_value_t = 0)]
+    /// Write a checkpoint (adapter, optimizer state, data position) every N
+    /// steps under checkpoints/ (0: only when stopped)
+    #[arg(long, default_value_t = 100)]
     save_every: usize,
+    /// Periodic checkpoints to keep besides the best one (0: all)
+    #[arg(long, default_value_t = 2, value_name = "K")]
+    keep_checkpoints: usize,
+    /// Validate on at most N validation examples [default: all]
+    #[arg(long, value_name = "N")]
+    max_valid: Option<usize>,
+    /// Pause between steps while available memory is below this (GB)
+    #[arg(long, default_value_t = 0.3, value_name = "GB")]
+    pause_below_gb: f64,
+    /// Resume a paused run once this much memory is available (GB)
+    #[arg(long, default_value_t = 0.5, value_name = "GB")]
+    resume_above_gb: f64,
     /// Seed for initialisation, shuffling and dropout
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -162,6 +184,12 @@ pub struct TrainArgs {
     /// DPO: label smoothing (conservative DPO), in [0, 0.5)
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
+    /// DPO phase: peak learning rate [default: --lr]
+    #[arg(long)]
+    dpo_lr: Option<f64>,
+    /// DPO phase: optimiser steps [default: --iters or --epochs]
+    #[arg(long, value_name = "N")]
+    dpo_iters: Option<usize>,
     /// Start from this adapter (e.g. the production one); with --mode dpo it
     /// is also the reference policy [default: a fresh adapter, the base model
     /// as reference]
@@ -239,7 +267,7 @@ pub struct FuseArgs {
 
 pub fn run(cmd: TrainCommand, ctx: &Ctx) -> anyhow::Result<()> {
     match cmd {
-        TrainCommand::Train(a) => train(a, ctx),
+        TrainCommand::Train(a) => train(*a, ctx),
         TrainCommand::Generate(a) => generate(a),
         TrainCommand::Eval(a) => eval(a, ctx),
         TrainCommand::Fuse(a) => fuse(a),
@@ -256,78 +284,196 @@ fn pad_id(model: &BaseModel) -> u32 {
     sp.pad.as_ref().or(sp.eos.as_ref()).map(|t| t.id).unwrap_or(0)
 }
 
-/// Draws the progress bar and appends every event to metrics.jsonl.
-struct Progress {
+/// Draws the progress bar of a training job (the job itself writes the run
+/// folder's metrics and events).
+pub(crate) struct Progress {
     bar: ProgressBar,
-    metrics: Option<std::fs::File>,
     last_eval: Option<f64>,
-    /// `sft` or `dpo`, recorded with every event.
     phase: &'static str,
+    eta: sam_runs::Eta,
+    quiet: bool,
 }
 
 impl Progress {
-    fn log(&mut self, kind: &str, v: serde_json::Value) {
-        if let Some(f) = &mut self.metrics {
-            let mut v = v;
-            v["event"] = serde_json::json!(kind);
-            v["phase"] = serde_json::json!(self.phase);
-            let _ = writeln!(f, "{v}");
+    pub(crate) fn new(quiet: bool) -> anyhow::Result<Self> {
+        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+        bar.set_style(ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {prefix} {bar:30} {pos}/{len} steps · {msg}",
+        )?);
+        Ok(Self { bar, last_eval: None, phase: "sft", eta: sam_runs::Eta::new(20), quiet })
+    }
+
+    pub(crate) fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    fn println(&self, line: String) {
+        if !self.quiet {
+            self.bar.println(line);
         }
     }
 }
 
 impl Observer for Progress {
     fn on_start(&mut self, total: usize, examples: usize) {
+        // A job's phases each start afresh: SFT, then DPO.
+        self.phase = if self.bar.length().is_some_and(|l| l > 0) && self.phase == "sft" { "dpo" } else { self.phase };
+        self.bar.set_prefix(self.phase);
         self.bar.set_length(total as u64);
+        self.bar.set_position(0);
         self.bar.set_message(format!("{examples} examples"));
+        self.last_eval = None;
+        self.eta.reset();
+    }
+    fn on_resumed(&mut self, step: usize) {
+        self.bar.set_position(step as u64);
+        self.println(format!("{} phase: continuing from the checkpoint at step {step}", self.phase));
     }
     fn on_step(&mut self, m: &StepMetrics) {
         self.bar.set_position(m.step as u64);
+        self.eta.record(std::time::Duration::from_secs_f64(m.step_s.max(0.0)));
+        let eta = self
+            .eta
+            .remaining((m.total_steps - m.step) as u64)
+            .map(|d| format!(" · ETA {}", sam_runs::format_duration(d)))
+            .unwrap_or_default();
         let val = self.last_eval.map(|v| format!(" val {v:.3}")).unwrap_or_default();
-        self.bar.set_message(format!("loss {:.3}{val} · {:.0} tok/s", m.loss, m.tokens_per_s));
-        self.log("step", serde_json::to_value(m).unwrap_or_default());
+        self.bar.set_message(format!("loss {:.3}{val} · {:.0} tok/s{eta}", m.loss, m.tokens_per_s));
     }
     fn on_eval(&mut self, m: &EvalMetrics) {
         self.last_eval = Some(m.loss);
         // A DPO loss has no perplexity.
         let ppl = if self.phase == "dpo" { String::new() } else { format!(" (ppl {:.2})", m.perplexity) };
-        self.bar.println(format!(
+        self.println(format!(
             "step {:>5}: {} validation loss {:.4}{ppl}{}",
             m.step,
             self.phase,
             m.loss,
             if m.best { " best" } else { "" }
         ));
-        self.log("eval", serde_json::to_value(m).unwrap_or_default());
-    }
-    fn on_checkpoint(&mut self, step: usize, dir: &Path) {
-        self.log("checkpoint", serde_json::json!({"step": step, "dir": dir}));
     }
     fn on_preference(&mut self, m: &PreferenceMetrics) {
+        self.phase = "dpo";
         if m.split == "valid" {
             let s = &m.stats;
-            self.bar.println(format!(
+            self.println(format!(
                 "step {:>5}: validation reward margin {:+.4} · accuracy {:.3} · chosen {:+.4} · rejected {:+.4}",
                 m.step, s.margin, s.accuracy, s.reward_chosen, s.reward_rejected
             ));
         }
-        self.log("preference", serde_json::to_value(m).unwrap_or_default());
+    }
+    fn on_memory(&mut self, e: &sam_runs::GuardEvent) {
+        match e {
+            sam_runs::GuardEvent::Paused(b) => {
+                self.println(format!("paused: only {:.2} GB of memory available", *b as f64 / 1e9))
+            }
+            sam_runs::GuardEvent::Resumed(b) => {
+                self.println(format!("resumed: {:.2} GB of memory available", *b as f64 / 1e9))
+            }
+        }
     }
 }
 
-fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let targets = a.targets.iter().map(|t| Target::parse(t)).collect::<Result<Vec<_>, _>>()?;
-    let out = match a.out {
-        Some(o) => o,
-        None => {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-            ctx.home.join("runs").join(t.to_string())
+/// A flag set by the first SIGINT/SIGTERM (the job stops after its step,
+/// with a checkpoint); a second one exits at once.
+pub(crate) fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for (sig, code) in [(SIGINT, 130), (SIGTERM, 143)] {
+        signal_hook::flag::register_conditional_shutdown(sig, code, std::sync::Arc::clone(&flag))?;
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&flag))?;
+    }
+    Ok(flag)
+}
+
+/// Runs (or continues) a job with a progress bar and signal handling, then
+/// prints its summary.
+pub(crate) fn run_job(job: &Job, ctx: &Ctx) -> anyhow::Result<()> {
+    let flag = stop_on_signals()?;
+    let mut progress = Progress::new(ctx.json)?;
+    if !ctx.json {
+        let spec = job.spec();
+        eprintln!(
+            "run {} ({}) in {}; Ctrl-C stops after the current step with a checkpoint",
+            job.run_dir().id(),
+            spec.mode.as_str(),
+            job.run_dir().path().display()
+        );
+    }
+    let res = job.run(&mut progress, JobControl { stop: Some(&flag), probe: None });
+    progress.finish();
+    let outcome = res.with_context(|| {
+        format!("run {} failed (see {})", job.run_dir().id(), job.run_dir().events_path().display())
+    })?;
+    print_outcome(&outcome, ctx)
+}
+
+fn print_outcome(o: &JobOutcome, ctx: &Ctx) -> anyhow::Result<()> {
+    if ctx.json {
+        println!("{}", serde_json::to_string(o)?);
+        return Ok(());
+    }
+    println!("run folder: {}", o.run_dir.display());
+    if let Some((phase, step)) = &o.resumed_from {
+        println!("continued from the {phase} checkpoint at step {step}");
+    }
+    for (name, out) in [("sft", &o.sft), ("dpo", &o.dpo)] {
+        let Some(out) = out else { continue };
+        println!(
+            "{name}: {} steps · final train loss {:.4} · {:.0} tok/s",
+            out.steps, out.final_train_loss, out.tokens_per_s
+        );
+        if let (Some(i), Some(b)) = (out.initial_val_loss, out.best_val_loss) {
+            println!("{name} validation loss: {i:.4} → {b:.4} (best at step {})", out.best_step.unwrap_or(0));
         }
+    }
+    if o.status == sam_runs::RunStatus::Stopped {
+        println!("stopped with a checkpoint: continue with `sam runs resume {}`", o.id);
+        return Ok(());
+    }
+    if let Some(r) = &o.eval {
+        let ad = r.adapter.map(|s| format!(" · adapter {:.4} (ppl {:.2})", s.loss, s.perplexity)).unwrap_or_default();
+        println!("test: base {:.4} (ppl {:.2}){ad}", r.base.loss, r.base.perplexity);
+    }
+    println!("adapter: {}", o.adapter_dir.display());
+    Ok(())
+}
+
+/// The run folder a `--resume`/`sam runs` argument names: a folder, or an
+/// id under SAM_HOME/runs.
+pub(crate) fn resolve_run(arg: &str, ctx: &Ctx) -> anyhow::Result<PathBuf> {
+    let p = PathBuf::from(arg);
+    if p.join("status.json").is_file() {
+        return Ok(p);
+    }
+    let under = ctx.home.join("runs").join(arg);
+    if under.join("status.json").is_file() {
+        return Ok(under);
+    }
+    bail!(
+        "no run `{arg}`: neither a run folder nor a run id under {} (see `sam runs list`)",
+        ctx.home.join("runs").display()
+    )
+}
+
+fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    if let Some(r) = &a.resume {
+        let dir = resolve_run(r, ctx)?;
+        let job = Job::open(&dir)?;
+        return run_job(&job, ctx);
+    }
+    let (Some(data_dir), Some(model_path)) = (&a.data, &a.model) else {
+        bail!("--data and --model are needed to start a run (or --resume RUN to continue one)");
     };
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let data = PreparedData::open(&a.data)?;
-    let info = BaseModel::open(&a.model).with_context(|| format!("reading {}", a.model.display()))?;
-    let cfg = TrainConfig {
+    let targets = a.targets.iter().map(|t| Target::parse(t)).collect::<Result<Vec<_>, _>>()?;
+    let out = match &a.out {
+        Some(o) => o.clone(),
+        None => ctx.home.join("runs").join(sam_runs::new_run_id()),
+    };
+    // Fail early on a folder that is not a prepared dataset, or an unreadable model.
+    let data = PreparedData::open(data_dir)?;
+    let info = BaseModel::open(model_path).with_context(|| format!("reading {}", model_path.display()))?;
+    let train = TrainConfig {
         lora: LoraConfig {
             rank: a.rank,
             alpha: a.alpha.unwrap_or(2.0 * a.rank as f64),
@@ -347,18 +493,16 @@ fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         patience: a.patience,
         seed: a.seed,
         pad_id: pad_id(&info),
-        out_dir: Some(out.clone()),
+        out_dir: None,
         save_every: a.save_every,
         checkpoint_every: a.checkpoint_every,
         adapter_format: match a.format {
             Format::Peft => AdapterFormat::Peft,
             Format::Mlx => AdapterFormat::Mlx,
         },
-        base_model: Some(a.model.display().to_string()),
+        base_model: Some(model_path.display().to_string()),
         ..Default::default()
     };
-    let cfg_path = out.join("config.json");
-    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)? + "\n")?;
     let dpo = DpoConfig {
         beta: a.beta,
         loss: match a.dpo_loss {
@@ -367,78 +511,49 @@ fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             DpoLossArg::Hinge => DpoLoss::Hinge,
         },
         label_smoothing: a.label_smoothing,
-        // DPO measures against the adapter it starts from, when there is one.
-        reference: if a.mode == TrainMode::SftDpo || a.from_adapter.is_some() {
-            Reference::Initial
-        } else {
-            Reference::Base
-        },
+        reference: Reference::Base,
     };
     if a.from_adapter.is_some() && a.mode != TrainMode::Dpo {
         bail!("--from-adapter works with --mode dpo only");
     }
-    if a.mode != TrainMode::Sft {
+    let mode = match a.mode {
+        TrainMode::Sft => JobMode::Sft,
+        TrainMode::Dpo => JobMode::Dpo,
+        TrainMode::SftDpo => JobMode::SftDpo,
+    };
+    if mode != JobMode::Sft {
         dpo.validate()?;
-        std::fs::write(out.join("dpo.json"), serde_json::to_string_pretty(&dpo)? + "\n")?;
+        if data.preference(Split::Train)?.is_empty() {
+            bail!(
+                "{} has no preference pairs: DPO needs prompt/chosen/rejected rows (see `sam prep`)",
+                data_dir.display()
+            );
+        }
     }
-    let mut model = load(&a.model, a.weights)?;
-    if let Some(dir) = &a.from_adapter {
-        sam_trainer::load_adapter(&mut model, dir).with_context(|| format!("loading adapter {}", dir.display()))?;
-    }
-    let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps · ETA {eta} · {msg}",
-    )?);
-    let metrics = std::fs::File::create(out.join("metrics.jsonl"))?;
-    let phase = if a.mode == TrainMode::Dpo { "dpo" } else { "sft" };
-    let mut progress = Progress { bar, metrics: Some(metrics), last_eval: None, phase };
-    let mut sft_outcome = None;
-    if a.mode != TrainMode::Dpo {
-        // In sft+dpo the SFT adapter goes to OUT/sft/adapter, the final one to OUT/adapter.
-        let sft_cfg = if a.mode == TrainMode::SftDpo {
-            TrainConfig { out_dir: Some(out.join("sft")), ..cfg.clone() }
-        } else {
-            cfg.clone()
-        };
-        sft_outcome = Some(SftTrainer::new(&mut model).train(&sft_cfg, &data, &mut progress)?);
-    }
-    let outcome = if a.mode == TrainMode::Sft {
-        sft_outcome.take().expect("SFT ran")
-    } else {
-        progress.phase = "dpo";
-        progress.last_eval = None;
-        DpoTrainer::new(&mut model, dpo).train(&cfg, &data, &mut progress)?
+    let spec = JobSpec {
+        model: model_path.clone(),
+        data: data_dir.clone(),
+        weights: match a.weights {
+            WeightType::F32 => sam_trainer::WeightType::F32,
+            WeightType::Bf16 => sam_trainer::WeightType::Bf16,
+        },
+        mode,
+        train,
+        dpo,
+        dpo_lr: a.dpo_lr,
+        dpo_duration: a.dpo_iters.map(Duration::Iters),
+        from_adapter: a.from_adapter.clone(),
+        max_valid_examples: a.max_valid,
+        eval_examples: Some(usize::MAX),
+        keep_checkpoints: a.keep_checkpoints,
+        memory: sam_runs::MemoryGuardConfig {
+            pause_below: (a.pause_below_gb * 1e9) as u64,
+            resume_above: (a.resume_above_gb * 1e9) as u64,
+            ..Default::default()
+        },
     };
-    progress.bar.finish_and_clear();
-    let test = data.sft(Split::Test)?;
-    let report = if test.is_empty() {
-        None
-    } else {
-        let r = sam_trainer::evaluate(&model, "test", &test, cfg.max_seq_len, cfg.batch_size, cfg.pad_id)?;
-        r.write(&out.join("eval.json"))?;
-        Some(r)
-    };
-    if ctx.json {
-        println!("{}", serde_json::json!({"run": out, "outcome": outcome, "sft_outcome": sft_outcome, "eval": report}));
-    } else {
-        println!("run folder: {}", out.display());
-        println!(
-            "steps: {} · final train loss {:.4} · {:.0} tok/s",
-            outcome.steps, outcome.final_train_loss, outcome.tokens_per_s
-        );
-        if let (Some(i), Some(b)) = (outcome.initial_val_loss, outcome.best_val_loss) {
-            println!("validation loss: {i:.4} → {b:.4} (best at step {})", outcome.best_step.unwrap_or(0));
-        }
-        if let Some(r) = report {
-            let ad =
-                r.adapter.map(|s| format!(" · adapter {:.4} (ppl {:.2})", s.loss, s.perplexity)).unwrap_or_default();
-            println!("test: base {:.4} (ppl {:.2}){ad}", r.base.loss, r.base.perplexity);
-        }
-        if let Some(d) = outcome.adapter_dir {
-            println!("adapter: {}", d.display());
-        }
-    }
-    Ok(())
+    let job = Job::create_at(&out, spec).with_context(|| format!("creating the run folder {}", out.display()))?;
+    run_job(&job, ctx)
 }
 
 fn generate(a: GenerateArgs) -> anyhow::Result<()> {
