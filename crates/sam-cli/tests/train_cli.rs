@@ -1,0 +1,230 @@
+//! `sam train` and `sam runs`, run as a user runs them, on the test model:
+//! a training process killed with SIGKILL after a checkpoint is resumed with
+//! `sam runs resume` and logs the same per-step losses as an uninterrupted
+//! twin; `sam runs stop` stops a live run with a checkpoint; `sam train
+//! --mode sft+dpo` trains both phases in one run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn cmd(home: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sam"));
+    c.args(args).env("SAM_HOME", home).env_remove("RUST_LOG").stdin(Stdio::null());
+    c
+}
+
+fn sam(home: &Path, args: &[&str]) -> Output {
+    cmd(home, args).output().unwrap()
+}
+
+fn ok(home: &Path, args: &[&str]) -> String {
+    let out = sam(home, args);
+    assert!(
+        out.status.success(),
+        "sam {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A small prepared dataset (SFT rows and preference pairs) for the test model.
+fn prepared(home: &Path, model: &str) -> PathBuf {
+    let rows: Vec<String> = (0..48)
+        .map(|i| match i % 3 {
+            0 => format!(
+                r#"{{"instruction":"Summarise commit {i}","output":"Fix bug number {i} in the parser","domain":"git"}}"#
+            ),
+            1 => format!(
+                r#"{{"messages":[{{"role":"user","content":"What does f{i} return?"}},{{"role":"assistant","content":"It returns {i} plus one."}}],"domain":"code"}}"#
+            ),
+            _ => format!(
+                r#"{{"prompt":"Explain item {i}","chosen":"In short: item {i} is a number.","rejected":"No.","domain":"docs"}}"#
+            ),
+        })
+        .collect();
+    let input = home.join("rows.jsonl");
+    std::fs::write(&input, rows.join("\n") + "\n").unwrap();
+    let dir = home.join("data");
+    let args = ["prep", "--model", model, "--from", input.to_str().unwrap(), "--out", dir.to_str().unwrap()];
+    ok(home, &[&args[..], &["--max-seq-len", "64", "--split", "80,10,10"]].concat());
+    dir
+}
+
+fn train_args<'a>(data: &'a str, model: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--data",
+        data,
+        "--model",
+        model,
+        "--out",
+        out,
+        "--iters",
+        "6",
+        "--save-every",
+        "2",
+        "--eval-every",
+        "3",
+        "--max-valid",
+        "4",
+        "--batch",
+        "2",
+        "--grad-accum",
+        "1",
+        "--rank",
+        "4",
+        "--lr",
+        "1e-3",
+        "--max-seq-len",
+        "64",
+        "--checkpoint-every",
+        "0",
+        "--seed",
+        "5",
+    ]
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn step_losses(run: &Path) -> Vec<(String, u64, f64)> {
+    metrics(run)
+        .iter()
+        .filter_map(|m| Some((m["phase"].as_str()?.to_string(), m["step"].as_u64()?, m.get("train_loss")?.as_f64()?)))
+        .collect()
+}
+
+fn status(run: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("status.json")).unwrap()).unwrap()
+}
+
+fn wait_for(what: &str, child: &mut Child, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("sam exited ({st}) before {what}");
+        }
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn assert_same_losses(a: &[(String, u64, f64)], b: &[(String, u64, f64)]) {
+    assert_eq!(a.len(), b.len(), "{a:?}\nvs\n{b:?}");
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!((&x.0, x.1), (&y.0, y.1), "{a:?}\nvs\n{b:?}");
+        assert!((x.2 - y.2).abs() <= 1e-4 * x.2.abs().max(1.0), "step {}: {} vs {}", x.1, x.2, y.2);
+    }
+}
+
+#[test]
+fn a_run_killed_after_a_checkpoint_resumes_to_the_same_losses() {
+    let model = sam_models::require_test_model().unwrap_or_else(|e| panic!("{e}"));
+    let model = model.to_str().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let data = prepared(h, model);
+    let data = data.to_str().unwrap();
+
+    let twin = h.join("runs/twin");
+    let out = ok(h, &[&["--json"], &train_args(data, model, twin.to_str().unwrap())[..]].concat());
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["sft"]["steps"], 6);
+    let want = step_losses(&twin);
+    assert_eq!(want.len(), 6);
+
+    // The same run, killed with SIGKILL once its step-2 checkpoint is on disk.
+    let killed = h.join("runs/killed");
+    let mut child = cmd(h, &train_args(data, model, killed.to_str().unwrap()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = killed.join("checkpoints/sft-step-2/trainer_state.json");
+    wait_for("the step-2 checkpoint", &mut child, Duration::from_secs(300), || ckpt.is_file());
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) }, 0);
+    child.wait().unwrap();
+    let st = status(&killed);
+    assert!(st["status"] == "running" || st["status"] == "paused", "{st}");
+    let done = step_losses(&killed).len();
+    assert!((2..6).contains(&done), "killed after {done} steps");
+
+    // `sam runs` sees a run whose process is gone, and resumes it.
+    let list: Value = serde_json::from_str(ok(h, &["--json", "runs", "list"]).trim()).unwrap();
+    let row = list.as_array().unwrap().iter().find(|r| r["id"] == "killed").unwrap().clone();
+    assert_eq!(row["orphaned"], true, "{row}");
+    let out = ok(h, &["--json", "runs", "resume", "killed"]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["status"], "completed");
+    let from_step = v["resumed_from"][1].as_u64().unwrap();
+    assert!(from_step >= 2, "{v}");
+    assert_same_losses(&want, &step_losses(&killed));
+    let st = status(&killed);
+    assert_eq!((st["status"].as_str(), st["step"].as_u64()), (Some("completed"), Some(6)));
+    assert!(killed.join("adapter/adapter_model.safetensors").is_file() && killed.join("loss.svg").is_file());
+
+    let shown = ok(h, &["runs", "show", "killed"]);
+    assert!(shown.contains("completed") && shown.contains("step 6/6"), "{shown}");
+    let shown: Value = serde_json::from_str(ok(h, &["--json", "runs", "show", "killed"]).trim()).unwrap();
+    assert_eq!(shown["metrics"].as_array().unwrap().iter().filter(|m| m.get("train_loss").is_some()).count(), 6);
+    assert!(shown["events"].as_array().unwrap().iter().any(|e| e["kind"] == "resumed_from_checkpoint"));
+    // A completed run cannot be stopped or resumed again.
+    assert!(!sam(h, &["runs", "stop", "killed"]).status.success());
+    assert!(!sam(h, &["runs", "resume", "killed"]).status.success());
+}
+
+#[test]
+fn sam_runs_stop_ends_a_live_run_with_a_checkpoint_and_sft_dpo_trains_both_phases() {
+    let model = sam_models::require_test_model().unwrap_or_else(|e| panic!("{e}"));
+    let model = model.to_str().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let data = prepared(h, model);
+    let data = data.to_str().unwrap();
+    let run = h.join("runs/both");
+    let mut args = train_args(data, model, run.to_str().unwrap());
+    // Long enough that the stop surely lands in the SFT phase.
+    let iters = args.iter().position(|a| *a == "--iters").unwrap() + 1;
+    args[iters] = "12";
+    let save = args.iter().position(|a| *a == "--save-every").unwrap() + 1;
+    args[save] = "100";
+    args.extend(["--mode", "sft+dpo", "--dpo-iters", "3", "--dpo-lr", "5e-4"]);
+    let mut child = cmd(h, &args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for("the first step", &mut child, Duration::from_secs(300), || {
+        run.join("metrics.jsonl").is_file() && !step_losses(&run).is_empty()
+    });
+    let out = ok(h, &["runs", "stop", "both", "--wait"]);
+    assert!(out.contains("stopped"), "{out}");
+    let st = child.wait().unwrap();
+    assert!(st.success(), "a stopped run exits cleanly");
+    assert_eq!(status(&run)["status"], "stopped");
+    let ckpts: Vec<String> = std::fs::read_dir(run.join("sft/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(ckpts.len(), 1, "one checkpoint, written at the stop: {ckpts:?}");
+
+    let out = ok(h, &["--json", "train", "--resume", run.to_str().unwrap()]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["status"], "completed");
+    assert_eq!((v["sft"]["steps"].as_u64(), v["dpo"]["steps"].as_u64()), (Some(12), Some(3)));
+    let losses = step_losses(&run);
+    let phases: Vec<&str> = losses.iter().map(|(p, _, _)| p.as_str()).collect();
+    assert_eq!(phases, [vec!["sft"; 12], vec!["dpo"; 3]].concat());
+    let dpo_line = metrics(&run).into_iter().find(|m| m["phase"] == "dpo" && m.get("train_loss").is_some()).unwrap();
+    for k in ["reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy"] {
+        assert!(dpo_line.get(k).is_some(), "{k} missing in {dpo_line}");
+    }
+    assert!(run.join("sft/adapter").is_dir() && run.join("adapter").is_dir() && run.join("eval.json").is_file());
+}
