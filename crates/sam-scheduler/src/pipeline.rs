@@ -17,19 +17,19 @@ use sam_models::BaseModel;
 use sam_prep::cache::{PreparedData, Split};
 use sam_prep::prepare::{PrepConfig, Preparer, read_inputs};
 use sam_prep::split::SplitRatios;
-use sam_runs::{EventKind, MetricRecord, RunDir, RunStatus};
+use sam_runs::RunDir;
 use sam_schema::Tier;
 use sam_store::near_dup::NearDupConfig;
 use sam_store::{Filter, SqliteStore, Store, TrainingRun, ValidateOptions};
 use sam_trainer::{
-    Decoder, Duration, EvalMetrics, EvalReport, Layers, LoadOptions, LoraConfig, Observer, StepMetrics, Target,
-    TrainConfig,
+    Decoder, DpoConfig, Duration, EvalMetrics, EvalReport, Job, JobControl, JobMode, JobSpec, Layers, LoadOptions,
+    LoraConfig, Observer, PreferenceMetrics, PreferenceStats, StepMetrics, Target, TrainConfig,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::state::{
-    CleanReport, ExportInfo, MineReport, Outcome, PipelineState, PrepInfo, SourceReport, Stage, TrainInfo,
+    CleanReport, DpoInfo, ExportInfo, MineReport, Outcome, PipelineState, PrepInfo, SourceReport, Stage, TrainInfo,
 };
 
 /// Everything the pipeline needs. [`PipelineConfig::new`] gives the embedded
@@ -61,6 +61,9 @@ pub struct PipelineConfig {
     pub prep: PrepConfig,
     /// Training. `pad_id`, `out_dir` and `base_model` are filled in by the pipeline.
     pub train: TrainConfig,
+    /// DPO on the dataset's preference pairs after SFT, starting from (and
+    /// measured against) the SFT adapter, in the same run (`None`: SFT only).
+    pub dpo: Option<DpoSettings>,
     /// Score at most this many test examples, the first ones in split order.
     pub max_eval_examples: Option<usize>,
     /// Validate on at most this many validation examples during training.
@@ -69,13 +72,33 @@ pub struct PipelineConfig {
     pub force: bool,
 }
 
+/// The DPO phase's settings in the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpoSettings {
+    /// β, loss variant, label smoothing (the reference is always the SFT adapter).
+    pub config: DpoConfig,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Optimiser steps.
+    pub steps: usize,
+}
+
+impl Default for DpoSettings {
+    /// β 0.1, sigmoid loss, learning rate 5e-4, 8 steps.
+    fn default() -> Self {
+        Self { config: DpoConfig::default(), lr: 5e-4, steps: 8 }
+    }
+}
+
 impl PipelineConfig {
     /// The embedded default for `home` and `model` (no repositories yet).
     ///
     /// Training: LoRA rank 8 (alpha 16) on q, k, v and o of every layer,
     /// learning rate 1e-3 with 3 warmup steps, batch 1 with 2 accumulation
     /// steps, 32 steps, sequences cut to 256 tokens, validation (16
-    /// examples) before and after training. Prep: 256 tokens, 90/5/5 split.
+    /// examples) before and after training, a checkpoint every 8 steps;
+    /// then, when the dataset has preference pairs, 8 DPO steps
+    /// ([`DpoSettings::default`]). Prep: 256 tokens, 90/5/5 split.
     /// Evaluation: at most 32 test examples.
     pub fn new(home: impl Into<PathBuf>, model: impl Into<PathBuf>) -> Self {
         let train = TrainConfig {
@@ -94,7 +117,7 @@ impl PipelineConfig {
             max_seq_len: 256,
             duration: Duration::Iters(32),
             eval_every: 32,
-            save_every: 16,
+            save_every: 8,
             checkpoint_every: 0,
             ..TrainConfig::default()
         };
@@ -111,6 +134,7 @@ impl PipelineConfig {
             export_tiers: vec![Tier::Gold, Tier::Silver, Tier::Bronze],
             prep: PrepConfig { max_seq_len: 256, split: SplitRatios::default(), ..PrepConfig::default() },
             train,
+            dpo: Some(DpoSettings::default()),
             max_eval_examples: Some(32),
             max_valid_examples: Some(16),
             force: false,
@@ -135,6 +159,8 @@ pub trait Progress {
     fn stage_skipped(&mut self, _stage: Stage, _why: &str) {}
     /// Something worth telling the user.
     fn note(&mut self, _msg: &str) {}
+    /// A training phase (`sft`, `dpo`) starts, or continues from a checkpoint.
+    fn train_phase(&mut self, _phase: &str, _total_steps: usize) {}
     /// A training step finished.
     fn train_step(&mut self, _m: &StepMetrics) {}
     /// A validation pass during training finished.
@@ -282,34 +308,22 @@ pub fn run(cfg: &PipelineConfig, progress: &mut dyn Progress) -> Result<Summary>
     train_cfg.base_model = Some(base.name());
     let mut model: Option<Decoder> = None;
     if !st.finished(Stage::Train) {
-        let restarted = st.run_started.clone();
-        if let Some(old) = &restarted {
-            let old_dir = cfg.home.join("runs").join(old);
-            progress.note(&format!(
-                "training run {old} was interrupted: starting the train stage over in a new run (exact resume from checkpoints is not available yet)"
-            ));
-            if let Ok(run) = RunDir::open(&old_dir) {
-                let step = run.status().map(|s| s.step).unwrap_or(0);
-                let _ = run.append_event(EventKind::Stopped, step, "interrupted; the pipeline started training over");
-                let _ = run.set_status(RunStatus::Failed, Some("interrupted; training started over".into()), step, 0);
+        // An interrupted training continues in its own run folder, from its
+        // last checkpoint.
+        let run_id = match &st.run_started {
+            Some(old) if cfg.home.join("runs").join(old).join("status.json").is_file() => {
+                progress.note(&format!("training run {old} was interrupted: continuing it from its last checkpoint"));
+                old.clone()
             }
-            let _ = store.record_training_run(&TrainingRun {
-                id: old.clone(),
-                started: st.started_at as i64,
-                finished: Some(sam_runs::unix_now() as i64),
-                status: "interrupted".into(),
-                dataset_path: Some(prep_info.dir.clone()),
-                manifest_hash: Some(prep_info.manifest_hash.clone()),
-                adapter_path: None,
-                metrics: serde_json::json!({}),
-            });
-        }
-        let run_id = sam_runs::new_run_id();
-        st.run_started = Some(run_id.clone());
-        st.save(&cfg.home)?;
-        let (m, info) =
-            train(cfg, &mut store, &mut train_cfg, &data, &prep_info, &run_id, restarted.is_some(), progress)?;
-        model = Some(m);
+            _ => {
+                let id = sam_runs::new_run_id();
+                st.run_started = Some(id.clone());
+                st.save(&cfg.home)?;
+                id
+            }
+        };
+        let (m, info) = train(cfg, &mut store, &train_cfg, &prep_info, &run_id, progress)?;
+        model = m;
         st.train = Some(info);
         st.reached = Some(Stage::Train);
         st.save(&cfg.home)?;
@@ -540,68 +554,86 @@ fn prep(
     Ok(info)
 }
 
-/// Forwards the trainer's progress to the pipeline's and into the run folder.
-struct RunObserver<'a> {
-    run: &'a RunDir,
+/// Passes the trainer's progress on to the pipeline's, and keeps the DPO
+/// phase's last validation statistics.
+struct Fwd<'a> {
     progress: &'a mut dyn Progress,
-    tokens: u64,
-    total: u64,
+    phase: &'static str,
+    last_valid: Option<PreferenceStats>,
 }
 
-impl Observer for RunObserver<'_> {
+impl Observer for Fwd<'_> {
+    fn on_phase(&mut self, phase: &'static str) {
+        self.phase = phase;
+    }
     fn on_start(&mut self, total_steps: usize, _train_examples: usize) {
-        self.total = total_steps as u64;
-        let _ = self.run.set_status(RunStatus::Running, None, 0, self.total);
-        let _ = self.run.append_event(EventKind::Started, 0, "");
+        self.progress.train_phase(self.phase, total_steps);
     }
     fn on_step(&mut self, m: &StepMetrics) {
-        self.tokens += m.tokens as u64;
-        let _ = self.run.append_metric(&MetricRecord {
-            step: m.step as u64,
-            phase: Some("sft".into()),
-            train_loss: Some(m.loss),
-            lr: Some(m.lr),
-            tokens_per_sec: Some(m.tokens_per_s),
-            tokens_seen: Some(self.tokens),
-            rss_bytes: Some(sam_runs::current_rss()),
-            elapsed_s: Some(m.elapsed_s),
-            ..Default::default()
-        });
-        let _ = self.run.set_status(RunStatus::Running, None, m.step as u64, self.total);
         self.progress.train_step(m);
     }
     fn on_eval(&mut self, m: &EvalMetrics) {
-        let _ = self.run.append_metric(&MetricRecord {
-            step: m.step as u64,
-            phase: Some("sft".into()),
-            val_loss: Some(m.loss),
-            ..Default::default()
-        });
-        let _ = self.run.append_event(EventKind::Evaluated, m.step as u64, format!("validation loss {:.4}", m.loss));
         self.progress.train_eval(m);
     }
-    fn on_checkpoint(&mut self, step: usize, dir: &Path) {
-        let _ = self.run.append_event(EventKind::Checkpoint, step as u64, dir.display().to_string());
+    fn on_preference(&mut self, m: &PreferenceMetrics) {
+        if m.split == "valid" {
+            self.last_valid = Some(m.stats);
+        }
+    }
+    fn on_memory(&mut self, e: &sam_runs::GuardEvent) {
+        let msg = match e {
+            sam_runs::GuardEvent::Paused(b) => {
+                format!("training paused: {:.2} GB of memory available", *b as f64 / 1e9)
+            }
+            sam_runs::GuardEvent::Resumed(b) => format!("training resumed: {:.2} GB available", *b as f64 / 1e9),
+        };
+        self.progress.note(&msg);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The train stage: a [`Job`] in `runs/<run_id>/` (created, or continued
+/// when it exists), SFT then DPO when the dataset has preference pairs.
 fn train(
     cfg: &PipelineConfig,
     store: &mut SqliteStore,
-    train_cfg: &mut TrainConfig,
-    data: &PreparedData,
+    train_cfg: &TrainConfig,
     prep: &PrepInfo,
     run_id: &str,
-    restarted: bool,
     progress: &mut dyn Progress,
-) -> Result<(Decoder, TrainInfo)> {
-    progress.stage_started(Stage::Train, "training the LoRA adapter (SFT)");
+) -> Result<(Option<Decoder>, TrainInfo)> {
     let runs = cfg.home.join("runs");
     let run_dir = runs.join(run_id);
-    train_cfg.out_dir = Some(run_dir.clone());
-    let run = RunDir::create(&runs, run_id, &*train_cfg)?;
-    let started = sam_runs::unix_now() as i64;
+    let pairs = prep.preference[0];
+    let job = if run_dir.join("status.json").is_file() {
+        Job::open(&run_dir)?
+    } else {
+        let mode = match cfg.dpo {
+            Some(_) if pairs > 0 => JobMode::SftDpo,
+            _ => JobMode::Sft,
+        };
+        let mut spec = JobSpec::new(&cfg.model, &prep.dir, mode);
+        spec.train = train_cfg.clone();
+        spec.max_valid_examples = cfg.max_valid_examples;
+        // The pipeline's evaluate stage scores the adapter.
+        spec.eval_examples = None;
+        if let Some(d) = &cfg.dpo {
+            spec.dpo = d.config;
+            spec.dpo_lr = Some(d.lr);
+            spec.dpo_duration = Some(Duration::Iters(d.steps));
+        }
+        Job::create(&runs, run_id, spec)?
+    };
+    let with_dpo = job.spec().mode == JobMode::SftDpo;
+    progress.stage_started(
+        Stage::Train,
+        if with_dpo {
+            "training the LoRA adapter (SFT, then DPO on the preference pairs)"
+        } else {
+            "training the LoRA adapter (SFT)"
+        },
+    );
+    let started =
+        store.training_runs()?.into_iter().find(|r| r.id == run_id).map_or(sam_runs::unix_now() as i64, |r| r.started);
     let mut record = TrainingRun {
         id: run_id.to_string(),
         started,
@@ -613,58 +645,56 @@ fn train(
         metrics: serde_json::json!({}),
     };
     store.record_training_run(&record)?;
-    let train = data.sft(Split::Train)?;
-    let mut valid = data.sft(Split::Valid)?;
-    if let Some(n) = cfg.max_valid_examples {
-        valid.truncate(n);
-    }
     let t0 = Instant::now();
-    let res = (|| -> Result<(Decoder, sam_trainer::TrainOutcome, u64)> {
-        let mut model = sam_trainer::load_model(&cfg.model, &LoadOptions::default())?;
-        model.attach_lora(&train_cfg.lora, train_cfg.seed)?;
-        let mut obs = RunObserver { run: &run, progress: &mut *progress, tokens: 0, total: 0 };
-        let outcome = sam_trainer::train_sft(&mut model, train_cfg, &train, &valid, &mut obs)?;
-        Ok((model, outcome, obs.tokens))
-    })();
-    let (model, outcome, tokens) = match res {
-        Ok(v) => v,
+    let mut fwd = Fwd { progress: &mut *progress, phase: "sft", last_valid: None };
+    let outcome = match job.run(&mut fwd, JobControl::default()) {
+        Ok(o) => o,
         Err(e) => {
-            let _ = run.append_event(EventKind::Error, 0, e.to_string());
-            let _ = run.set_status(RunStatus::Failed, Some(e.to_string()), 0, 0);
             record.status = "failed".into();
             record.finished = Some(sam_runs::unix_now() as i64);
             let _ = store.record_training_run(&record);
-            return Err(e);
+            return Err(e.into());
         }
     };
+    let last_valid = fwd.last_valid;
     let seconds = t0.elapsed().as_secs_f64();
-    run.append_event(EventKind::Completed, outcome.steps as u64, "")?;
-    run.set_status(RunStatus::Completed, None, outcome.steps as u64, outcome.steps as u64)?;
-    run.write_loss_svg()?;
-    let pairs: u64 = prep.preference.iter().sum();
-    let dpo = if pairs == 0 {
-        "no preference pairs".to_string()
-    } else {
-        format!(
-            "{pairs} preference pairs kept in {} for DPO, which sam-trainer does not offer yet",
-            prep.dir.join("preference").display()
-        )
+    let sft = outcome.sft.clone().ok_or_else(|| Error::NoData("the SFT phase did not run".into()))?;
+    let examples = sam_prep::cache::PreparedData::open(&prep.dir)?.sft(Split::Train)?.len() as u64;
+    let metrics = RunDir::open(&run_dir)?.metrics()?;
+    let tokens = metrics.iter().filter_map(|m| m.tokens_seen).max().unwrap_or(0);
+    let dpo_phase = outcome.dpo.as_ref().map(|d| DpoInfo {
+        steps: d.steps as u64,
+        pairs,
+        initial_val_loss: d.initial_val_loss,
+        best_val_loss: d.best_val_loss,
+        val_reward_accuracy: last_valid.map(|s| s.accuracy),
+        val_reward_margin: last_valid.map(|s| s.margin),
+    });
+    let dpo = match (&dpo_phase, pairs) {
+        (_, 0) => "no preference pairs".to_string(),
+        (Some(d), _) => {
+            let acc = d.val_reward_accuracy.map(|a| format!(", validation reward accuracy {a:.2}")).unwrap_or_default();
+            let margin = d.val_reward_margin.map(|m| format!(", margin {m:+.3}")).unwrap_or_default();
+            format!("{} steps on {pairs} preference pairs from the SFT adapter{acc}{margin}", d.steps)
+        }
+        (None, _) => format!("{pairs} preference pairs left for DPO (turned off in this configuration)"),
     };
     let info = TrainInfo {
         run_id: run_id.to_string(),
         run_dir: run_dir.clone(),
-        adapter_dir: outcome.adapter_dir.clone().unwrap_or_else(|| run.adapter_dir()),
-        steps: outcome.steps as u64,
-        examples: train.len() as u64,
+        adapter_dir: outcome.adapter_dir.clone(),
+        steps: sft.steps as u64,
+        examples,
         tokens,
         seconds,
-        tokens_per_s: outcome.tokens_per_s,
-        final_train_loss: outcome.final_train_loss,
-        initial_val_loss: outcome.initial_val_loss,
-        best_val_loss: outcome.best_val_loss,
-        restarted,
+        tokens_per_s: sft.tokens_per_s,
+        final_train_loss: sft.final_train_loss,
+        initial_val_loss: sft.initial_val_loss,
+        best_val_loss: sft.best_val_loss,
+        resumed_from: outcome.resumed_from.clone().map(|(p, s)| (p, s as u64)),
         preference_pairs: pairs,
         dpo,
+        dpo_phase,
     };
     record.status = "trained".into();
     record.adapter_path = Some(info.adapter_dir.clone());
@@ -674,11 +704,12 @@ fn train(
         (Some(a), Some(b)) => format!(", validation loss {a:.3} → {b:.3}"),
         _ => String::new(),
     };
+    let dpo_line = info.dpo_phase.as_ref().map(|d| format!("; DPO {} steps", d.steps)).unwrap_or_default();
     progress.stage_finished(
         Stage::Train,
-        &format!("{} steps in {:.0}s, {:.0} tokens/s{val}", info.steps, info.seconds, info.tokens_per_s),
+        &format!("{} SFT steps in {:.0}s, {:.0} tokens/s{val}{dpo_line}", info.steps, info.seconds, info.tokens_per_s),
     );
-    Ok((model, info))
+    Ok((outcome.model, info))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -182,12 +182,34 @@ pub struct TrainInfo {
     pub initial_val_loss: Option<f64>,
     /// Best validation loss (its adapter was kept).
     pub best_val_loss: Option<f64>,
-    /// Whether an interrupted training was started over.
-    pub restarted: bool,
+    /// The checkpoint (phase and step) an interrupted training continued
+    /// from, when it did.
+    #[serde(default)]
+    pub resumed_from: Option<(String, u64)>,
     /// Preference pairs in the dataset.
     pub preference_pairs: u64,
     /// What became of them: DPO, or why not.
     pub dpo: String,
+    /// The DPO phase, when preference pairs were trained on.
+    #[serde(default)]
+    pub dpo_phase: Option<DpoInfo>,
+}
+
+/// The DPO phase of the train stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DpoInfo {
+    /// Optimiser steps.
+    pub steps: u64,
+    /// Training pairs.
+    pub pairs: u64,
+    /// Validation DPO loss before the phase (the SFT adapter against itself: ln 2).
+    pub initial_val_loss: Option<f64>,
+    /// Best validation DPO loss.
+    pub best_val_loss: Option<f64>,
+    /// Validation reward accuracy at the last validation.
+    pub val_reward_accuracy: Option<f64>,
+    /// Validation reward margin at the last validation.
+    pub val_reward_margin: Option<f64>,
 }
 
 /// The state file: one pipeline run.

@@ -46,7 +46,8 @@ fn config(home: &Path, repo: &Path) -> PipelineConfig {
     cfg.repos = vec![repo.to_path_buf()];
     cfg.train.duration = sam_trainer::Duration::Iters(2);
     cfg.train.eval_every = 2;
-    cfg.train.save_every = 0;
+    cfg.train.save_every = 1;
+    cfg.dpo = Some(sam_scheduler::pipeline::DpoSettings { steps: 2, ..Default::default() });
     cfg.train.max_seq_len = 128;
     cfg.prep.max_seq_len = 128;
     cfg.prep.split = "60,20,20".parse().unwrap();
@@ -55,12 +56,13 @@ fn config(home: &Path, repo: &Path) -> PipelineConfig {
     cfg
 }
 
-/// Dies after the first training step, as a killed process would.
+/// Dies in the second SFT step, after the first step's checkpoint, as a
+/// killed process would.
 struct CrashInTraining;
 
 impl Progress for CrashInTraining {
     fn train_step(&mut self, m: &sam_trainer::StepMetrics) {
-        if m.step == 1 {
+        if m.step == 2 {
             panic!("simulated crash during training");
         }
     }
@@ -98,7 +100,11 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
     assert!(prep.dir.join("manifest.json").exists());
     let train = s.train.as_ref().unwrap();
     assert_eq!(train.steps, 2);
-    assert!(!train.restarted);
+    assert_eq!(train.resumed_from, None);
+    let dpo = train.dpo_phase.as_ref().expect("the preference pairs were trained with DPO");
+    assert_eq!(dpo.steps, 2);
+    assert!(dpo.pairs > 0 && dpo.val_reward_accuracy.is_some(), "{dpo:?}");
+    assert!(train.run_dir.join("sft/adapter/adapter_model.safetensors").exists());
     assert!(train.tokens > 0 && train.tokens_per_s > 0.0 && train.seconds > 0.0, "{train:?}");
     assert!(train.adapter_dir.join("adapter_model.safetensors").exists());
     assert!(train.run_dir.join("loss.svg").exists() && train.run_dir.join("eval.json").exists());
@@ -139,18 +145,30 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
     assert!(st.run_started.is_some() && st.outcome.is_none());
     let interrupted = st.run_started.clone().unwrap();
 
-    // The next run continues at the train stage instead of starting over.
+    // The next run continues at the train stage, in the same training run,
+    // from its step-1 checkpoint.
     let s3 = sam_scheduler::run(&cfg, &mut NoProgress).unwrap();
     assert_eq!(s3.outcome, Outcome::Trained);
     assert_eq!(s3.resumed_at, Some(Stage::Train));
     assert_eq!(s3.skipped_stages, vec![Stage::Mine, Stage::Clean, Stage::Export, Stage::Prep]);
     assert_eq!(s3.id, st.id);
     let t3 = s3.train.as_ref().unwrap();
-    assert!(t3.restarted && t3.run_id != interrupted);
+    assert_eq!(t3.run_id, interrupted);
+    assert_eq!(t3.resumed_from, Some(("sft".to_string(), 1)));
+    assert_eq!(t3.steps, 2);
     assert!(s3.eval.is_some());
+    let run = sam_runs::RunDir::open(&t3.run_dir).unwrap();
+    let sft_steps: Vec<u64> = run
+        .metrics()
+        .unwrap()
+        .iter()
+        .filter(|m| m.phase.as_deref() == Some("sft") && m.train_loss.is_some())
+        .map(|m| m.step)
+        .collect();
+    assert_eq!(sft_steps, [1, 2], "each step logged once");
     let store = SqliteStore::open(home.join("store.db")).unwrap();
     let runs = store.training_runs().unwrap();
+    assert_eq!(runs.len(), 2);
     let status = |id: &str| runs.iter().find(|r| r.id == id).map(|r| r.status.clone());
-    assert_eq!(status(&interrupted).as_deref(), Some("interrupted"));
-    assert_eq!(status(&t3.run_id).as_deref(), Some("succeeded"));
+    assert_eq!(status(&interrupted).as_deref(), Some("succeeded"));
 }

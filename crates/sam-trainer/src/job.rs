@@ -391,6 +391,7 @@ impl Job {
             let keep_upto = ckpt.as_ref().map_or(0, |c| c.state.step as u64);
             self.run.retain_metrics(|m| m.phase.as_deref() != Some(phase.name()) || m.step <= keep_upto)?;
             let mut cfg = TrainConfig { out_dir: Some(out_dir.clone()), ..spec.train.clone() };
+            observer.on_phase(phase.name());
             let mut obs = JobObserver::new(&self.run, phase.name(), &mut *observer);
             let mut control = Control {
                 stop: Some(&stop),

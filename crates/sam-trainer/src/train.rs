@@ -153,6 +153,9 @@ pub struct EvalMetrics {
 
 /// Receives progress from a [`Trainer`]. Every method has an empty default.
 pub trait Observer {
+    /// A job's phase (`sft` or `dpo`) is about to start or continue (called
+    /// by [`crate::Job`] before the phase's [`Self::on_start`]).
+    fn on_phase(&mut self, _phase: &'static str) {}
     /// Training is about to start.
     fn on_start(&mut self, _total_steps: usize, _train_examples: usize) {}
     /// An optimiser step finished.

@@ -42,6 +42,12 @@ pub struct RunArgs {
     /// Peak learning rate
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    /// DPO steps on the preference pairs after SFT (0: no DPO)
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    dpo_steps: usize,
+    /// DPO peak learning rate
+    #[arg(long, default_value_t = 5e-4)]
+    dpo_lr: f64,
     /// LoRA rank
     #[arg(long, default_value_t = 8)]
     rank: usize,
@@ -87,7 +93,12 @@ pub fn run(cmd: RunCommand, ctx: &Ctx) -> anyhow::Result<()> {
     cfg.near_dup = Some(file.dedup.near.clone());
     cfg.train.duration = sam_trainer::Duration::Iters(a.iters);
     cfg.train.eval_every = a.iters.max(1);
-    cfg.train.save_every = (a.iters / 2).max(1);
+    cfg.train.save_every = (a.iters / 4).max(1);
+    cfg.dpo = (a.dpo_steps > 0).then(|| sam_scheduler::pipeline::DpoSettings {
+        lr: a.dpo_lr,
+        steps: a.dpo_steps,
+        ..Default::default()
+    });
     cfg.train.lr = a.lr;
     cfg.train.lora.rank = a.rank;
     cfg.train.lora.alpha = 2.0 * a.rank as f64;
@@ -213,6 +224,16 @@ impl Progress for CliProgress {
             None => eprintln!("note: {msg}"),
         }
     }
+    fn train_phase(&mut self, phase: &str, total_steps: usize) {
+        self.last_val = None;
+        if let Some(b) = &self.bar {
+            b.set_prefix(format!("{}/{} train: {phase}", number(Stage::Train), Stage::ALL.len()));
+            b.set_length(total_steps as u64);
+            b.set_position(0);
+        } else if !self.quiet {
+            eprintln!("         {phase}: {total_steps} steps");
+        }
+    }
     fn train_step(&mut self, m: &StepMetrics) {
         if let Some(b) = &self.bar {
             if b.length().is_none() {
@@ -324,9 +345,17 @@ fn print_summary(s: &Summary) {
             t.seconds,
             t.tokens,
             t.tokens_per_s,
-            if t.restarted { " (interrupted training started over)" } else { "" }
+            t.resumed_from
+                .as_ref()
+                .map(|(p, s)| format!(" (continued from the {p} checkpoint at step {s})"))
+                .unwrap_or_default()
         );
         println!("  dpo         {}", t.dpo);
+        if let Some(d) = &t.dpo_phase
+            && let (Some(a), Some(b)) = (d.initial_val_loss, d.best_val_loss)
+        {
+            println!("  dpo loss    validation {a:.4} → {b:.4}");
+        }
     }
     if let Some(e) = &s.eval {
         print!(

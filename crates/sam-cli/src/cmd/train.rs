@@ -315,9 +315,10 @@ impl Progress {
 }
 
 impl Observer for Progress {
+    fn on_phase(&mut self, phase: &'static str) {
+        self.phase = phase;
+    }
     fn on_start(&mut self, total: usize, examples: usize) {
-        // A job's phases each start afresh: SFT, then DPO.
-        self.phase = if self.bar.length().is_some_and(|l| l > 0) && self.phase == "sft" { "dpo" } else { self.phase };
         self.bar.set_prefix(self.phase);
         self.bar.set_length(total as u64);
         self.bar.set_position(0);
@@ -353,7 +354,6 @@ impl Observer for Progress {
         ));
     }
     fn on_preference(&mut self, m: &PreferenceMetrics) {
-        self.phase = "dpo";
         if m.split == "valid" {
             let s = &m.stats;
             self.println(format!(
