@@ -3,19 +3,28 @@
 //! batch 1, f32, loss on every position, AdamW.
 //!
 //! ```text
-//! cargo run --release -p sam-trainer --example step_bench -- MODEL [seq] [steps] [rank] [dtype] [CKPT_EVERY|nockpt]
+//! cargo run --release -p sam-trainer --example step_bench -- MODEL [seq] [steps] [rank] [dtype] [CKPT_EVERY|nockpt] [sft|sft2|dpo]
 //! ```
 //! MODEL is a GGUF file, a Hugging Face folder, or `qwen2.5-coder-1.5b-random`
 //! (that shape, random weights); dtype is f32 (default) or
 //! bf16 for the frozen weights; CKPT_EVERY (default 1) recomputes every
-//! N-th layer in the backward pass, `nockpt` keeps all activations. Prints one JSON line.
+//! N-th layer in the backward pass, `nockpt` keeps all activations.
+//! The last argument picks the step, each on `seq` tokens in all:
+//! - `sft` (default): one sequence of `seq` tokens, loss on every position;
+//! - `dpo`: one preference pair, prompt `seq/4` tokens, chosen and rejected
+//!   `seq/4` each (two sequences of `seq/2` in one batch, loss on the
+//!   responses), reference log-probs computed first with the adapter off;
+//! - `sft2`: the DPO step's shape trained as SFT — two sequences of `seq/2`,
+//!   loss on their last `seq/4` tokens — the like-for-like memory baseline.
+//!
+//! Prints one JSON line.
 
 use candle_core::DType;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use sam_prep::cache::TokenizedExample;
+use sam_prep::cache::{TokenizedExample, TokenizedPair};
 use sam_trainer::{
-    Duration, LoadOptions, LoraConfig, ModelConfig, Observer, StepMetrics, Target, TrainConfig, load_model,
-    random_model, train_sft,
+    DpoConfig, Duration, LoadOptions, LoraConfig, ModelConfig, Observer, StepMetrics, Target, TrainConfig, load_model,
+    random_model, train_dpo, train_sft,
 };
 use std::time::Instant;
 
@@ -84,7 +93,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     model.attach_lora(&cfg.lora, 0)?;
     let mut times = Times(Vec::new(), Vec::new());
-    train_sft(&mut model, &cfg, std::slice::from_ref(&ex), &[], &mut times)?;
+    let kind = args.get(7).map(String::as_str).unwrap_or("sft");
+    let mut random_ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab)).collect() };
+    match kind {
+        "sft" => {
+            train_sft(&mut model, &cfg, std::slice::from_ref(&ex), &[], &mut times)?;
+        }
+        "sft2" => {
+            let half: Vec<TokenizedExample> = (0..2)
+                .map(|i| TokenizedExample {
+                    id: format!("half{i}"),
+                    domain: "bench".into(),
+                    input_ids: random_ids(seq / 2),
+                    loss_mask: (0..seq / 2).map(|p| p >= seq / 4).collect(),
+                })
+                .collect();
+            let cfg = TrainConfig { batch_size: 2, ..cfg.clone() };
+            train_sft(&mut model, &cfg, &half, &[], &mut times)?;
+        }
+        "dpo" => {
+            let pair = TokenizedPair {
+                id: "pair".into(),
+                domain: "bench".into(),
+                prompt_ids: random_ids(seq / 4),
+                chosen_ids: random_ids(seq / 4),
+                rejected_ids: random_ids(seq / 4),
+            };
+            train_dpo(&mut model, &cfg, &DpoConfig::default(), std::slice::from_ref(&pair), &[], &mut times)?;
+        }
+        other => return Err(format!("unknown step kind `{other}` (sft, sft2 or dpo)").into()),
+    }
     let warm: Vec<f64> = if times.0.len() > 3 { times.0[2..].to_vec() } else { times.0.clone() };
     let mut sorted = warm.clone();
     sorted.sort_by(f64::total_cmp);
@@ -94,7 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         serde_json::json!({
             "peer": "sam",
             "threads": candle_core::utils::get_num_threads(),
-            "seq": seq, "rank": rank, "dtype": format!("{dtype:?}"),
+            "kind": kind, "seq": seq, "rank": rank, "dtype": format!("{dtype:?}"),
             "checkpoint_every": cfg.checkpoint_every,
             "load_s": (load_s * 100.0).round() / 100.0,
             "median_step_s": (step_s * 1000.0).round() / 1000.0,
