@@ -135,3 +135,51 @@ fn evaluation_reports_base_and_adapter() {
     assert!((r.base.perplexity - r.base.loss.exp()).abs() < 1e-9);
     assert!((a.loss - r.base.loss).abs() > 1e-4);
 }
+
+/// A Hugging Face folder whose weights are split over several
+/// `model-0000k-of-0000n.safetensors` shards (with the index file
+/// transformers writes), or stored in bf16/f16, loads to the same model.
+#[test]
+fn sharded_and_half_precision_folders_load_the_same_model() {
+    use candle_core::DType;
+    use std::collections::HashMap;
+    let m = tiny();
+    let want = logits(&m, Mode::BASE);
+    let src = tempfile::tempdir().unwrap();
+    save_hf_model(&m, src.path()).unwrap();
+    let all = candle_core::safetensors::load(src.path().join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let config = std::fs::read(src.path().join("config.json")).unwrap();
+
+    let sharded = tempfile::tempdir().unwrap();
+    std::fs::write(sharded.path().join("config.json"), &config).unwrap();
+    let mut index = serde_json::Map::new();
+    let shards = 3;
+    for k in 0..shards {
+        let file = format!("model-{:05}-of-{shards:05}.safetensors", k + 1);
+        let part: HashMap<String, Tensor> =
+            names.iter().skip(k).step_by(shards).map(|n| ((*n).clone(), all[*n].clone())).collect();
+        for n in part.keys() {
+            index.insert(n.clone(), file.clone().into());
+        }
+        candle_core::safetensors::save(&part, sharded.path().join(&file)).unwrap();
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": index});
+    std::fs::write(sharded.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let got = load_model(sharded.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(max_diff(&want, &logits(&got, Mode::BASE)), 0.0, "sharded folder");
+
+    for (dt, tol) in [(DType::BF16, 0.1), (DType::F16, 0.02)] {
+        let half = tempfile::tempdir().unwrap();
+        std::fs::write(half.path().join("config.json"), &config).unwrap();
+        let conv: HashMap<String, Tensor> = all.iter().map(|(k, t)| (k.clone(), t.to_dtype(dt).unwrap())).collect();
+        candle_core::safetensors::save(&conv, half.path().join("model.safetensors")).unwrap();
+        // Stored in half precision, widened to f32 on load (or kept in bf16 on request).
+        for opts in [LoadOptions::default(), LoadOptions { dtype: DType::BF16, ..Default::default() }] {
+            let got = load_model(half.path(), &opts).unwrap();
+            let d = max_diff(&want, &logits(&got, Mode::BASE));
+            assert!(d < tol, "{dt:?} file, {:?} weights: max |Δ| {d}", opts.dtype);
+        }
+    }
+}

@@ -400,12 +400,55 @@ pub(crate) fn run_job(job: &Job, ctx: &Ctx) -> anyhow::Result<()> {
             job.run_dir().path().display()
         );
     }
+    record_in_store(job, ctx, "running", None);
     let res = job.run(&mut progress, JobControl { stop: Some(&flag), probe: None });
     progress.finish();
+    match &res {
+        Ok(o) if o.status == sam_runs::RunStatus::Stopped => record_in_store(job, ctx, "stopped", Some(o)),
+        Ok(o) => record_in_store(job, ctx, "succeeded", Some(o)),
+        Err(_) => record_in_store(job, ctx, "failed", None),
+    }
     let outcome = res.with_context(|| {
         format!("run {} failed (see {})", job.run_dir().id(), job.run_dir().events_path().display())
     })?;
     print_outcome(&outcome, ctx)
+}
+
+/// Records the run in the store's training runs (with the hash of the
+/// dataset's manifest, so it is known what was trained on), when SAM_HOME
+/// has a store. A store that cannot be written is reported, not fatal.
+fn record_in_store(job: &Job, ctx: &Ctx, status: &str, outcome: Option<&JobOutcome>) {
+    use sam_store::Store as _;
+    let path = ctx.home.join("store.db");
+    if !path.is_file() {
+        return;
+    }
+    let spec = job.spec();
+    let manifest_hash =
+        std::fs::read(spec.data.join("manifest.json")).ok().map(|b| blake3::hash(&b).to_hex().to_string());
+    let res = (|| -> anyhow::Result<()> {
+        let mut store = sam_store::SqliteStore::open(&path)?;
+        let started = store
+            .training_runs()?
+            .into_iter()
+            .find(|r| r.id == job.run_dir().id())
+            .map_or(sam_runs::unix_now() as i64, |r| r.started);
+        let finished = (status != "running").then(|| sam_runs::unix_now() as i64);
+        store.record_training_run(&sam_store::TrainingRun {
+            id: job.run_dir().id().to_string(),
+            started,
+            finished,
+            status: status.to_string(),
+            dataset_path: Some(spec.data.clone()),
+            manifest_hash,
+            adapter_path: outcome.map(|o| o.adapter_dir.clone()),
+            metrics: outcome.map(|o| serde_json::to_value(o).unwrap_or_default()).unwrap_or_default(),
+        })?;
+        Ok(())
+    })();
+    if let Err(e) = res {
+        tracing::warn!("could not record run {} in {}: {e:#}", job.run_dir().id(), path.display());
+    }
 }
 
 fn print_outcome(o: &JobOutcome, ctx: &Ctx) -> anyhow::Result<()> {
