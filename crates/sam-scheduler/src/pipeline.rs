@@ -560,6 +560,7 @@ struct Fwd<'a> {
     progress: &'a mut dyn Progress,
     phase: &'static str,
     last_valid: Option<PreferenceStats>,
+    last_train: Option<PreferenceStats>,
 }
 
 impl Observer for Fwd<'_> {
@@ -578,6 +579,8 @@ impl Observer for Fwd<'_> {
     fn on_preference(&mut self, m: &PreferenceMetrics) {
         if m.split == "valid" {
             self.last_valid = Some(m.stats);
+        } else {
+            self.last_train = Some(m.stats);
         }
     }
     fn on_memory(&mut self, e: &sam_runs::GuardEvent) {
@@ -646,7 +649,7 @@ fn train(
     };
     store.record_training_run(&record)?;
     let t0 = Instant::now();
-    let mut fwd = Fwd { progress: &mut *progress, phase: "sft", last_valid: None };
+    let mut fwd = Fwd { progress: &mut *progress, phase: "sft", last_valid: None, last_train: None };
     let outcome = match job.run(&mut fwd, JobControl::default()) {
         Ok(o) => o,
         Err(e) => {
@@ -656,7 +659,7 @@ fn train(
             return Err(e.into());
         }
     };
-    let last_valid = fwd.last_valid;
+    let (last_valid, last_train) = (fwd.last_valid, fwd.last_train);
     let seconds = t0.elapsed().as_secs_f64();
     let sft = outcome.sft.clone().ok_or_else(|| Error::NoData("the SFT phase did not run".into()))?;
     let examples = sam_prep::cache::PreparedData::open(&prep.dir)?.sft(Split::Train)?.len() as u64;
@@ -669,13 +672,22 @@ fn train(
         best_val_loss: d.best_val_loss,
         val_reward_accuracy: last_valid.map(|s| s.accuracy),
         val_reward_margin: last_valid.map(|s| s.margin),
+        last_step_reward_accuracy: last_train.map(|s| s.accuracy),
+        last_step_reward_margin: last_train.map(|s| s.margin),
     });
     let dpo = match (&dpo_phase, pairs) {
         (_, 0) => "no preference pairs".to_string(),
         (Some(d), _) => {
-            let acc = d.val_reward_accuracy.map(|a| format!(", validation reward accuracy {a:.2}")).unwrap_or_default();
-            let margin = d.val_reward_margin.map(|m| format!(", margin {m:+.3}")).unwrap_or_default();
-            format!("{} steps on {pairs} preference pairs from the SFT adapter{acc}{margin}", d.steps)
+            let figures = match (d.val_reward_accuracy, d.val_reward_margin) {
+                (Some(a), Some(m)) => format!(", validation reward accuracy {a:.2}, margin {m:+.3}"),
+                _ => match (d.last_step_reward_accuracy, d.last_step_reward_margin) {
+                    (Some(a), Some(m)) => {
+                        format!(" (no validation pairs; last step: reward accuracy {a:.2}, margin {m:+.3})")
+                    }
+                    _ => String::new(),
+                },
+            };
+            format!("{} steps on {pairs} preference pairs from the SFT adapter{figures}", d.steps)
         }
         (None, _) => format!("{pairs} preference pairs left for DPO (turned off in this configuration)"),
     };

@@ -210,6 +210,12 @@ pub struct DpoInfo {
     pub val_reward_accuracy: Option<f64>,
     /// Validation reward margin at the last validation.
     pub val_reward_margin: Option<f64>,
+    /// Reward accuracy of the last step's training pairs.
+    #[serde(default)]
+    pub last_step_reward_accuracy: Option<f64>,
+    /// Reward margin of the last step's training pairs.
+    #[serde(default)]
+    pub last_step_reward_margin: Option<f64>,
 }
 
 /// The state file: one pipeline run.
