@@ -23,11 +23,34 @@ import sys
 
 def hf_from_gguf(gguf, out):
     import torch
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = os.path.dirname(gguf), os.path.basename(gguf)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
-    model.save_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # transformers dequantises this file into plain f32 layers but keeps its
+    # GGUF quantizer attached, and then refuses `save_pretrained`; the
+    # weights are dense, so write them and the config directly.
+    state = dict(model.state_dict())
+    assert all(t.dtype == torch.float32 for t in state.values()), "not a dense f32 model"
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    os.makedirs(out, exist_ok=True)
+    save_file({k: t.contiguous() for k, t in state.items()}, os.path.join(out, "model.safetensors"),
+              metadata={"format": "pt"})
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.save_pretrained(out)
+    # transformers 5 writes RoPE's base only as `rope_parameters.rope_theta`;
+    # mlx-lm's llama reads a top-level `rope_theta` and otherwise assumes
+    # 10000 (SmolLM2 uses 100000), so write it where mlx-lm looks too.
+    path = os.path.join(out, "config.json")
+    cfg = json.load(open(path))
+    rope = cfg.get("rope_parameters") or {}
+    if "rope_theta" not in cfg and "rope_theta" in rope:
+        assert rope.get("rope_type", "default") == "default", f"RoPE scaling {rope} not carried over"
+        cfg["rope_theta"] = rope["rope_theta"]
+        json.dump(cfg, open(path, "w"), indent=2)
     AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out)
     print("wrote", out)
 
