@@ -55,6 +55,7 @@ pub mod dpo;
 pub mod error;
 pub mod eval;
 pub mod fit;
+mod fused;
 pub mod generate;
 pub mod job;
 pub mod load;

@@ -75,8 +75,20 @@ impl Batch {
 /// tensor that backpropagates into the adapters), or `None` when the batch
 /// has nothing to predict.
 pub fn nll_sum(model: &Decoder, batch: &Batch, mode: Mode<'_>) -> Result<Option<Tensor>> {
+    nll_sum_impl(model, batch, mode, true)
+}
+
+/// [`nll_sum`]; `grad` false when no gradient will be asked for.
+fn nll_sum_impl(model: &Decoder, batch: &Batch, mode: Mode<'_>, grad: bool) -> Result<Option<Tensor>> {
     if batch.n_targets == 0 {
         return Ok(None);
+    }
+    if let Some((norm, head)) = model.fused_head() {
+        let x = model.hidden_prenorm(&batch.ids, mode, None, grad)?;
+        let rows = x.index_select(&batch.rows, 0)?;
+        let targets = batch.targets.to_vec1::<u32>()?;
+        let nll = crate::fused::nll_rows(&rows, norm, head, &targets, model.config().rms_norm_eps)?;
+        return Ok(Some(nll.sum_all()?));
     }
     let hidden = model.hidden(&batch.ids, mode, None)?;
     let hidden = hidden.index_select(&batch.rows, 0)?;
@@ -109,7 +121,7 @@ pub fn mean_loss(
     let mut n = 0usize;
     for chunk in seqs.chunks(batch.max(1)) {
         let b = Batch::new(chunk, pad, model.device())?;
-        if let Some(l) = nll_sum(model, &b, mode)? {
+        if let Some(l) = nll_sum_impl(model, &b, mode, false)? {
             sum += l.detach().to_scalar::<f32>()? as f64;
             n += b.n_targets;
         }

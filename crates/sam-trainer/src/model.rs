@@ -12,9 +12,9 @@ use crate::error::{Error, Result};
 use crate::lora::{DropoutRng, Linear, LoraConfig, Target};
 use candle_core::{D, DType, Device, Tensor, TensorId, Var};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-type CkptGrads = Arc<Mutex<HashMap<TensorId, Tensor>>>;
+type CkptGrads = crate::fused::SideGrads;
 use rand::{SeedableRng, rngs::StdRng};
 
 /// One decoder layer's attention projections.
@@ -263,7 +263,32 @@ impl Decoder {
 
     /// Final hidden states (after the last norm), `[b * t, hidden]`, for
     /// token ids `[b, t]`. With `cache`, the ids continue the cached prefix.
-    pub fn hidden(&self, ids: &Tensor, mode: Mode<'_>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, mode: Mode<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let x = self.hidden_prenorm(ids, mode, cache, true)?;
+        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
+    }
+
+    /// Whether the fused CPU path ([`crate::fused`]) can run every layer.
+    fn fused_layers(&self) -> bool {
+        self.device.is_cpu() && self.layers.iter().all(crate::fused::layer_supported)
+    }
+
+    /// The final norm and the output head, when the fused loss can use them.
+    pub(crate) fn fused_head(&self) -> Option<(&Tensor, &Tensor)> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        (self.fused_layers() && crate::fused::head_supported(&self.norm, head)).then_some((&self.norm, head))
+    }
+
+    /// The last layer's output before the final norm, `[b * t, hidden]`.
+    /// `grad` false promises that no gradient will be asked for (evaluation):
+    /// the fused path then keeps no graph.
+    pub(crate) fn hidden_prenorm(
+        &self,
+        ids: &Tensor,
+        mode: Mode<'_>,
+        mut cache: Option<&mut KvCache>,
+        grad: bool,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
@@ -272,7 +297,6 @@ impl Decoder {
         {
             c.layers = (0..self.layers.len()).map(|_| None).collect();
         }
-        let (cos, sin) = self.rope_tables(offset, t)?;
         let flat = ids.flatten_all()?;
         let mut x = self.embed.index_select(&flat, 0)?.to_dtype(DType::F32)?;
         // Layers below the lowest adapter need no graph at all; from there
@@ -287,6 +311,34 @@ impl Decoder {
                 .layers
                 .iter()
                 .any(|l| Target::ALL.iter().any(|&t| l.linear(t).lora().is_some_and(|w| w.dropout > 0.0)));
+        if cache.is_none() && !dropout_on && self.fused_layers() {
+            let geo = Arc::new(crate::fused::Geometry::new(cfg, b, t));
+            for (li, layer) in self.layers.iter().enumerate() {
+                let lo = match lowest {
+                    Some(lo) if grad && li >= lo => lo,
+                    _ => {
+                        x = crate::fused::forward_plain(&geo, layer, mode.adapter, &x)?;
+                        continue;
+                    }
+                };
+                if li == lo {
+                    // A graph node is recorded only when its input is tracked.
+                    x = Var::from_tensor(&x)?.as_tensor().clone();
+                }
+                let recompute = self.checkpoint > 0 && (li - lo) % self.checkpoint == 0;
+                let op = crate::fused::FusedLayer::new(
+                    layer.clone(),
+                    geo.clone(),
+                    mode.adapter,
+                    recompute,
+                    li != lo,
+                    self.ckpt_grads.clone(),
+                );
+                x = x.contiguous()?.apply_op1(op)?;
+            }
+            return Ok(x);
+        }
+        let (cos, sin) = self.rope_tables(offset, t)?;
         let ckpt = self.checkpoint > 0 && cache.is_none() && lowest.is_some() && !dropout_on;
         let shape = Shape { b, t, cfg: cfg.clone() };
         for (li, layer) in self.layers.iter().enumerate() {
@@ -308,7 +360,7 @@ impl Decoder {
                 x = layer_forward(layer, &shape, &x, &cos, &sin, mode, kv)?;
             }
         }
-        rms_norm(&x, &self.norm, cfg.rms_norm_eps)
+        Ok(x)
     }
 
     /// Activation checkpointing: every `every`-th adapted layer (counting
