@@ -25,12 +25,15 @@
 //! cases take the plain-op path in [`crate::model`].
 
 mod kernels;
+mod pool;
 
 use crate::lora::Target;
 use crate::model::Layer;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, StorageRef, Tensor, TensorId, bail};
 use gemm::Parallelism;
 use kernels::{MatRef, SendPtr, matmul, par, raw_matmul};
+use pool::Buf;
+pub(crate) use pool::Pool;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -150,11 +153,6 @@ fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resul
         CpuStorage::F32(v) => Ok(&v[a..b]),
         _ => bail!("{what}: expected f32"),
     }
-}
-
-/// A copy of a tensor's f32 data (contiguous).
-fn tensor_vec(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
 }
 
 struct LoraView<'a> {
@@ -487,53 +485,54 @@ fn attn_bwd(
 /// What a layer's backward needs from its forward.
 struct Saved {
     rstd1: Vec<f32>,
-    h1: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    p: Vec<f32>,
-    ao: Option<Vec<f32>>,
+    h1: Buf,
+    q: Buf,
+    k: Buf,
+    v: Buf,
+    p: Buf,
+    ao: Option<Buf>,
     xa: Vec<Option<Vec<f32>>>,
-    x1: Vec<f32>,
+    x1: Buf,
     rstd2: Vec<f32>,
-    h2: Vec<f32>,
-    g: Vec<f32>,
-    u: Vec<f32>,
+    h2: Buf,
+    g: Buf,
+    u: Buf,
 }
 
 /// One decoder layer forward on `x` (`[n, hidden]`); with `save`, also
 /// what the backward needs.
-fn layer_fwd(geo: &Geometry, lv: &LayerView<'_>, x: &[f32], save: bool) -> (Vec<f32>, Option<Saved>) {
+fn layer_fwd(geo: &Geometry, pool: &Arc<Pool>, lv: &LayerView<'_>, x: &[f32], save: bool) -> (Vec<f32>, Option<Saved>) {
     let (n, hdim, inter) = (geo.n(), geo.hidden, geo.inter);
     let (dq, dkv) = (geo.dq(), geo.dkv());
     let mut xa: Vec<Option<Vec<f32>>> = (0..7).map(|_| None).collect();
 
-    let mut h1 = vec![0f32; n * hdim];
+    let mut h1 = pool.take(n * hdim);
     let rstd1 = rms_norm(x, lv.norm1, &mut h1, hdim, geo.eps);
-    let mut q = vec![0f32; n * dq];
-    let mut k = vec![0f32; n * dkv];
-    let mut v = vec![0f32; n * dkv];
+    let mut q = pool.take(n * dq);
+    let mut k = pool.take(n * dkv);
+    let mut v = pool.take(n * dkv);
     xa[Target::Q as usize] = lin_fwd(lv.lin(Target::Q), &h1, n, &mut q, false);
     xa[Target::K as usize] = lin_fwd(lv.lin(Target::K), &h1, n, &mut k, false);
     xa[Target::V as usize] = lin_fwd(lv.lin(Target::V), &h1, n, &mut v, false);
     rope(geo, &mut q, dq, false);
     rope(geo, &mut k, dkv, false);
 
-    let mut p = vec![0f32; geo.b * geo.heads * geo.t * geo.t];
-    let mut ao = vec![0f32; n * dq];
+    let mut p = pool.take(geo.b * geo.heads * geo.t * geo.t);
+    let mut ao = pool.take(n * dq);
     attn_fwd(geo, &q, &k, &v, &mut p, &mut ao);
-    let mut x1 = x.to_vec();
+    let mut x1 = pool.take(n * hdim);
+    x1.copy_from_slice(x);
     xa[Target::O as usize] = lin_fwd(lv.lin(Target::O), &ao, n, &mut x1, true);
 
-    let mut h2 = vec![0f32; n * hdim];
+    let mut h2 = pool.take(n * hdim);
     let rstd2 = rms_norm(&x1, lv.norm2, &mut h2, hdim, geo.eps);
-    let mut g = vec![0f32; n * inter];
-    let mut u = vec![0f32; n * inter];
+    let mut g = pool.take(n * inter);
+    let mut u = pool.take(n * inter);
     xa[Target::Gate as usize] = lin_fwd(lv.lin(Target::Gate), &h2, n, &mut g, false);
     xa[Target::Up as usize] = lin_fwd(lv.lin(Target::Up), &h2, n, &mut u, false);
-    let mut act = vec![0f32; n * inter];
+    let mut act = pool.take(n * inter);
     swiglu(&g, &u, &mut act);
-    let mut out = x1.clone();
+    let mut out = x1.to_vec();
     xa[Target::Down as usize] = lin_fwd(lv.lin(Target::Down), &act, n, &mut out, true);
 
     let saved =
@@ -552,6 +551,7 @@ fn swiglu(g: &[f32], u: &[f32], act: &mut [f32]) {
 /// `need_dx`, and each adapted projection's gradients (by [`Target`]).
 fn layer_bwd(
     geo: &Geometry,
+    pool: &Arc<Pool>,
     lv: &LayerView<'_>,
     x: &[f32],
     mut s: Saved,
@@ -565,13 +565,13 @@ fn layer_bwd(
     let xa = |s: &Saved, t: Target| s.xa[t as usize].clone();
 
     // MLP.
-    let mut dact = vec![0f32; n * inter];
+    let mut dact = pool.take(n * inter);
     let act = if lv.adapted(Target::Down) {
-        let mut a = vec![0f32; n * inter];
+        let mut a = pool.take(n * inter);
         swiglu(&s.g, &s.u, &mut a);
         a
     } else {
-        Vec::new()
+        pool.take(0)
     };
     grads[Target::Down as usize] =
         lin_bwd(lv.lin(Target::Down), dy, n, &act, xa(&s, Target::Down).as_deref(), Some((&mut dact, false)));
@@ -584,7 +584,7 @@ fn layer_bwd(
     let (dg, du) = (&s.g, &s.u);
     let attn_adapted = [Target::Q, Target::K, Target::V, Target::O].iter().any(|&t| lv.adapted(t));
     let need_x1 = need_dx || attn_adapted;
-    let mut dh2 = if need_x1 { vec![0f32; n * hdim] } else { Vec::new() };
+    let mut dh2 = pool.take(if need_x1 { n * hdim } else { 0 });
     let d2 = need_x1.then_some(&mut dh2[..]);
     grads[Target::Gate as usize] =
         lin_bwd(lv.lin(Target::Gate), dg, n, &s.h2, xa(&s, Target::Gate).as_deref(), d2.map(|d| (d, false)));
@@ -594,15 +594,15 @@ fn layer_bwd(
     if !need_x1 {
         return (None, grads);
     }
-    let mut dx1 = vec![0f32; n * hdim];
+    let mut dx1 = pool.take(n * hdim);
     rms_norm_bwd(&s.x1, lv.norm2, &dh2, &s.rstd2, dy, &mut dx1, hdim);
     drop(dh2);
 
     // Attention.
     let want = |t: Target| need_dx || lv.adapted(t);
     let need_dao = want(Target::Q) || want(Target::K) || want(Target::V);
-    let mut dao = if need_dao { vec![0f32; n * dqw] } else { Vec::new() };
-    let ao = s.ao.take().unwrap_or_default();
+    let mut dao = pool.take(if need_dao { n * dqw } else { 0 });
+    let ao = s.ao.take().unwrap_or_else(|| pool.take(0));
     grads[Target::O as usize] = lin_bwd(
         lv.lin(Target::O),
         &dx1,
@@ -615,19 +615,19 @@ fn layer_bwd(
     if !need_dao {
         return (None, grads);
     }
-    let mut dq = want(Target::Q).then(|| vec![0f32; n * dqw]);
-    let mut dk = want(Target::K).then(|| vec![0f32; n * dkvw]);
-    let mut dv = want(Target::V).then(|| vec![0f32; n * dkvw]);
+    let mut dq = want(Target::Q).then(|| pool.take(n * dqw));
+    let mut dk = want(Target::K).then(|| pool.take(n * dkvw));
+    let mut dv = want(Target::V).then(|| pool.take(n * dkvw));
     attn_bwd(geo, &s.q, &s.k, &s.v, &mut s.p, &dao, dq.as_deref_mut(), dk.as_deref_mut(), dv.as_deref_mut());
     drop(dao);
-    s.p = Vec::new();
+    s.p = pool.take(0);
     if let Some(d) = dq.as_deref_mut() {
         rope(geo, d, dqw, true);
     }
     if let Some(d) = dk.as_deref_mut() {
         rope(geo, d, dkvw, true);
     }
-    let mut dh1 = if need_dx { vec![0f32; n * hdim] } else { Vec::new() };
+    let mut dh1 = pool.take(if need_dx { n * hdim } else { 0 });
     let mut first = true;
     for (t, d) in [(Target::Q, &dq), (Target::K, &dk), (Target::V, &dv)] {
         let Some(d) = d else { continue };
@@ -650,14 +650,23 @@ fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 }
 
 /// A decoder layer forward without a graph.
-pub(crate) fn forward_plain(geo: &Geometry, layer: &Layer, adapter: bool, x: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn forward_plain(
+    geo: &Geometry,
+    pool: &Arc<Pool>,
+    layer: &Layer,
+    adapter: bool,
+    x: &Tensor,
+) -> candle_core::Result<Tensor> {
     let x = x.contiguous()?;
-    let data = tensor_vec(&x)?;
+    let mut px = Pinned::new();
+    let xi = px.add(&x)?;
+    let data = px.get(xi);
     let out = in_pool(|| -> candle_core::Result<Vec<f32>> {
         let pinned = pin_layer(layer, adapter)?;
         let lv = view(&pinned, layer, adapter);
-        Ok(layer_fwd(geo, &lv, &data, false).0)
+        Ok(layer_fwd(geo, pool, &lv, data, false).0)
     })?;
+    drop(px);
     Tensor::from_vec(out, x.shape(), x.device())
 }
 
@@ -676,6 +685,8 @@ pub(crate) struct FusedLayer {
     pub(crate) need_dx: bool,
     /// Where the LoRA gradients go.
     pub(crate) grads: SideGrads,
+    /// Where the activation buffers come from.
+    pub(crate) pool: Arc<Pool>,
     saved: Mutex<Option<Saved>>,
 }
 
@@ -688,8 +699,9 @@ impl FusedLayer {
         recompute: bool,
         need_dx: bool,
         grads: SideGrads,
+        pool: Arc<Pool>,
     ) -> Self {
-        Self { layer, geo, adapter, recompute, need_dx, grads, saved: Mutex::new(None) }
+        Self { layer, geo, adapter, recompute, need_dx, grads, pool, saved: Mutex::new(None) }
     }
 }
 
@@ -706,7 +718,7 @@ impl CustomOp1 for FusedLayer {
         let (out, saved) = in_pool(|| -> candle_core::Result<_> {
             let pinned = pin_layer(&self.layer, self.adapter)?;
             let lv = view(&pinned, &self.layer, self.adapter);
-            Ok(layer_fwd(&self.geo, &lv, x, !self.recompute))
+            Ok(layer_fwd(&self.geo, &self.pool, &lv, x, !self.recompute))
         })?;
         *self.saved.lock().map_err(|_| candle_core::Error::Msg("fused layer: poisoned".into()))? = saved;
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -714,20 +726,23 @@ impl CustomOp1 for FusedLayer {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let saved = self.saved.lock().map_err(|_| candle_core::Error::Msg("fused layer: poisoned".into()))?.take();
-        let x = tensor_vec(arg)?;
-        let dy = tensor_vec(grad)?;
+        let grad = grad.contiguous()?;
+        let mut pio = Pinned::new();
+        let (xi, gi) = (pio.add(arg)?, pio.add(&grad)?);
+        let (x, dy) = (pio.get(xi), pio.get(gi));
         let (dx, lgrads) = in_pool(|| -> candle_core::Result<_> {
             let pinned = pin_layer(&self.layer, self.adapter)?;
             let lv = view(&pinned, &self.layer, self.adapter);
             let saved = match saved {
                 Some(s) => s,
-                None => match layer_fwd(&self.geo, &lv, &x, true).1 {
+                None => match layer_fwd(&self.geo, &self.pool, &lv, x, true).1 {
                     Some(s) => s,
                     None => bail!("fused layer: nothing saved"),
                 },
             };
-            Ok(layer_bwd(&self.geo, &lv, &x, saved, &dy, self.need_dx))
+            Ok(layer_bwd(&self.geo, &self.pool, &lv, x, saved, dy, self.need_dx))
         })?;
+        drop(pio);
         let dev = arg.device();
         let mut store = self.grads.lock().map_err(|_| candle_core::Error::Msg("side gradients: poisoned".into()))?;
         for (t, g) in Target::ALL.iter().zip(lgrads) {
@@ -754,12 +769,14 @@ struct HeadNll {
     targets: Vec<u32>,
     eps: f32,
     grad: bool,
+    pool: Arc<Pool>,
     dx: Mutex<Option<Vec<f32>>>,
 }
 
 /// Per-row NLL of `targets` for last-layer rows `x` (`[m, hidden]`), and,
 /// with `grad`, each row's gradient `d nll_i / d x_i`.
 fn head_nll(
+    pool: &Arc<Pool>,
     norm: &[f32],
     head: &[f32],
     x: &[f32],
@@ -779,12 +796,12 @@ fn head_nll(
     if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
         bail!("fused head: target {bad} outside the vocabulary of {vocab}");
     }
-    let mut hn = vec![0f32; m * h];
+    let mut hn = pool.take(m * h);
     let rstd = rms_norm(x, norm, &mut hn, h, eps);
     let mut nll = vec![0f32; m];
-    let mut dh = if grad { vec![0f32; m * h] } else { Vec::new() };
+    let mut dh = pool.take(if grad { m * h } else { 0 });
     let rows = HEAD_ROWS.min(m);
-    let mut logits = vec![0f32; rows * vocab];
+    let mut logits = pool.take(rows * vocab);
     let w = MatRef::new(head, vocab, h);
     for c0 in (0..m).step_by(rows) {
         let c = rows.min(m - c0);
@@ -802,7 +819,8 @@ fn head_nll(
         return Ok((nll, None));
     }
     let mut dx = vec![0f32; m * h];
-    let zeros = vec![0f32; m * h];
+    let mut zeros = pool.take(m * h);
+    zeros.fill(0.0);
     rms_norm_bwd(x, norm, &dh, &rstd, &zeros, &mut dx, h);
     Ok((nll, Some(dx)))
 }
@@ -818,7 +836,7 @@ impl CustomOp1 for HeadNll {
             let mut p = Pinned::new();
             let ni = p.add(&self.norm)?;
             let hi = p.add(&self.head)?;
-            head_nll(p.get(ni), p.get(hi), x, &self.targets, self.eps, self.grad)
+            head_nll(&self.pool, p.get(ni), p.get(hi), x, &self.targets, self.eps, self.grad)
         })?;
         *self.dx.lock().map_err(|_| candle_core::Error::Msg("fused head: poisoned".into()))? = dx;
         Ok((CpuStorage::F32(nll), Shape::from(self.targets.len())))
@@ -829,7 +847,7 @@ impl CustomOp1 for HeadNll {
         else {
             bail!("fused head: backward without a saved gradient");
         };
-        let g = tensor_vec(grad)?;
+        let g = grad.flatten_all()?.to_vec1::<f32>()?;
         let h = arg.dim(1)?;
         dx.par_chunks_mut(h).zip(g.par_iter()).for_each(|(row, &gi)| row.iter_mut().for_each(|v| *v *= gi));
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
@@ -846,6 +864,7 @@ pub(crate) fn nll_rows(
     head: &Tensor,
     targets: &[u32],
     eps: f64,
+    pool: &Arc<Pool>,
 ) -> candle_core::Result<Tensor> {
     let x = x.contiguous()?;
     let grad = x.track_op();
@@ -855,18 +874,22 @@ pub(crate) fn nll_rows(
         targets: targets.to_vec(),
         eps: eps as f32,
         grad,
+        pool: pool.clone(),
         dx: Mutex::new(None),
     };
     if grad {
         return x.apply_op1(op);
     }
-    let data = tensor_vec(&x)?;
+    let mut px = Pinned::new();
+    let xi = px.add(&x)?;
+    let data = px.get(xi);
     let (nll, _) = in_pool(|| -> candle_core::Result<_> {
         let mut p = Pinned::new();
         let ni = p.add(norm)?;
         let hi = p.add(head)?;
-        head_nll(p.get(ni), p.get(hi), &data, targets, eps as f32, false)
+        head_nll(pool, p.get(ni), p.get(hi), data, targets, eps as f32, false)
     })?;
+    drop(px);
     Tensor::from_vec(nll, targets.len(), x.device())
 }
 

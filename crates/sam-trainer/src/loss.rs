@@ -87,7 +87,7 @@ fn nll_sum_impl(model: &Decoder, batch: &Batch, mode: Mode<'_>, grad: bool) -> R
         let x = model.hidden_prenorm(&batch.ids, mode, None, grad)?;
         let rows = x.index_select(&batch.rows, 0)?;
         let targets = batch.targets.to_vec1::<u32>()?;
-        let nll = crate::fused::nll_rows(&rows, norm, head, &targets, model.config().rms_norm_eps)?;
+        let nll = crate::fused::nll_rows(&rows, norm, head, &targets, model.config().rms_norm_eps, model.pool())?;
         return Ok(Some(nll.sum_all()?));
     }
     let hidden = model.hidden(&batch.ids, mode, None)?;

@@ -120,6 +120,7 @@ pub struct Decoder {
     device: Device,
     checkpoint: usize,
     ckpt_grads: CkptGrads,
+    pool: Arc<crate::fused::Pool>,
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
@@ -146,7 +147,18 @@ impl Decoder {
         lm_head: Option<Tensor>,
     ) -> Self {
         let device = embed.device().clone();
-        Self { cfg, embed, layers, norm, lm_head, lora: None, device, checkpoint: 0, ckpt_grads: CkptGrads::default() }
+        Self {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            lora: None,
+            device,
+            checkpoint: 0,
+            ckpt_grads: CkptGrads::default(),
+            pool: Arc::default(),
+        }
     }
 
     /// The model's configuration.
@@ -273,6 +285,11 @@ impl Decoder {
         self.device.is_cpu() && self.layers.iter().all(crate::fused::layer_supported)
     }
 
+    /// The fused path's buffer pool.
+    pub(crate) fn pool(&self) -> &Arc<crate::fused::Pool> {
+        &self.pool
+    }
+
     /// The final norm and the output head, when the fused loss can use them.
     pub(crate) fn fused_head(&self) -> Option<(&Tensor, &Tensor)> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
@@ -317,7 +334,7 @@ impl Decoder {
                 let lo = match lowest {
                     Some(lo) if grad && li >= lo => lo,
                     _ => {
-                        x = crate::fused::forward_plain(&geo, layer, mode.adapter, &x)?;
+                        x = crate::fused::forward_plain(&geo, &self.pool, layer, mode.adapter, &x)?;
                         continue;
                     }
                 };
@@ -333,6 +350,7 @@ impl Decoder {
                     recompute,
                     li != lo,
                     self.ckpt_grads.clone(),
+                    self.pool.clone(),
                 );
                 x = x.contiguous()?.apply_op1(op)?;
             }
