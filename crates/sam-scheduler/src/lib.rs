@@ -12,9 +12,10 @@
 //! 3. **export** the gold, silver and bronze examples (recorded in the
 //!    store's export history);
 //! 4. **prep** the export for the base model (`sam_prep`);
-//! 5. **train** a LoRA adapter (SFT; preference pairs are kept for DPO, which
-//!    the trainer does not offer yet) into a run folder (`sam_runs`), and
-//!    record the run with its dataset manifest in the store;
+//! 5. **train** a LoRA adapter as a `sam_trainer::Job` in its run folder
+//!    (SFT, then DPO from the SFT adapter when the dataset has preference
+//!    pairs and [`PipelineConfig::dpo`] is set), and record the run with its
+//!    dataset manifest in the store;
 //! 6. **evaluate** base and adapter on the held-out test split;
 //! 7. **report**: a [`Summary`].
 //!
@@ -22,8 +23,8 @@
 //! default sized for a 2-core laptop), the [`Progress`] observer,
 //! [`Summary`], and [`PipelineState`], kept in `SAM_HOME/pipeline/state.json`
 //! and rewritten atomically after every stage. Re-running after a crash
-//! continues at the first unfinished stage (an interrupted training stage
-//! starts over in a new run folder); re-running when the export holds
+//! continues at the first unfinished stage (an interrupted training
+//! continues its job from the last checkpoint); re-running when the export holds
 //! nothing new trains nothing and ends with [`Outcome::NothingNew`].
 //!
 //! ```no_run
