@@ -228,3 +228,32 @@ fn sam_runs_stop_ends_a_live_run_with_a_checkpoint_and_sft_dpo_trains_both_phase
     }
     assert!(run.join("sft/adapter").is_dir() && run.join("adapter").is_dir() && run.join("eval.json").is_file());
 }
+
+#[test]
+fn sigterm_stops_a_run_after_its_step_with_a_checkpoint() {
+    let model = sam_models::require_test_model().unwrap_or_else(|e| panic!("{e}"));
+    let model = model.to_str().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let data = prepared(h, model);
+    let run = h.join("runs/term");
+    let mut args = train_args(data.to_str().unwrap(), model, run.to_str().unwrap());
+    let iters = args.iter().position(|a| *a == "--iters").unwrap() + 1;
+    args[iters] = "40";
+    let mut child = cmd(h, &args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_for("the first step", &mut child, Duration::from_secs(300), || {
+        run.join("metrics.jsonl").is_file() && !step_losses(&run).is_empty()
+    });
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let st = child.wait().unwrap();
+    assert!(st.success(), "SIGTERM ends the run cleanly: {st}");
+    let s = status(&run);
+    assert_eq!(s["status"], "stopped", "{s}");
+    let step = s["step"].as_u64().unwrap();
+    assert!((1..40).contains(&step), "{s}");
+    let ckpt = run.join(format!("checkpoints/sft-step-{step}/trainer_state.json"));
+    assert!(ckpt.is_file(), "a checkpoint at the stop: {}", ckpt.display());
+    let shown = ok(h, &["runs", "show", "term"]);
+    assert!(shown.contains("stopped") && shown.contains("sam runs resume term"), "{shown}");
+}
