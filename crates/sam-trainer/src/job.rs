@@ -104,7 +104,8 @@ pub enum WeightType {
 }
 
 impl WeightType {
-    fn dtype(self) -> DType {
+    /// The candle type the weights are held in.
+    pub fn dtype(self) -> DType {
         match self {
             WeightType::F32 => DType::F32,
             WeightType::Bf16 => DType::BF16,

@@ -6,29 +6,13 @@
 
 mod common;
 
-use sam_prep::cache::{
-    Split, TokenizedExample, TokenizedPair, preference_cache_path, sft_cache_path, write_preference, write_sft,
-};
+use sam_prep::cache::{Split, TokenizedPair, preference_cache_path, sft_cache_path, write_preference, write_sft};
 use sam_runs::{EventKind, MemoryGuardConfig, MemoryProbe, MetricRecord, RunStatus};
 use sam_trainer::{
     Duration, Job, JobControl, JobMode, JobSpec, LoraConfig, Observer, StepMetrics, Target, TrainConfig,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-
-fn examples(v: &serde_json::Value) -> Vec<TokenizedExample> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-        .map(|(i, e)| TokenizedExample {
-            id: format!("ex{i}"),
-            domain: "test".into(),
-            input_ids: common::ids(&e["input_ids"]),
-            loss_mask: e["loss_mask"].as_array().unwrap().iter().map(|b| b.as_bool().unwrap()).collect(),
-        })
-        .collect()
-}
 
 /// Style pairs: answers leading with "In short:" are preferred.
 fn pairs(tok: &sam_models::BaseModel) -> Vec<TokenizedPair> {
@@ -60,8 +44,8 @@ fn pairs(tok: &sam_models::BaseModel) -> Vec<TokenizedPair> {
 /// learning fixture, plus preference pairs when `with_pairs`.
 fn dataset(dir: &Path, with_pairs: bool) -> (PathBuf, u32) {
     let fx = common::json("learning.json");
-    let train = examples(&fx["train"]);
-    let valid = examples(&fx["valid"]);
+    let train = common::examples(&fx["train"]);
+    let valid = common::examples(&fx["valid"]);
     write_sft(&sft_cache_path(dir, Split::Train), &train).unwrap();
     write_sft(&sft_cache_path(dir, Split::Valid), &valid[..4.min(valid.len())]).unwrap();
     write_sft(&sft_cache_path(dir, Split::Test), &valid[..2.min(valid.len())]).unwrap();

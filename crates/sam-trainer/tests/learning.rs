@@ -6,25 +6,10 @@
 
 mod common;
 
-use sam_prep::cache::TokenizedExample;
 use sam_trainer::{
     Duration, EvalMetrics, GenerateConfig, LoadOptions, LoraConfig, Mode, Observer, StepMetrics, Target, TrainConfig,
     generate, load_model, train_sft,
 };
-
-fn examples(v: &serde_json::Value) -> Vec<TokenizedExample> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-        .map(|(i, e)| TokenizedExample {
-            id: format!("ex{i}"),
-            domain: "test".into(),
-            input_ids: common::ids(&e["input_ids"]),
-            loss_mask: e["loss_mask"].as_array().unwrap().iter().map(|b| b.as_bool().unwrap()).collect(),
-        })
-        .collect()
-}
 
 #[derive(Default)]
 struct Log {
@@ -49,8 +34,8 @@ impl Observer for Log {
 #[test]
 fn lora_sft_teaches_an_invented_fact() {
     let fx = common::json("learning.json");
-    let train = examples(&fx["train"]);
-    let valid = examples(&fx["valid"]);
+    let train = common::examples(&fx["train"]);
+    let valid = common::examples(&fx["valid"]);
     let prompt = common::ids(&fx["probe"]["prompt_ids"]);
     let answer = common::ids(&fx["probe"]["answer_ids"]);
     let eos = common::ids(&fx["eos_ids"]);

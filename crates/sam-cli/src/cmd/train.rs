@@ -67,11 +67,15 @@ pub enum WeightType {
 }
 
 impl WeightType {
-    fn dtype(self) -> DType {
+    fn trainer(self) -> sam_trainer::WeightType {
         match self {
-            WeightType::F32 => DType::F32,
-            WeightType::Bf16 => DType::BF16,
+            WeightType::F32 => sam_trainer::WeightType::F32,
+            WeightType::Bf16 => sam_trainer::WeightType::Bf16,
         }
+    }
+
+    fn dtype(self) -> DType {
+        self.trainer().dtype()
     }
 }
 
@@ -576,10 +580,7 @@ fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let spec = JobSpec {
         model: model_path.clone(),
         data: data_dir.clone(),
-        weights: match a.weights {
-            WeightType::F32 => sam_trainer::WeightType::F32,
-            WeightType::Bf16 => sam_trainer::WeightType::Bf16,
-        },
+        weights: a.weights.trainer(),
         mode,
         train,
         dpo,

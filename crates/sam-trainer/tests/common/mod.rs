@@ -40,3 +40,18 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
 pub fn floats(v: &serde_json::Value) -> Vec<f32> {
     v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect()
 }
+
+/// Tokenised examples from a fixture array of `{input_ids, loss_mask}`.
+pub fn examples(v: &serde_json::Value) -> Vec<sam_prep::cache::TokenizedExample> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .enumerate()
+        .map(|(i, e)| sam_prep::cache::TokenizedExample {
+            id: format!("ex{i}"),
+            domain: "test".into(),
+            input_ids: ids(&e["input_ids"]),
+            loss_mask: e["loss_mask"].as_array().expect("array").iter().map(|b| b.as_bool().expect("bool")).collect(),
+        })
+        .collect()
+}
