@@ -121,6 +121,7 @@ pub struct Decoder {
     checkpoint: usize,
     ckpt_grads: CkptGrads,
     pool: Arc<crate::fused::Pool>,
+    fused: bool,
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
@@ -158,6 +159,7 @@ impl Decoder {
             checkpoint: 0,
             ckpt_grads: CkptGrads::default(),
             pool: Arc::default(),
+            fused: true,
         }
     }
 
@@ -282,7 +284,13 @@ impl Decoder {
 
     /// Whether the fused CPU path ([`crate::fused`]) can run every layer.
     fn fused_layers(&self) -> bool {
-        self.device.is_cpu() && self.layers.iter().all(crate::fused::layer_supported)
+        self.fused && self.device.is_cpu() && self.layers.iter().all(crate::fused::layer_supported)
+    }
+
+    /// Switches the fused CPU path off (tests compare it with the plain ops).
+    #[cfg(test)]
+    pub(crate) fn set_fused(&mut self, on: bool) {
+        self.fused = on;
     }
 
     /// The fused path's buffer pool.
