@@ -28,14 +28,41 @@ use sam_trainer::{
 };
 use std::time::Instant;
 
-struct Times(Vec<f64>, Vec<f64>);
+/// Step times, losses, and the process's CPU seconds per step.
+struct Times(Vec<f64>, Vec<f64>, Vec<f64>, f64);
 
 impl Observer for Times {
     fn on_step(&mut self, m: &StepMetrics) {
-        eprintln!("step {} loss {:.3} {:.1} tok/s", m.step, m.loss, m.tokens_per_s);
-        self.0.push(m.tokens as f64 / m.tokens_per_s);
+        let cpu = cpu_seconds();
+        let step_cpu = cpu - self.3;
+        self.3 = cpu;
+        let wall = m.tokens as f64 / m.tokens_per_s;
+        eprintln!(
+            "step {} loss {:.3} {:.1} tok/s {:.3} s, cpu {:.2} s ({:.0}% of {} threads)",
+            m.step,
+            m.loss,
+            m.tokens_per_s,
+            wall,
+            step_cpu,
+            100.0 * step_cpu / (wall * candle_core::utils::get_num_threads() as f64),
+            candle_core::utils::get_num_threads()
+        );
+        self.0.push(wall);
         self.1.push(m.loss);
+        self.2.push(step_cpu);
     }
+}
+
+/// User + system CPU seconds of this process so far (`/proc/self/stat`,
+/// clock ticks of 1/100 s; 0 where unavailable).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line (1-based), 11 and 12 here.
+    (tick(11) + tick(12)) / 100.0
 }
 
 fn peak_rss_mb() -> u64 {
@@ -92,7 +119,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     model.attach_lora(&cfg.lora, 0)?;
-    let mut times = Times(Vec::new(), Vec::new());
+    let mut times = Times(Vec::new(), Vec::new(), Vec::new(), cpu_seconds());
     let kind = args.get(7).map(String::as_str).unwrap_or("sft");
     let mut random_ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab)).collect() };
     match kind {
@@ -127,6 +154,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut sorted = warm.clone();
     sorted.sort_by(f64::total_cmp);
     let step_s = sorted[sorted.len() / 2];
+    let mut cpu: Vec<f64> = if times.2.len() > 3 { times.2[2..].to_vec() } else { times.2.clone() };
+    cpu.sort_by(f64::total_cmp);
+    let cpu_s = cpu.get(cpu.len() / 2).copied().unwrap_or(0.0);
     println!(
         "{}",
         serde_json::json!({
@@ -136,6 +166,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "checkpoint_every": cfg.checkpoint_every,
             "load_s": (load_s * 100.0).round() / 100.0,
             "median_step_s": (step_s * 1000.0).round() / 1000.0,
+            "median_step_cpu_s": (cpu_s * 100.0).round() / 100.0,
             "tokens_per_s": ((seq as f64 / step_s) * 10.0).round() / 10.0,
             "peak_rss_mb": peak_rss_mb(),
             "losses": times.1.iter().map(|l| (l * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
