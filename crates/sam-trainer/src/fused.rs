@@ -578,9 +578,22 @@ struct Saved {
     u: Buf,
 }
 
-/// One decoder layer forward on `x` (`[n, hidden]`); with `save`, also
-/// what the backward needs.
-fn layer_fwd(geo: &Geometry, pool: &Arc<Pool>, lv: &LayerView<'_>, x: &[f32], save: bool) -> (Vec<f32>, Option<Saved>) {
+/// What a layer forward is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// The output only.
+    Output,
+    /// The output and what the backward needs.
+    OutputAndSaved,
+    /// What the backward needs only (recomputing a checkpointed layer): the
+    /// MLP's down projection, whose output the backward never reads, is
+    /// skipped.
+    Saved,
+}
+
+/// One decoder layer forward on `x` (`[n, hidden]`): the output (empty for
+/// [`Pass::Saved`]) and, unless [`Pass::Output`], what the backward needs.
+fn layer_fwd(geo: &Geometry, pool: &Arc<Pool>, lv: &LayerView<'_>, x: &[f32], pass: Pass) -> (Vec<f32>, Option<Saved>) {
     let (n, hdim, inter) = (geo.n(), geo.hidden, geo.inter);
     let (dq, dkv) = (geo.dq(), geo.dkv());
     let mut xa: Vec<Option<Vec<f32>>> = (0..7).map(|_| None).collect();
@@ -609,13 +622,29 @@ fn layer_fwd(geo: &Geometry, pool: &Arc<Pool>, lv: &LayerView<'_>, x: &[f32], sa
     let mut u = pool.take(n * inter);
     xa[Target::Gate as usize] = lin_fwd(lv.lin(Target::Gate), pool, &h2, n, &mut g, false);
     xa[Target::Up as usize] = lin_fwd(lv.lin(Target::Up), pool, &h2, n, &mut u, false);
-    let mut act = pool.take(n * inter);
-    swiglu(&g, &u, &mut act);
-    let mut out = x1.to_vec();
-    xa[Target::Down as usize] = lin_fwd(lv.lin(Target::Down), pool, &act, n, &mut out, true);
+    let mut out = Vec::new();
+    if pass != Pass::Saved {
+        let mut act = pool.take(n * inter);
+        swiglu(&g, &u, &mut act);
+        out = x1.to_vec();
+        xa[Target::Down as usize] = lin_fwd(lv.lin(Target::Down), pool, &act, n, &mut out, true);
+    }
 
-    let saved =
-        save.then(|| Saved { rstd1, h1, q, k, v, p, ao: lv.adapted(Target::O).then_some(ao), xa, x1, rstd2, h2, g, u });
+    let saved = (pass != Pass::Output).then(|| Saved {
+        rstd1,
+        h1,
+        q,
+        k,
+        v,
+        p,
+        ao: lv.adapted(Target::O).then_some(ao),
+        xa,
+        x1,
+        rstd2,
+        h2,
+        g,
+        u,
+    });
     (out, saved)
 }
 
@@ -744,7 +773,7 @@ pub(crate) fn forward_plain(
     let out = in_pool(|| -> candle_core::Result<Vec<f32>> {
         let pinned = pin_layer(layer, adapter)?;
         let lv = view(&pinned, layer, adapter);
-        Ok(layer_fwd(geo, pool, &lv, data, false).0)
+        Ok(layer_fwd(geo, pool, &lv, data, Pass::Output).0)
     })?;
     drop(px);
     Tensor::from_vec(out, x.shape(), x.device())
@@ -798,7 +827,8 @@ impl CustomOp1 for FusedLayer {
         let (out, saved) = in_pool(|| -> candle_core::Result<_> {
             let pinned = pin_layer(&self.layer, self.adapter)?;
             let lv = view(&pinned, &self.layer, self.adapter);
-            Ok(layer_fwd(&self.geo, &self.pool, &lv, x, !self.recompute))
+            let pass = if self.recompute { Pass::Output } else { Pass::OutputAndSaved };
+            Ok(layer_fwd(&self.geo, &self.pool, &lv, x, pass))
         })?;
         *self.saved.lock().map_err(|_| candle_core::Error::Msg("fused layer: poisoned".into()))? = saved;
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -815,7 +845,7 @@ impl CustomOp1 for FusedLayer {
             let lv = view(&pinned, &self.layer, self.adapter);
             let saved = match saved {
                 Some(s) => s,
-                None => match layer_fwd(&self.geo, &self.pool, &lv, x, true).1 {
+                None => match layer_fwd(&self.geo, &self.pool, &lv, x, Pass::Saved).1 {
                     Some(s) => s,
                     None => bail!("fused layer: nothing saved"),
                 },
