@@ -271,7 +271,9 @@ fn pin_layer<'a>(layer: &'a Layer, adapter: bool) -> candle_core::Result<Pinned<
     Ok(p)
 }
 
-fn view<'p>(p: &'p Pinned<'_>, layer: &Layer, adapter: bool) -> LayerView<'p> {
+/// The layer's pinned data as slices, checked against the geometry (a
+/// mismatch is an error here rather than an out-of-bounds product later).
+fn view<'p>(p: &'p Pinned<'_>, layer: &Layer, adapter: bool, geo: &Geometry) -> candle_core::Result<LayerView<'p>> {
     let mut i = 0;
     let mut idx = || {
         i += 1;
@@ -296,7 +298,41 @@ fn view<'p>(p: &'p Pinned<'_>, layer: &Layer, adapter: bool) -> LayerView<'p> {
         };
         lins.push(Lin { w, bias, lora, out, inp });
     }
-    LayerView { norm1, norm2, lins }
+    let lv = LayerView { norm1, norm2, lins };
+    check(&lv, geo)?;
+    Ok(lv)
+}
+
+fn check(lv: &LayerView<'_>, geo: &Geometry) -> candle_core::Result<()> {
+    let (h, q, kv, i) = (geo.hidden, geo.dq(), geo.dkv(), geo.inter);
+    if geo.kv_heads == 0 || geo.heads % geo.kv_heads != 0 || geo.head_dim % 2 != 0 {
+        bail!("fused layer: {} heads over {} key/value heads of width {}", geo.heads, geo.kv_heads, geo.head_dim);
+    }
+    if lv.norm1.len() != h || lv.norm2.len() != h {
+        bail!("fused layer: norm weights do not match the hidden size {h}");
+    }
+    let want = [
+        (Target::Q, q, h),
+        (Target::K, kv, h),
+        (Target::V, kv, h),
+        (Target::O, h, q),
+        (Target::Gate, i, h),
+        (Target::Up, i, h),
+        (Target::Down, h, i),
+    ];
+    for (t, out, inp) in want {
+        let l = lv.lin(t);
+        let wlen = match l.w {
+            WRef::F32(v) => v.len(),
+            WRef::Bf16(v) => v.len(),
+            WRef::F16(v) => v.len(),
+        };
+        let lora_ok = l.lora.as_ref().is_none_or(|lo| lo.a.len() == lo.r * inp && lo.b.len() == out * lo.r);
+        if l.out != out || l.inp != inp || wlen != out * inp || l.bias.is_some_and(|b| b.len() != out) || !lora_ok {
+            bail!("fused layer: {} is [{}, {}], the configuration wants [{out}, {inp}]", t.module_name(), l.out, l.inp);
+        }
+    }
+    Ok(())
 }
 
 /// `out (+)= x · Wᵀ + bias + s · (x · Aᵀ) · Bᵀ`; returns `x · Aᵀ` when the
@@ -772,7 +808,7 @@ pub(crate) fn forward_plain(
     let data = px.get(xi);
     let out = in_pool(|| -> candle_core::Result<Vec<f32>> {
         let pinned = pin_layer(layer, adapter)?;
-        let lv = view(&pinned, layer, adapter);
+        let lv = view(&pinned, layer, adapter, geo)?;
         Ok(layer_fwd(geo, pool, &lv, data, Pass::Output).0)
     })?;
     drop(px);
@@ -826,7 +862,7 @@ impl CustomOp1 for FusedLayer {
         }
         let (out, saved) = in_pool(|| -> candle_core::Result<_> {
             let pinned = pin_layer(&self.layer, self.adapter)?;
-            let lv = view(&pinned, &self.layer, self.adapter);
+            let lv = view(&pinned, &self.layer, self.adapter, &self.geo)?;
             let pass = if self.recompute { Pass::Output } else { Pass::OutputAndSaved };
             Ok(layer_fwd(&self.geo, &self.pool, &lv, x, pass))
         })?;
@@ -842,7 +878,7 @@ impl CustomOp1 for FusedLayer {
         let (x, dy) = (pio.get(xi), pio.get(gi));
         let (dx, lgrads) = in_pool(|| -> candle_core::Result<_> {
             let pinned = pin_layer(&self.layer, self.adapter)?;
-            let lv = view(&pinned, &self.layer, self.adapter);
+            let lv = view(&pinned, &self.layer, self.adapter, &self.geo)?;
             let saved = match saved {
                 Some(s) => s,
                 None => match layer_fwd(&self.geo, &self.pool, &lv, x, Pass::Saved).1 {

@@ -4,8 +4,14 @@
 //! query attention with a causal mask, a SwiGLU MLP, tied or separate output
 //! head. Every projection is a [`Linear`] that can carry a LoRA adapter. All
 //! activations are f32; frozen weights may be stored in bf16/f16 and are
-//! widened per matmul. Every op used here has a backward in candle (no fused
-//! `softmax_last_dim`, `rms_norm` or `rope`, which silently cut gradients).
+//! widened per matmul.
+//!
+//! On the CPU without a KV cache or LoRA dropout (training, evaluation) each
+//! layer runs as one fused graph node with a hand-written backward
+//! (the private `fused` module). Otherwise (generation, dropout, other devices) the
+//! layer is built from candle ops that all have a backward (no fused
+//! `softmax_last_dim`, `rms_norm` or `rope`, which silently cut gradients);
+//! a test checks that both paths give the same loss and gradients.
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
