@@ -803,6 +803,9 @@ pub(crate) fn forward_plain(
     x: &Tensor,
 ) -> candle_core::Result<Tensor> {
     let x = x.contiguous()?;
+    if x.elem_count() != geo.n() * geo.hidden {
+        bail!("fused layer: input of {} values for a {}x{} batch", x.elem_count(), geo.n(), geo.hidden);
+    }
     let mut px = Pinned::new();
     let xi = px.add(&x)?;
     let data = px.get(xi);

@@ -370,6 +370,8 @@ impl Decoder {
             }
             return Ok(x);
         }
+        // Generation and the other plain-op uses keep no fused buffers around.
+        self.pool.clear();
         let (cos, sin) = self.rope_tables(offset, t)?;
         let ckpt = self.checkpoint > 0 && cache.is_none() && lowest.is_some() && !dropout_on;
         let shape = Shape { b, t, cfg: cfg.clone() };

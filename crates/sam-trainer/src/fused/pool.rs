@@ -73,6 +73,16 @@ impl Pool {
         Buf { v, pool: self.clone() }
     }
 
+    /// Frees the pooled buffers (those on loan come back later and are kept
+    /// again); the model calls it when it leaves the fused path, e.g. to
+    /// generate.
+    pub(crate) fn clear(&self) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.free.clear();
+        g.free_elems = 0;
+        g.peak_live = g.live_elems;
+    }
+
     fn give(&self, v: Vec<f32>) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.live_elems -= v.capacity();
@@ -122,8 +132,13 @@ mod tests {
         // Peak was 4096 + 100_000 elements; both buffers fit in it.
         assert_eq!(pool.inner.lock().unwrap().free.len(), 2);
         // A new size evicts stale buffers rather than growing past the peak.
-        let _d = pool.take(104_000);
-        let g = pool.inner.lock().unwrap();
-        assert!(g.free_elems + g.live_elems <= g.peak_live);
+        let d = pool.take(104_000);
+        {
+            let g = pool.inner.lock().unwrap();
+            assert!(g.free_elems + g.live_elems <= g.peak_live);
+        }
+        drop(d);
+        pool.clear();
+        assert!(pool.inner.lock().unwrap().free.is_empty());
     }
 }
