@@ -1052,7 +1052,7 @@ mod tests {
     use crate::config::{Arch, ModelConfig};
     use crate::load::{LoadOptions, random_model};
     use crate::lora::{LoraConfig, Target};
-    use crate::loss::{Batch, Sequence, mean_loss, nll_sum};
+    use crate::loss::{Batch, Sequence, mean_loss, nll_sum, target_nll};
     use crate::model::{Decoder, Mode};
     use candle_core::{DType, Tensor};
 
@@ -1117,6 +1117,15 @@ mod tests {
                     let worst = g.iter().zip(w).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
                     assert!(scale > 0.0 && worst < 2e-3 * scale, "{dtype:?} ckpt {ckpt} var {i}: {worst} of {scale}");
                 }
+            }
+            let rows = |m: &Decoder| -> Vec<f32> { target_nll(m, &b, Mode::INFER).unwrap().to_vec1().unwrap() };
+            let fused_rows = rows(&m);
+            m.set_fused(false);
+            let plain_rows = rows(&m);
+            m.set_fused(true);
+            assert_eq!(fused_rows.len(), b.n_targets);
+            for (x, y) in fused_rows.iter().zip(&plain_rows) {
+                assert!((x - y).abs() < 1e-4 * y.abs().max(1.0), "{dtype:?}: row nll {x} vs {y}");
             }
             let (mean, n) = mean_loss(&m, &seqs, 2, 0, Mode::INFER).unwrap();
             assert_eq!(n, b.n_targets);

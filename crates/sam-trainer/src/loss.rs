@@ -83,29 +83,40 @@ fn nll_sum_impl(model: &Decoder, batch: &Batch, mode: Mode<'_>, grad: bool) -> R
     if batch.n_targets == 0 {
         return Ok(None);
     }
+    Ok(Some(target_nll_impl(model, batch, mode, grad)?.sum_all()?))
+}
+
+/// The negative log-likelihood of each of the batch's targets (`[n_targets]`,
+/// in [`Batch::rows`] order), differentiable into the adapters when `mode`
+/// uses them. On the CPU the final norm, the output head and the
+/// cross-entropy run fused, without keeping logits (DPO's per-sequence
+/// log-probabilities are segment sums of this).
+pub fn target_nll(model: &Decoder, batch: &Batch, mode: Mode<'_>) -> Result<Tensor> {
+    target_nll_impl(model, batch, mode, true)
+}
+
+fn target_nll_impl(model: &Decoder, batch: &Batch, mode: Mode<'_>, grad: bool) -> Result<Tensor> {
+    if batch.n_targets == 0 {
+        return Ok(Tensor::zeros(0, candle_core::DType::F32, model.device())?);
+    }
     if let Some((norm, head)) = model.fused_head() {
         let x = model.hidden_prenorm(&batch.ids, mode, None, grad)?;
         let rows = x.index_select(&batch.rows, 0)?;
         let targets = batch.targets.to_vec1::<u32>()?;
-        let nll = crate::fused::nll_rows(&rows, norm, head, &targets, model.config().rms_norm_eps, model.pool())?;
-        return Ok(Some(nll.sum_all()?));
+        return Ok(crate::fused::nll_rows(&rows, norm, head, &targets, model.config().rms_norm_eps, model.pool())?);
     }
     let hidden = model.hidden(&batch.ids, mode, None)?;
     let hidden = hidden.index_select(&batch.rows, 0)?;
-    let mut total: Option<Tensor> = None;
+    let mut parts = Vec::new();
     let mut start = 0;
     while start < batch.n_targets {
         let n = HEAD_CHUNK.min(batch.n_targets - start);
         let logits = model.head(&hidden.narrow(0, start, n)?)?;
         let tgt = batch.targets.narrow(0, start, n)?;
-        let nll = crate::ops::cross_entropy_rows(&logits, &tgt)?.sum_all()?;
-        total = Some(match total {
-            None => nll,
-            Some(t) => (t + nll)?,
-        });
+        parts.push(crate::ops::cross_entropy_rows(&logits, &tgt)?);
         start += n;
     }
-    Ok(total)
+    Ok(Tensor::cat(&parts, 0)?)
 }
 
 /// Mean loss and token count over `seqs`, evaluated `batch` at a time
