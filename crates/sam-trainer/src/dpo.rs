@@ -23,16 +23,13 @@
 
 use crate::error::{Error, Result};
 use crate::fit::{Control, Objective, fit};
-use crate::loss::{Batch, Sequence};
+use crate::loss::{Batch, Sequence, target_nll, target_nll_eval};
 use crate::model::{Decoder, Mode};
 use crate::train::{Observer, TrainConfig, TrainOutcome, Trainer};
 use candle_core::{DType, Device, Tensor};
 use sam_prep::cache::{PreparedData, Split, TokenizedPair};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-
-/// Rows of the output head evaluated at once.
-const HEAD_CHUNK: usize = 256;
 
 /// The shape of the preference loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -260,24 +257,19 @@ pub fn pair_sequences(pairs: &[TokenizedPair], max_len: usize) -> (Vec<PairSeqs>
 /// (`[seqs.len()]`, differentiable into the adapters when `mode` uses them),
 /// in one forward pass over the padded batch.
 pub fn sequence_logps(model: &Decoder, seqs: &[Sequence<'_>], pad: u32, mode: Mode<'_>) -> Result<Tensor> {
+    sequence_logps_impl(model, seqs, pad, mode, true)
+}
+
+fn sequence_logps_impl(model: &Decoder, seqs: &[Sequence<'_>], pad: u32, mode: Mode<'_>, grad: bool) -> Result<Tensor> {
     let batch = Batch::new(seqs, pad, model.device())?;
     if seqs.iter().any(|s| s.mask.iter().skip(1).all(|&m| !m)) {
         return Err(Error::InvalidData("a sequence has no response token".into()));
     }
     let t = batch.ids.dim(1)?;
-    let hidden = model.hidden(&batch.ids, mode, None)?;
-    let hidden = hidden.index_select(&batch.rows, 0)?;
-    let mut parts = Vec::new();
-    let mut start = 0;
-    while start < batch.n_targets {
-        let n = HEAD_CHUNK.min(batch.n_targets - start);
-        let logits = model.head(&hidden.narrow(0, start, n)?)?;
-        let tgt = batch.targets.narrow(0, start, n)?;
-        parts.push(crate::ops::cross_entropy_rows(&logits, &tgt)?);
-        start += n;
-    }
-    let nll = Tensor::cat(&parts, 0)?.to_dtype(DType::F32)?;
-    // Segment sums: a [seqs, targets] 0/1 matrix times the per-row nll.
+    // Per-target NLL through the fused norm + head + cross-entropy (no
+    // logits kept), then segment sums: a [seqs, targets] 0/1 matrix times it.
+    let nll = if grad { target_nll(model, &batch, mode)? } else { target_nll_eval(model, &batch, mode)? };
+    let nll = nll.to_dtype(DType::F32)?;
     let rows: Vec<u32> = batch.rows.to_vec1()?;
     let mut seg = vec![0f32; seqs.len() * batch.n_targets];
     for (j, r) in rows.iter().enumerate() {
@@ -290,8 +282,18 @@ pub fn sequence_logps(model: &Decoder, seqs: &[Sequence<'_>], pad: u32, mode: Mo
 /// Policy log-probabilities of `pairs`: chosen and rejected answers in one
 /// forward pass. Returns `(chosen, rejected)`, each `[pairs.len()]`.
 pub fn pair_logps(model: &Decoder, pairs: &[&PairSeqs], pad: u32, mode: Mode<'_>) -> Result<(Tensor, Tensor)> {
+    pair_logps_impl(model, pairs, pad, mode, true)
+}
+
+fn pair_logps_impl(
+    model: &Decoder,
+    pairs: &[&PairSeqs],
+    pad: u32,
+    mode: Mode<'_>,
+    grad: bool,
+) -> Result<(Tensor, Tensor)> {
     let seqs: Vec<Sequence<'_>> = pairs.iter().map(|p| p.chosen()).chain(pairs.iter().map(|p| p.rejected())).collect();
-    let all = sequence_logps(model, &seqs, pad, mode)?;
+    let all = sequence_logps_impl(model, &seqs, pad, mode, grad)?;
     let n = pairs.len();
     Ok((all.narrow(0, 0, n)?, all.narrow(0, n, n)?))
 }
@@ -312,7 +314,7 @@ pub fn reference_logps(
     let mut out = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch.max(1)) {
         let refs: Vec<&PairSeqs> = chunk.iter().collect();
-        let (c, r) = pair_logps(model, &refs, pad, mode)?;
+        let (c, r) = pair_logps_impl(model, &refs, pad, mode, false)?;
         let c: Vec<f32> = c.detach().to_vec1()?;
         let r: Vec<f32> = r.detach().to_vec1()?;
         out.extend(c.into_iter().zip(r));
@@ -321,6 +323,7 @@ pub fn reference_logps(
 }
 
 /// Loss and rewards of `idx` pairs under the current policy.
+#[allow(clippy::too_many_arguments)]
 fn batch_output(
     model: &Decoder,
     pairs: &[PairSeqs],
@@ -329,9 +332,10 @@ fn batch_output(
     pad: u32,
     mode: Mode<'_>,
     dpo: &DpoConfig,
+    grad: bool,
 ) -> Result<DpoOutput> {
     let sel: Vec<&PairSeqs> = idx.iter().map(|&i| &pairs[i]).collect();
-    let (policy_chosen, policy_rejected) = pair_logps(model, &sel, pad, mode)?;
+    let (policy_chosen, policy_rejected) = pair_logps_impl(model, &sel, pad, mode, grad)?;
     let dev = model.device();
     let ref_chosen = Tensor::from_vec(idx.iter().map(|&i| refs[i].0).collect::<Vec<_>>(), idx.len(), dev)?;
     let ref_rejected = Tensor::from_vec(idx.iter().map(|&i| refs[i].1).collect::<Vec<_>>(), idx.len(), dev)?;
@@ -354,7 +358,7 @@ pub fn evaluate_pairs(
     let mut stats = PreferenceStats::default();
     let all: Vec<usize> = (0..pairs.len()).collect();
     for idx in all.chunks(batch.max(1)) {
-        stats.add(&batch_output(model, pairs, refs, idx, pad, Mode::INFER, dpo)?)?;
+        stats.add(&batch_output(model, pairs, refs, idx, pad, Mode::INFER, dpo, false)?)?;
     }
     Ok(stats.finish())
 }
@@ -567,7 +571,7 @@ impl Objective for DpoObjective<'_> {
         (idx.len(), tokens)
     }
     fn loss(&mut self, model: &Decoder, idx: &Vec<usize>, units: f64, mode: Mode<'_>) -> Result<Option<Tensor>> {
-        let out = batch_output(model, &self.train, &self.train_refs, idx, self.pad, mode, self.dpo)?;
+        let out = batch_output(model, &self.train, &self.train_refs, idx, self.pad, mode, self.dpo, true)?;
         self.stats.add(&out)?;
         Ok(Some((out.losses.sum_all()? / units)?))
     }

@@ -992,7 +992,9 @@ impl CustomOp1 for HeadNll {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let Some(mut dx) = self.dx.lock().map_err(|_| candle_core::Error::Msg("fused head: poisoned".into()))?.take()
+        // Cloned, not taken: a graph may be backpropagated more than once
+        // (several losses over the same forward), as candle's own ops allow.
+        let Some(mut dx) = self.dx.lock().map_err(|_| candle_core::Error::Msg("fused head: poisoned".into()))?.clone()
         else {
             bail!("fused head: backward without a saved gradient");
         };

@@ -95,6 +95,12 @@ pub fn target_nll(model: &Decoder, batch: &Batch, mode: Mode<'_>) -> Result<Tens
     target_nll_impl(model, batch, mode, true)
 }
 
+/// [`target_nll`] without building a backward graph (evaluation, DPO
+/// reference log-probabilities): less memory, nothing to differentiate.
+pub fn target_nll_eval(model: &Decoder, batch: &Batch, mode: Mode<'_>) -> Result<Tensor> {
+    target_nll_impl(model, batch, mode, false)
+}
+
 fn target_nll_impl(model: &Decoder, batch: &Batch, mode: Mode<'_>, grad: bool) -> Result<Tensor> {
     if batch.n_targets == 0 {
         return Ok(Tensor::zeros(0, candle_core::DType::F32, model.device())?);

@@ -87,7 +87,9 @@ fn default_format() -> AdapterFormat {
 impl Default for TrainConfig {
     /// Sized for an 8 GB laptop: batch 1 with 4 accumulation steps, rank 8
     /// on q and v, sequences up to 1024 tokens, 1000 steps, learning rate
-    /// 2e-4 (LoRA tolerates larger rates than full fine-tuning).
+    /// 2e-4 (LoRA tolerates larger rates than full fine-tuning), every 2nd
+    /// layer recomputed in the backward pass (about 1.2× PyTorch + PEFT's
+    /// speed at 0.4× its memory on the test model; see docs/benchmarks.md).
     fn default() -> Self {
         Self {
             lora: LoraConfig::default(),
@@ -106,7 +108,7 @@ impl Default for TrainConfig {
             pad_id: 0,
             out_dir: None,
             save_every: 0,
-            checkpoint_every: 1,
+            checkpoint_every: 2,
             adapter_format: AdapterFormat::Peft,
             base_model: None,
         }
