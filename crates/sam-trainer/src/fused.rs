@@ -21,8 +21,9 @@
 //! those, it computes each row's gradient `d nll_i / d x_i` in the forward,
 //! chunk by chunk, so the `[rows × vocab]` logits are never kept.
 //!
-//! Used for f32 weights on the CPU without a KV cache or dropout; other
-//! cases take the plain-op path in [`crate::model`].
+//! Used on the CPU (f32 weights, or bf16/f16 ones widened per product)
+//! without a KV cache or dropout; other cases (generation, dropout, GPU
+//! devices) take the plain-op path in [`crate::model`].
 
 mod kernels;
 mod pool;
