@@ -662,7 +662,7 @@ fn train(
     let (last_valid, last_train) = (fwd.last_valid, fwd.last_train);
     let seconds = t0.elapsed().as_secs_f64();
     let sft = outcome.sft.clone().ok_or_else(|| Error::NoData("the SFT phase did not run".into()))?;
-    let examples = sam_prep::cache::PreparedData::open(&prep.dir)?.sft(Split::Train)?.len() as u64;
+    let examples = prep.sft[0];
     let metrics = RunDir::open(&run_dir)?.metrics()?;
     let tokens = metrics.iter().filter_map(|m| m.tokens_seen).max().unwrap_or(0);
     let dpo_phase = outcome.dpo.as_ref().map(|d| DpoInfo {

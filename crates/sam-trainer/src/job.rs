@@ -343,8 +343,7 @@ impl Job {
         self.run.clear_stop_request()?;
         let res = self.run_inner(observer, ctl);
         if let Err(e) = &res {
-            let step = self.run.status().map(|s| s.step).unwrap_or(0);
-            let total = self.run.status().map(|s| s.total_steps).unwrap_or(0);
+            let (step, total) = self.run.status().map_or((0, 0), |s| (s.step, s.total_steps));
             let _ = self.run.append_event(EventKind::Error, step, e.to_string());
             let _ = self.run.set_status(RunStatus::Failed, Some(e.to_string()), step, total);
             let _ = self.run.write_loss_svg();
@@ -443,18 +442,7 @@ impl Job {
                 self.run.append_event(EventKind::Stopped, outcome.steps as u64, format!("{} phase", phase.name()))?;
                 self.run.set_status(RunStatus::Stopped, Some("stop requested".into()), outcome.steps as u64, 0)?;
                 outcomes[slot] = Some(outcome);
-                let [sft, dpo] = outcomes;
-                return Ok(JobOutcome {
-                    id: self.run.id().to_string(),
-                    run_dir: self.run.path().to_path_buf(),
-                    status: RunStatus::Stopped,
-                    resumed_from,
-                    sft,
-                    dpo,
-                    eval: None,
-                    adapter_dir: self.run.adapter_dir(),
-                    model: None,
-                });
+                return Ok(self.outcome(RunStatus::Stopped, resumed_from, outcomes, None, None));
             }
             sam_runs::write_json_atomic(&self.done_path(phase), &outcome)?;
             adapter_on_model = true;
@@ -478,22 +466,32 @@ impl Job {
             }
             None => None,
         };
-        let [sft, dpo] = outcomes;
-        let steps = dpo.as_ref().or(sft.as_ref()).map_or(0, |o| o.steps as u64);
+        let steps = outcomes[1].as_ref().or(outcomes[0].as_ref()).map_or(0, |o| o.steps as u64);
         self.run.append_event(EventKind::Completed, steps, "")?;
         self.run.set_status(RunStatus::Completed, None, steps, steps)?;
         self.run.write_loss_svg()?;
-        Ok(JobOutcome {
+        Ok(self.outcome(RunStatus::Completed, resumed_from, outcomes, eval, Some(model)))
+    }
+
+    fn outcome(
+        &self,
+        status: RunStatus,
+        resumed_from: Option<(String, usize)>,
+        [sft, dpo]: [Option<TrainOutcome>; 2],
+        eval: Option<EvalReport>,
+        model: Option<Decoder>,
+    ) -> JobOutcome {
+        JobOutcome {
             id: self.run.id().to_string(),
             run_dir: self.run.path().to_path_buf(),
-            status: RunStatus::Completed,
+            status,
             resumed_from,
             sft,
             dpo,
             eval,
             adapter_dir: self.run.adapter_dir(),
-            model: Some(model),
-        })
+            model,
+        }
     }
 }
 
