@@ -54,6 +54,25 @@ fn prepared(home: &Path, model: &str) -> PathBuf {
     dir
 }
 
+/// A temporary SAM_HOME with a prepared dataset for the test model:
+/// `(home, model path, dataset path)`.
+fn setup() -> (tempfile::TempDir, String, String) {
+    let model = sam_models::require_test_model().unwrap_or_else(|e| panic!("{e}"));
+    let model = model.to_str().unwrap().to_string();
+    let home = tempfile::tempdir().unwrap();
+    let data = prepared(home.path(), &model).to_str().unwrap().to_string();
+    (home, model, data)
+}
+
+/// Starts `sam ARGS` training into `run` and returns once a step is logged.
+fn spawn_past_first_step(home: &Path, args: &[&str], run: &Path) -> Child {
+    let mut child = cmd(home, args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_for("the first step", &mut child, Duration::from_secs(300), || {
+        run.join("metrics.jsonl").is_file() && !step_losses(run).is_empty()
+    });
+    child
+}
+
 fn train_args<'a>(data: &'a str, model: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
         "train",
@@ -128,12 +147,8 @@ fn assert_same_losses(a: &[(String, u64, f64)], b: &[(String, u64, f64)]) {
 
 #[test]
 fn a_run_killed_after_a_checkpoint_resumes_to_the_same_losses() {
-    let model = sam_models::require_test_model().unwrap_or_else(|e| panic!("{e}"));
-    let model = model.to_str().unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let h = home.path();
-    let data = prepared(h, model);
-    let data = data.to_str().unwrap();
+    let (home, model, data) = setup();
+    let (h, model, data) = (home.path(), model.as_str(), data.as_str());
 
     let twin = h.join("runs/twin");
     let out = ok(h, &[&["--json"], &train_args(data, model, twin.to_str().unwrap())[..]].concat());
@@ -186,12 +201,8 @@ fn a_run_killed_after_a_checkpoint_resumes_to_the_same_losses() {
 
 #[test]
 fn sam_runs_stop_ends_a_live_run_with_a_checkpoint_and_sft_dpo_trains_both_phases() {
-    let model = sam_models::require_test_model().unwrap_or_else(|e| panic!("{e}"));
-    let model = model.to_str().unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let h = home.path();
-    let data = prepared(h, model);
-    let data = data.to_str().unwrap();
+    let (home, model, data) = setup();
+    let (h, model, data) = (home.path(), model.as_str(), data.as_str());
     let run = h.join("runs/both");
     let mut args = train_args(data, model, run.to_str().unwrap());
     // Long enough that the stop surely lands in the SFT phase.
@@ -200,10 +211,7 @@ fn sam_runs_stop_ends_a_live_run_with_a_checkpoint_and_sft_dpo_trains_both_phase
     let save = args.iter().position(|a| *a == "--save-every").unwrap() + 1;
     args[save] = "100";
     args.extend(["--mode", "sft+dpo", "--dpo-iters", "3", "--dpo-lr", "5e-4"]);
-    let mut child = cmd(h, &args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    wait_for("the first step", &mut child, Duration::from_secs(300), || {
-        run.join("metrics.jsonl").is_file() && !step_losses(&run).is_empty()
-    });
+    let mut child = spawn_past_first_step(h, &args, &run);
     let out = ok(h, &["runs", "stop", "both", "--wait"]);
     assert!(out.contains("stopped"), "{out}");
     let st = child.wait().unwrap();
@@ -231,19 +239,13 @@ fn sam_runs_stop_ends_a_live_run_with_a_checkpoint_and_sft_dpo_trains_both_phase
 
 #[test]
 fn sigterm_stops_a_run_after_its_step_with_a_checkpoint() {
-    let model = sam_models::require_test_model().unwrap_or_else(|e| panic!("{e}"));
-    let model = model.to_str().unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let h = home.path();
-    let data = prepared(h, model);
+    let (home, model, data) = setup();
+    let (h, model, data) = (home.path(), model.as_str(), data.as_str());
     let run = h.join("runs/term");
-    let mut args = train_args(data.to_str().unwrap(), model, run.to_str().unwrap());
+    let mut args = train_args(data, model, run.to_str().unwrap());
     let iters = args.iter().position(|a| *a == "--iters").unwrap() + 1;
     args[iters] = "40";
-    let mut child = cmd(h, &args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    wait_for("the first step", &mut child, Duration::from_secs(300), || {
-        run.join("metrics.jsonl").is_file() && !step_losses(&run).is_empty()
-    });
+    let mut child = spawn_past_first_step(h, &args, &run);
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
     let st = child.wait().unwrap();
