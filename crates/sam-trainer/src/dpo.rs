@@ -22,10 +22,11 @@
 //! rejected answers of a micro-batch go through the model as one batch.
 
 use crate::error::{Error, Result};
-use crate::fit::{Control, Objective, fit};
+use crate::fit::{Control, Objective, TrainOutcome, Trainer, fit};
 use crate::loss::{Batch, Sequence, target_nll, target_nll_eval};
 use crate::model::{Decoder, Mode};
-use crate::train::{Observer, TrainConfig, TrainOutcome, Trainer};
+use crate::observe::{Observer, PreferenceMetrics, PreferenceStats};
+use crate::settings::TrainConfig;
 use candle_core::{DType, Device, Tensor};
 use sam_prep::cache::{PreparedData, Split, TokenizedPair};
 use serde::{Deserialize, Serialize};
@@ -148,23 +149,6 @@ pub fn dpo_loss(logps: &PairLogps, cfg: &DpoConfig) -> Result<DpoOutput> {
     })
 }
 
-/// Summary of a set of pairs: mean loss, rewards, margin and accuracy.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-pub struct PreferenceStats {
-    /// Pairs summarised.
-    pub pairs: usize,
-    /// Mean loss.
-    pub loss: f64,
-    /// Mean chosen reward.
-    pub reward_chosen: f64,
-    /// Mean rejected reward.
-    pub reward_rejected: f64,
-    /// Mean reward margin (chosen − rejected).
-    pub margin: f64,
-    /// Fraction of pairs whose chosen reward is above the rejected one.
-    pub accuracy: f64,
-}
-
 impl PreferenceStats {
     /// Sums of the per-pair values of `out` (call [`Self::finish`] after
     /// accumulating every batch).
@@ -199,17 +183,6 @@ impl PreferenceStats {
         s.add(out)?;
         Ok(s.finish())
     }
-}
-
-/// Preference metrics of one optimiser step or one validation.
-#[derive(Debug, Clone, Serialize)]
-pub struct PreferenceMetrics {
-    /// Step after which they were measured (0: before training).
-    pub step: usize,
-    /// `train` (the step's pairs) or `valid`.
-    pub split: &'static str,
-    /// Loss, rewards, margin and accuracy.
-    pub stats: PreferenceStats,
 }
 
 /// A pair cut to the model's length, as two masked sequences.
@@ -406,7 +379,7 @@ pub fn train_dpo_with(
     if model.lora_vars().is_empty() {
         return Err(Error::InvalidConfig("no adapters attached".into()));
     }
-    model.set_checkpointing(cfg.checkpoint_every);
+    model.set_recompute_every(cfg.checkpoint_every);
     let (train_pairs, skipped) = pair_sequences(train, cfg.max_seq_len);
     let (valid_pairs, _) = pair_sequences(valid, cfg.max_seq_len);
     if train_pairs.is_empty() {

@@ -2,9 +2,8 @@
 //! with its adapter, as the report the gate reads (`eval.json`).
 
 use crate::error::{Error, Result, io_err, json_err};
-use crate::loss::mean_loss;
+use crate::loss::{mean_loss, sequences};
 use crate::model::{Decoder, Mode};
-use crate::train::sequences;
 use sam_prep::cache::TokenizedExample;
 use serde::{Deserialize, Serialize};
 use std::path::Path;

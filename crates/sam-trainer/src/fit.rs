@@ -20,12 +20,14 @@ use crate::checkpoint::{self, Checkpoint, LoopState};
 use crate::error::{Error, Result};
 use crate::lora::DropoutRng;
 use crate::model::{Decoder, Mode};
+use crate::observe::{EvalMetrics, Observer, StepMetrics};
 use crate::optim::{AdamW, clip_grad_norm, lr_at};
-use crate::train::{Duration, EvalMetrics, Observer, StepMetrics, TrainConfig, TrainOutcome, lora_gradients};
+use crate::settings::{Duration, TrainConfig};
 use candle_core::{Device, Tensor};
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use sam_runs::MemoryGuard;
-use std::path::Path;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Runtime controls of a training loop: what is not part of its
@@ -61,6 +63,45 @@ impl Control<'_> {
     fn should_stop(&self) -> bool {
         self.stop.is_some_and(|f| f())
     }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOutcome {
+    /// Optimiser steps taken.
+    pub steps: usize,
+    /// Training loss of the last step.
+    pub final_train_loss: f64,
+    /// Validation loss before training (`None` without a validation split).
+    pub initial_val_loss: Option<f64>,
+    /// Best validation loss seen.
+    pub best_val_loss: Option<f64>,
+    /// Step of the best validation loss (its adapter is on the model).
+    pub best_step: Option<usize>,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+    /// Whether a stop request ended the run before its last step (a
+    /// checkpoint holds where it stopped; the best adapter is not put back).
+    pub stopped: bool,
+    /// The step of the checkpoint this run continued from.
+    pub resumed_from: Option<usize>,
+    /// Mean throughput over the run (this process's part of it, when resumed).
+    pub tokens_per_s: f64,
+    /// Where the best adapter was written, when `out_dir` was set.
+    pub adapter_dir: Option<PathBuf>,
+    /// Training examples skipped (nothing to learn after truncation).
+    pub skipped_examples: usize,
+}
+
+/// A training method (SFT or DPO) over a prepared dataset.
+pub trait Trainer {
+    /// Trains adapters on `data`, reporting to `observer`.
+    fn train(
+        &mut self,
+        cfg: &TrainConfig,
+        data: &sam_prep::cache::PreparedData,
+        observer: &mut dyn Observer,
+    ) -> Result<TrainOutcome>;
 }
 
 /// What the loop optimises: SFT on sequences, DPO on pairs.
@@ -156,7 +197,7 @@ pub(crate) fn fit<O: Objective>(
         return Err(Error::InvalidConfig("no adapters attached".into()));
     }
     let vars: Vec<_> = named.iter().map(|(_, v)| v.clone()).collect();
-    model.set_checkpointing(cfg.checkpoint_every);
+    model.set_recompute_every(cfg.checkpoint_every);
     let n = obj.len();
     let phase = obj.phase();
     let batches_per_epoch = n.div_ceil(cfg.batch_size);
@@ -285,7 +326,7 @@ pub(crate) fn fit<O: Objective>(
             let Some(loss) = obj.loss(model, m, units.max(1) as f64, mode)? else {
                 continue;
             };
-            let gs = lora_gradients(model, &loss)?;
+            let gs = model.lora_gradients(&loss)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             for (acc, g) in grads.iter_mut().zip(gs) {
                 if let Some(g) = g {

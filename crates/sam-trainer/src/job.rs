@@ -41,13 +41,15 @@
 
 use crate::adapter::load_adapter;
 use crate::checkpoint::Checkpoint;
-use crate::dpo::{DpoConfig, PreferenceMetrics, Reference, train_dpo_with};
+use crate::dpo::{DpoConfig, Reference, train_dpo_with};
 use crate::error::{Error, Result};
 use crate::eval::{EvalReport, evaluate};
-use crate::fit::Control;
+use crate::fit::{Control, TrainOutcome};
 use crate::load::{LoadOptions, load_model};
 use crate::model::Decoder;
-use crate::train::{Duration, EvalMetrics, Observer, StepMetrics, TrainConfig, TrainOutcome, train_sft_with};
+use crate::observe::{EvalMetrics, Observer, PreferenceMetrics, PreferenceStats, StepMetrics};
+use crate::settings::{Duration, TrainConfig};
+use crate::sft::train_sft_with;
 use candle_core::DType;
 use sam_prep::cache::{PreparedData, Split};
 use sam_runs::{
@@ -507,7 +509,7 @@ struct JobObserver<'a> {
     total: u64,
     eta: Eta,
     /// DPO training statistics of the step in progress (reported before it).
-    pending: Option<crate::dpo::PreferenceStats>,
+    pending: Option<PreferenceStats>,
     steps_since_plot: usize,
 }
 
@@ -536,7 +538,7 @@ impl<'a> JobObserver<'a> {
     }
 }
 
-fn stats_fields(prefix: &str, s: &crate::dpo::PreferenceStats, into: &mut serde_json::Map<String, serde_json::Value>) {
+fn stats_fields(prefix: &str, s: &PreferenceStats, into: &mut serde_json::Map<String, serde_json::Value>) {
     into.insert(format!("{prefix}reward_chosen"), s.reward_chosen.into());
     into.insert(format!("{prefix}reward_rejected"), s.reward_rejected.into());
     into.insert(format!("{prefix}reward_margin"), s.margin.into());

@@ -55,34 +55,39 @@ pub mod dpo;
 pub mod error;
 pub mod eval;
 pub mod fit;
+mod forward;
 mod fused;
 pub mod generate;
 pub mod job;
+mod layer;
 pub mod load;
 pub mod lora;
 pub mod loss;
 pub mod model;
+pub mod observe;
 pub mod ops;
 pub mod optim;
-pub mod train;
+mod plain;
+pub mod settings;
+pub mod sft;
 
 pub use adapter::{AdapterFormat, load_adapter, save_adapter, save_hf_model};
 pub use candle_core::{DType, Device};
 pub use checkpoint::{Checkpoint, LoopState};
 pub use config::{Arch, ModelConfig};
-pub use dpo::{
-    DpoConfig, DpoLoss, DpoTrainer, PreferenceMetrics, PreferenceStats, Reference, train_dpo, train_dpo_with,
-};
+pub use dpo::{DpoConfig, DpoLoss, DpoTrainer, Reference, train_dpo, train_dpo_with};
 pub use error::{Error, Result};
 pub use eval::{EvalReport, Score, evaluate};
-pub use fit::Control;
+pub use fit::{Control, TrainOutcome, Trainer};
 pub use generate::{GenerateConfig, generate};
 pub use job::{Job, JobControl, JobMode, JobOutcome, JobSpec, WeightType};
 pub use load::{LoadOptions, load_model, random_model, read_config};
 pub use lora::{Layers, Linear, LoraConfig, Target};
 pub use loss::{Batch, Sequence, mean_loss, nll_sum};
 pub use model::{Decoder, KvCache, Mode};
-pub use train::{
-    Duration, EvalMetrics, NoopObserver, Observer, SftTrainer, StepMetrics, TrainConfig, TrainOutcome, Trainer,
-    lora_gradients, train_sft, train_sft_with,
-};
+pub use observe::{EvalMetrics, NoopObserver, Observer, PreferenceMetrics, PreferenceStats, StepMetrics};
+pub use settings::{Duration, TrainConfig};
+pub use sft::{SftTrainer, lora_gradients, train_sft, train_sft_with};
+
+#[cfg(test)]
+mod tidy;

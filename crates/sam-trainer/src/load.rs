@@ -4,8 +4,9 @@
 
 use crate::config::{Arch, ModelConfig};
 use crate::error::{Error, Result, io_err};
+use crate::layer::{Attention, Layer, Mlp};
 use crate::lora::Linear;
-use crate::model::{Attention, Decoder, Layer, Mlp};
+use crate::model::Decoder;
 use candle_core::quantized::gguf_file;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};

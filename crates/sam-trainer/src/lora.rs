@@ -195,12 +195,12 @@ impl DropoutRng {
         *self.0.lock().expect("dropout rng poisoned") = StdRng::seed_from_u64(seed);
     }
 
-    fn mask(&self, shape: &[usize], p: f32, dev: &Device) -> Result<Tensor> {
+    fn mask(&self, shape: &[usize], p: f32, dev: &Device) -> candle_core::Result<Tensor> {
         let n: usize = shape.iter().product();
         let keep = 1.0 / (1.0 - p);
         let mut rng = self.0.lock().expect("dropout rng poisoned");
         let v: Vec<f32> = (0..n).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
-        Ok(Tensor::from_vec(v, shape, dev)?)
+        Tensor::from_vec(v, shape, dev)
     }
 }
 
@@ -287,7 +287,7 @@ impl Linear {
     /// `x: [n, in]` (f32) → `[n, out]` (f32). `adapter` false skips the
     /// adapter (the DPO reference, the base-model evaluation); `dropout` is
     /// the mask source in training, `None` at inference.
-    pub fn forward(&self, x: &Tensor, adapter: bool, dropout: Option<&DropoutRng>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, adapter: bool, dropout: Option<&DropoutRng>) -> candle_core::Result<Tensor> {
         let mut y = crate::ops::frozen_matmul(x, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;

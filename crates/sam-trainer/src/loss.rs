@@ -7,9 +7,7 @@
 use crate::error::{Error, Result};
 use crate::model::{Decoder, Mode};
 use candle_core::Tensor;
-
-/// Rows of the output head evaluated at once.
-const HEAD_CHUNK: usize = 256;
+use sam_prep::cache::TokenizedExample;
 
 /// One example, cut to the length the model will see.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +69,22 @@ impl Batch {
     }
 }
 
+/// Cuts examples to `max_len` and drops those with nothing left to learn.
+pub fn sequences(examples: &[TokenizedExample], max_len: usize) -> (Vec<Sequence<'_>>, usize) {
+    let mut out = Vec::with_capacity(examples.len());
+    let mut skipped = 0;
+    for ex in examples {
+        let n = ex.input_ids.len().min(ex.loss_mask.len()).min(max_len);
+        let seq = Sequence { ids: &ex.input_ids[..n], mask: &ex.loss_mask[..n] };
+        if n >= 2 && seq.mask[1..].iter().any(|&m| m) {
+            out.push(seq);
+        } else {
+            skipped += 1;
+        }
+    }
+    (out, skipped)
+}
+
 /// Sum of the negative log-likelihoods of the batch's targets (a scalar
 /// tensor that backpropagates into the adapters), or `None` when the batch
 /// has nothing to predict.
@@ -105,24 +119,7 @@ fn target_nll_impl(model: &Decoder, batch: &Batch, mode: Mode<'_>, grad: bool) -
     if batch.n_targets == 0 {
         return Ok(Tensor::zeros(0, candle_core::DType::F32, model.device())?);
     }
-    if let Some((norm, head)) = model.fused_head() {
-        let x = model.hidden_prenorm(&batch.ids, mode, None, grad)?;
-        let rows = x.index_select(&batch.rows, 0)?;
-        let targets = batch.targets.to_vec1::<u32>()?;
-        return Ok(crate::fused::nll_rows(&rows, norm, head, &targets, model.config().rms_norm_eps, model.pool())?);
-    }
-    let hidden = model.hidden(&batch.ids, mode, None)?;
-    let hidden = hidden.index_select(&batch.rows, 0)?;
-    let mut parts = Vec::new();
-    let mut start = 0;
-    while start < batch.n_targets {
-        let n = HEAD_CHUNK.min(batch.n_targets - start);
-        let logits = model.head(&hidden.narrow(0, start, n)?)?;
-        let tgt = batch.targets.narrow(0, start, n)?;
-        parts.push(crate::ops::cross_entropy_rows(&logits, &tgt)?);
-        start += n;
-    }
-    Ok(Tensor::cat(&parts, 0)?)
+    model.target_nll(&batch.ids, &batch.rows, &batch.targets, mode, grad)
 }
 
 /// Mean loss and token count over `seqs`, evaluated `batch` at a time

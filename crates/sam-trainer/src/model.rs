@@ -2,101 +2,28 @@
 //!
 //! RMSNorm, rotary embeddings (rotate-half, the Hugging Face layout), grouped
 //! query attention with a causal mask, a SwiGLU MLP, tied or separate output
-//! head. Every projection is a [`Linear`] that can carry a LoRA adapter. All
+//! head. Every projection is a [`Linear`](crate::lora::Linear) that can carry a LoRA adapter. All
 //! activations are f32; frozen weights may be stored in bf16/f16 and are
 //! widened per matmul.
 //!
-//! On the CPU without a KV cache or LoRA dropout (training, evaluation) each
-//! layer runs as one fused graph node with a hand-written backward
-//! (the private `fused` module). Otherwise (generation, dropout, other devices) the
-//! layer is built from candle ops that all have a backward (no fused
-//! `softmax_last_dim`, `rms_norm` or `rope`, which silently cut gradients);
-//! a test checks that both paths give the same loss and gradients.
+//! Each forward pass picks how it runs (the private `forward::Path` seam): on the CPU
+//! without a KV cache or LoRA dropout (training, evaluation) each layer, and
+//! the final norm + head + loss, run as fused graph nodes with a
+//! hand-written backward (the private `fused` module); otherwise (generation, dropout,
+//! other devices) the layers are built from candle ops that all have a
+//! backward (the private `plain` module). A test holds both paths to the same loss and
+//! gradients.
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::lora::{DropoutRng, Linear, LoraConfig, Target};
-use candle_core::{D, DType, Device, Tensor, TensorId, Var};
-use std::collections::HashMap;
-use std::sync::Arc;
-
-type CkptGrads = crate::fused::SideGrads;
+pub use crate::forward::KvCache;
+use crate::forward::{Pass, Path, SideGrads};
+use crate::fused::Fused;
+use crate::layer::Layer;
+use crate::lora::{DropoutRng, LoraConfig, Target};
+use crate::plain::{Plain, rms_norm};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::{SeedableRng, rngs::StdRng};
-
-/// One decoder layer's attention projections.
-#[derive(Debug, Clone)]
-pub(crate) struct Attention {
-    pub(crate) q: Linear,
-    pub(crate) k: Linear,
-    pub(crate) v: Linear,
-    pub(crate) o: Linear,
-}
-
-/// One decoder layer's SwiGLU MLP.
-#[derive(Debug, Clone)]
-pub(crate) struct Mlp {
-    pub(crate) gate: Linear,
-    pub(crate) up: Linear,
-    pub(crate) down: Linear,
-}
-
-/// One decoder layer.
-#[derive(Debug, Clone)]
-pub(crate) struct Layer {
-    pub(crate) attn_norm: Tensor,
-    pub(crate) attn: Attention,
-    pub(crate) mlp_norm: Tensor,
-    pub(crate) mlp: Mlp,
-}
-
-impl Layer {
-    pub(crate) fn linear(&self, t: Target) -> &Linear {
-        match t {
-            Target::Q => &self.attn.q,
-            Target::K => &self.attn.k,
-            Target::V => &self.attn.v,
-            Target::O => &self.attn.o,
-            Target::Gate => &self.mlp.gate,
-            Target::Up => &self.mlp.up,
-            Target::Down => &self.mlp.down,
-        }
-    }
-
-    pub(crate) fn linear_mut(&mut self, t: Target) -> &mut Linear {
-        match t {
-            Target::Q => &mut self.attn.q,
-            Target::K => &mut self.attn.k,
-            Target::V => &mut self.attn.v,
-            Target::O => &mut self.attn.o,
-            Target::Gate => &mut self.mlp.gate,
-            Target::Up => &mut self.mlp.up,
-            Target::Down => &mut self.mlp.down,
-        }
-    }
-}
-
-/// Keys and values of past positions, one entry per layer, for generation.
-#[derive(Debug, Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-}
-
-impl KvCache {
-    /// An empty cache.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// How many positions the cache holds.
-    pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dims()[2]).unwrap_or(0)
-    }
-
-    /// Whether the cache is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// How a forward pass runs.
 #[derive(Debug, Clone, Copy)]
@@ -124,25 +51,11 @@ pub struct Decoder {
     pub(crate) lm_head: Option<Tensor>,
     lora: Option<LoraConfig>,
     device: Device,
-    checkpoint: usize,
-    ckpt_grads: CkptGrads,
-    pool: Arc<crate::fused::Pool>,
-    fused: bool,
-}
-
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let inv = (ms + eps)?.sqrt()?.recip()?;
-    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
-}
-
-/// `x: [b, h, t, d]`, `cos`/`sin`: `[t, d]` (halves repeated).
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
+    recompute_every: usize,
+    side_grads: SideGrads,
+    fused: Fused,
+    plain: Plain,
+    fused_enabled: bool,
 }
 
 impl Decoder {
@@ -162,10 +75,11 @@ impl Decoder {
             lm_head,
             lora: None,
             device,
-            checkpoint: 0,
-            ckpt_grads: CkptGrads::default(),
-            pool: Arc::default(),
-            fused: true,
+            recompute_every: 0,
+            side_grads: SideGrads::default(),
+            fused: Fused::default(),
+            plain: Plain,
+            fused_enabled: true,
         }
     }
 
@@ -263,154 +177,120 @@ impl Decoder {
         out
     }
 
-    fn rope_tables(&self, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
-        let hd = self.cfg.head_dim;
-        let inv: Vec<f32> =
-            (0..hd / 2).map(|i| (1.0 / self.cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32).collect();
-        let mut cos = Vec::with_capacity(t * hd);
-        let mut sin = Vec::with_capacity(t * hd);
-        for p in offset..offset + t {
-            for _half in 0..2 {
-                for f in &inv {
-                    let a = p as f32 * f;
-                    cos.push(a.cos());
-                    sin.push(a.sin());
-                }
-            }
-        }
-        Ok((Tensor::from_vec(cos, (t, hd), &self.device)?, Tensor::from_vec(sin, (t, hd), &self.device)?))
-    }
-
     /// Final hidden states (after the last norm), `[b * t, hidden]`, for
     /// token ids `[b, t]`. With `cache`, the ids continue the cached prefix.
     pub fn hidden(&self, ids: &Tensor, mode: Mode<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = self.hidden_prenorm(ids, mode, cache, true)?;
-        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
+        Ok(rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
     }
 
-    /// Whether the fused CPU path ([`crate::fused`]) can run every layer.
+    /// Whether the fused CPU path can run every layer.
     fn fused_layers(&self) -> bool {
-        self.fused && self.device.is_cpu() && self.layers.iter().all(crate::fused::layer_supported)
+        self.fused_enabled && self.device.is_cpu() && Fused::supports(&self.layers)
+    }
+
+    /// The path that runs the layers of one forward pass: the fused one on
+    /// the CPU without a KV cache or active dropout, else the plain one
+    /// (which then also frees the fused path's pooled buffers).
+    fn layer_path(&self, pass: &Pass<'_>, cached: bool) -> &dyn Path {
+        let dropout_on = pass.dropout.is_some() && self.layers.iter().any(Layer::has_dropout);
+        if !cached && !dropout_on && self.fused_layers() {
+            &self.fused
+        } else {
+            self.fused.release();
+            &self.plain
+        }
+    }
+
+    /// The path that runs the final norm, the head and the loss.
+    fn head_path(&self) -> &dyn Path {
+        if self.fused_layers() && Fused::supports_head(&self.norm, self.head_weight()) {
+            &self.fused
+        } else {
+            &self.plain
+        }
+    }
+
+    fn head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
     /// Switches the fused CPU path off (tests compare it with the plain ops).
     #[cfg(test)]
     pub(crate) fn set_fused(&mut self, on: bool) {
-        self.fused = on;
+        self.fused_enabled = on;
     }
 
-    /// The fused path's buffer pool.
-    pub(crate) fn pool(&self) -> &Arc<crate::fused::Pool> {
-        &self.pool
-    }
-
-    /// The final norm and the output head, when the fused loss can use them.
-    pub(crate) fn fused_head(&self) -> Option<(&Tensor, &Tensor)> {
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        (self.fused_layers() && crate::fused::head_supported(&self.norm, head)).then_some((&self.norm, head))
+    /// What a forward pass over `[b, t]` ids in `mode` runs over.
+    fn pass<'a>(&'a self, b: usize, t: usize, mode: Mode<'a>, grad: bool) -> Pass<'a> {
+        let lowest = if mode.adapter { self.layers.iter().position(Layer::adapted) } else { None };
+        let dropout_on = mode.dropout.is_some() && self.layers.iter().any(Layer::has_dropout);
+        Pass {
+            cfg: &self.cfg,
+            layers: &self.layers,
+            batch: b,
+            seq: t,
+            adapter: mode.adapter,
+            dropout: mode.dropout,
+            grad,
+            lowest,
+            recompute_every: if dropout_on { 0 } else { self.recompute_every },
+            side_grads: &self.side_grads,
+        }
     }
 
     /// The last layer's output before the final norm, `[b * t, hidden]`.
     /// `grad` false promises that no gradient will be asked for (evaluation):
     /// the fused path then keeps no graph.
-    pub(crate) fn hidden_prenorm(
-        &self,
-        ids: &Tensor,
-        mode: Mode<'_>,
-        mut cache: Option<&mut KvCache>,
-        grad: bool,
-    ) -> Result<Tensor> {
+    fn hidden_prenorm(&self, ids: &Tensor, mode: Mode<'_>, cache: Option<&mut KvCache>, grad: bool) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let cfg = &self.cfg;
-        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        if let Some(c) = cache.as_mut()
-            && c.layers.len() != self.layers.len()
-        {
-            c.layers = (0..self.layers.len()).map(|_| None).collect();
-        }
-        let flat = ids.flatten_all()?;
-        let mut x = self.embed.index_select(&flat, 0)?.to_dtype(DType::F32)?;
-        // Layers below the lowest adapter need no graph at all; from there
-        // on, checkpointed layers keep only their inputs (see `checkpoint`).
-        let lowest = if mode.adapter {
-            self.layers.iter().position(|l| Target::ALL.iter().any(|&t| l.linear(t).lora().is_some()))
-        } else {
-            None
-        };
-        let dropout_on = mode.dropout.is_some()
-            && self
-                .layers
-                .iter()
-                .any(|l| Target::ALL.iter().any(|&t| l.linear(t).lora().is_some_and(|w| w.dropout > 0.0)));
-        if cache.is_none() && !dropout_on && self.fused_layers() {
-            let geo = Arc::new(crate::fused::Geometry::new(cfg, b, t));
-            for (li, layer) in self.layers.iter().enumerate() {
-                let lo = match lowest {
-                    Some(lo) if grad && li >= lo => lo,
-                    _ => {
-                        x = crate::fused::forward_plain(&geo, &self.pool, layer, mode.adapter, &x)?;
-                        continue;
-                    }
-                };
-                if li == lo {
-                    // A graph node is recorded only when its input is tracked.
-                    x = Var::from_tensor(&x)?.as_tensor().clone();
-                }
-                let recompute = self.checkpoint > 0 && (li - lo) % self.checkpoint == 0;
-                let op = crate::fused::FusedLayer::new(
-                    layer.clone(),
-                    geo.clone(),
-                    mode.adapter,
-                    recompute,
-                    li != lo,
-                    self.ckpt_grads.clone(),
-                    self.pool.clone(),
-                );
-                x = x.contiguous()?.apply_op1(op)?;
-            }
-            return Ok(x);
-        }
-        // Generation and the other plain-op uses keep no fused buffers around.
-        self.pool.clear();
-        let (cos, sin) = self.rope_tables(offset, t)?;
-        let ckpt = self.checkpoint > 0 && cache.is_none() && lowest.is_some() && !dropout_on;
-        let shape = Shape { b, t, cfg: cfg.clone() };
-        for (li, layer) in self.layers.iter().enumerate() {
-            if ckpt && Some(li) == lowest {
-                x = Var::from_tensor(&x)?.as_tensor().clone();
-            }
-            let recompute = ckpt && lowest.is_some_and(|lo| li >= lo && (li - lo) % self.checkpoint == 0);
-            if recompute {
-                let op = Checkpoint {
-                    layer: layer.clone(),
-                    shape: shape.clone(),
-                    cos: cos.clone(),
-                    sin: sin.clone(),
-                    grads: self.ckpt_grads.clone(),
-                };
-                x = x.contiguous()?.apply_op1(op)?;
-            } else {
-                let kv = cache.as_mut().map(|c| &mut c.layers[li]);
-                x = layer_forward(layer, &shape, &x, &cos, &sin, mode, kv)?;
-            }
-        }
-        Ok(x)
+        let x = self.embed.index_select(&ids.flatten_all()?, 0)?.to_dtype(DType::F32)?;
+        let pass = self.pass(b, t, mode, grad);
+        let path = self.layer_path(&pass, cache.is_some());
+        Ok(path.layers(&pass, x, cache)?)
     }
 
-    /// Activation checkpointing: every `every`-th adapted layer (counting
+    /// The negative log-likelihood of each target (`[n]`, u32) at the flat
+    /// positions `rows` (`[n]`, u32 indices into `b * t`) of ids `[b, t]`:
+    /// the layers, then the final norm, the head and the cross-entropy on
+    /// those rows only. `grad` as for [`Self::hidden_prenorm`].
+    pub(crate) fn target_nll(
+        &self,
+        ids: &Tensor,
+        rows: &Tensor,
+        targets: &Tensor,
+        mode: Mode<'_>,
+        grad: bool,
+    ) -> Result<Tensor> {
+        let x = self.hidden_prenorm(ids, mode, None, grad)?;
+        let x = x.index_select(rows, 0)?;
+        let nll = self.head_path().nll(&x, &self.norm, self.head_weight(), targets, self.cfg.rms_norm_eps)?;
+        Ok(nll)
+    }
+
+    /// Gradient recomputation: every `every`-th adapted layer (counting
     /// from the lowest) keeps only its input and is recomputed during the
     /// backward pass; 0 keeps all activations. 1 gives the least memory for
     /// about a third more compute; 2 halves both effects. Not applied when
     /// LoRA dropout is active.
-    pub fn set_checkpointing(&mut self, every: usize) {
-        self.checkpoint = every;
+    pub fn set_recompute_every(&mut self, every: usize) {
+        self.recompute_every = every;
     }
 
-    /// Gradients of the LoRA variables that checkpointed layers produced
-    /// during the last backward passes, keyed by variable; drains them.
-    /// [`crate::train::lora_gradients`] merges them with the `GradStore`.
-    pub fn take_checkpoint_grads(&self) -> HashMap<TensorId, Tensor> {
-        std::mem::take(&mut *self.ckpt_grads.lock().expect("checkpoint grads poisoned"))
+    /// Backpropagates `loss` and returns the gradient of every LoRA variable,
+    /// in [`Self::lora_vars`] order (`None`: no gradient reached it),
+    /// including those that fused and recomputed layers produced.
+    pub(crate) fn lora_gradients(&self, loss: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let gs = loss.backward()?;
+        let mut side =
+            std::mem::take(&mut *self.side_grads.lock().map_err(|_| {
+                crate::error::Error::Candle(candle_core::Error::Msg("side gradients: poisoned".into()))
+            })?);
+        Ok(self
+            .lora_vars()
+            .into_iter()
+            .map(|(_, v)| gs.get(v.as_tensor()).cloned().or_else(|| side.remove(&v.as_tensor().id())))
+            .collect())
     }
 
     /// The output head applied to hidden rows `[n, hidden]` → `[n, vocab]`.
@@ -464,117 +344,89 @@ impl Decoder {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Shape {
-    b: usize,
-    t: usize,
-    cfg: ModelConfig,
-}
+#[cfg(test)]
+mod tests {
+    use super::{Decoder, Mode};
+    use crate::config::{Arch, ModelConfig};
+    use crate::load::{LoadOptions, random_model};
+    use crate::lora::{LoraConfig, Target};
+    use crate::loss::{Batch, Sequence, mean_loss, nll_sum, target_nll};
+    use candle_core::{DType, Tensor};
 
-type KvSlot<'a> = Option<&'a mut Option<(Tensor, Tensor)>>;
-
-fn layer_forward(
-    layer: &Layer,
-    s: &Shape,
-    x: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
-    mode: Mode<'_>,
-    kv: KvSlot<'_>,
-) -> Result<Tensor> {
-    let (b, t, cfg) = (s.b, s.t, &s.cfg);
-    let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-    let h = rms_norm(x, &layer.attn_norm, cfg.rms_norm_eps)?;
-    let heads =
-        |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) };
-    let q = heads(layer.attn.q.forward(&h, mode.adapter, mode.dropout)?, nh)?;
-    let k = heads(layer.attn.k.forward(&h, mode.adapter, mode.dropout)?, nkv)?;
-    let v = heads(layer.attn.v.forward(&h, mode.adapter, mode.dropout)?, nkv)?;
-    let q = rope(&q, cos, sin)?;
-    let mut k = rope(&k, cos, sin)?;
-    let mut v = v;
-    if let Some(slot) = kv {
-        if let Some((pk, pv)) = slot.as_ref() {
-            k = Tensor::cat(&[pk, &k], 2)?;
-            v = Tensor::cat(&[pv, &v], 2)?;
-        }
-        *slot = Some((k.clone(), v.clone()));
-    }
-    let tk = k.dim(2)?;
-    let (k, v) = if nh != nkv {
-        let rep = nh / nkv;
-        let r = |x: Tensor| -> Result<Tensor> {
-            Ok(x.unsqueeze(2)?.broadcast_as((b, nkv, rep, tk, hd))?.reshape((b, nh, tk, hd))?)
+    fn tiny(dtype: DType) -> Decoder {
+        let cfg = ModelConfig {
+            arch: Arch::Qwen2,
+            vocab_size: 96,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_layers: 3,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 8,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-6,
+            attention_bias: true,
+            tie_word_embeddings: dtype != DType::F32,
+            max_position_embeddings: 256,
+            bos_token_id: None,
+            eos_token_ids: vec![],
         };
-        (r(k)?, r(v)?)
-    } else {
-        (k, v)
-    };
-    let scale = 1.0 / (hd as f64).sqrt();
-    let att = crate::ops::causal_softmax(&q.matmul(&k.t()?)?, scale)?;
-    let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, nh * hd))?;
-    let y = layer.attn.o.forward(&y, mode.adapter, mode.dropout)?;
-    let x = (x + y)?;
-    let h = rms_norm(&x, &layer.mlp_norm, cfg.rms_norm_eps)?;
-    let g = layer.mlp.gate.forward(&h, mode.adapter, mode.dropout)?;
-    let u = layer.mlp.up.forward(&h, mode.adapter, mode.dropout)?;
-    let y = layer.mlp.down.forward(&(g.silu()? * u)?, mode.adapter, mode.dropout)?;
-    Ok((x + y)?)
-}
-
-/// One decoder layer as a single graph node: the forward runs without a
-/// graph; the backward recomputes the layer with one, backpropagates the
-/// incoming gradient through it, returns the input's gradient and parks the
-/// LoRA variables' gradients in `grads` (they are not reachable from the
-/// outer graph).
-struct Checkpoint {
-    layer: Layer,
-    shape: Shape,
-    cos: Tensor,
-    sin: Tensor,
-    grads: CkptGrads,
-}
-
-impl candle_core::CustomOp1 for Checkpoint {
-    fn name(&self) -> &'static str {
-        "sam-checkpointed-layer"
-    }
-
-    fn cpu_fwd(
-        &self,
-        st: &candle_core::CpuStorage,
-        l: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let Some((a, e)) = l.contiguous_offsets() else { candle_core::bail!("checkpoint: input is not contiguous") };
-        let candle_core::CpuStorage::F32(v) = st else { candle_core::bail!("checkpoint: expected f32") };
-        let x = Tensor::from_slice(&v[a..e], l.shape(), &Device::Cpu)?;
-        let y = layer_forward(&self.layer, &self.shape, &x, &self.cos, &self.sin, Mode::INFER, None)
-            .map_err(candle_core::Error::wrap)?;
-        let y = y.detach();
-        let shape = y.shape().clone();
-        Ok((candle_core::CpuStorage::F32(y.flatten_all()?.to_vec1()?), shape))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let xv = Var::from_tensor(&arg.detach())?;
-        let y = layer_forward(&self.layer, &self.shape, xv.as_tensor(), &self.cos, &self.sin, Mode::INFER, None)
-            .map_err(candle_core::Error::wrap)?;
-        let gs = (y * grad.detach())?.sum_all()?.backward()?;
-        let mut store = self.grads.lock().expect("checkpoint grads poisoned");
-        for t in Target::ALL {
-            if let Some(w) = self.layer.linear(t).lora() {
-                for var in [&w.a, &w.b] {
-                    if let Some(g) = gs.get(var.as_tensor()) {
-                        let id = var.as_tensor().id();
-                        let sum = match store.remove(&id) {
-                            Some(prev) => (prev + g)?,
-                            None => g.clone(),
-                        };
-                        store.insert(id, sum);
-                    }
-                }
+        let mut m = random_model(cfg, &LoadOptions { dtype, ..Default::default() }, 11).unwrap();
+        let lora = LoraConfig { rank: 4, targets: Target::ALL.to_vec(), ..Default::default() };
+        m.attach_lora(&lora, 3).unwrap();
+        for (k, (name, var)) in m.lora_vars().into_iter().enumerate() {
+            if name.ends_with("lora_B") {
+                let n: usize = var.dims().iter().product();
+                let v: Vec<f32> = (0..n).map(|i| 0.05 * ((i * 7919 + k * 104_729) as f32 * 0.618).sin()).collect();
+                var.set(&Tensor::from_vec(v, var.dims(), var.device()).unwrap()).unwrap();
             }
         }
-        Ok(gs.get(xv.as_tensor()).cloned())
+        m
+    }
+
+    fn loss_and_grads(m: &Decoder, b: &Batch) -> (f32, Vec<Vec<f32>>) {
+        let loss = nll_sum(m, b, Mode::INFER).unwrap().unwrap();
+        let v = loss.to_scalar::<f32>().unwrap();
+        let g = m.lora_gradients(&loss).unwrap();
+        (v, g.into_iter().map(|g| g.unwrap().flatten_all().unwrap().to_vec1().unwrap()).collect())
+    }
+
+    /// The fused path gives the plain candle-op path's loss and gradients,
+    /// with f32 and bf16 weights, with and without recomputation, across
+    /// more than one attention block and with padding.
+    #[test]
+    fn fused_path_matches_plain_ops() {
+        let ids: Vec<u32> = (0..150).map(|i| (i * 37 + 5) % 96).collect();
+        let mask: Vec<bool> = (0..150).map(|i| i % 3 != 0).collect();
+        for dtype in [DType::F32, DType::BF16] {
+            let mut m = tiny(dtype);
+            let seqs = [Sequence { ids: &ids, mask: &mask }, Sequence { ids: &ids[..70], mask: &mask[..70] }];
+            let b = Batch::new(&seqs, 0, m.device()).unwrap();
+            m.set_fused(false);
+            let (want, want_g) = loss_and_grads(&m, &b);
+            m.set_fused(true);
+            for ckpt in [0, 1, 2] {
+                m.set_recompute_every(ckpt);
+                let (got, got_g) = loss_and_grads(&m, &b);
+                assert!((got - want).abs() < 1e-4 * want.abs(), "{dtype:?} ckpt {ckpt}: loss {got} vs {want}");
+                for (i, (g, w)) in got_g.iter().zip(&want_g).enumerate() {
+                    let scale = w.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let worst = g.iter().zip(w).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                    assert!(scale > 0.0 && worst < 2e-3 * scale, "{dtype:?} ckpt {ckpt} var {i}: {worst} of {scale}");
+                }
+            }
+            let rows = |m: &Decoder| -> Vec<f32> { target_nll(m, &b, Mode::INFER).unwrap().to_vec1().unwrap() };
+            let fused_rows = rows(&m);
+            m.set_fused(false);
+            let plain_rows = rows(&m);
+            m.set_fused(true);
+            assert_eq!(fused_rows.len(), b.n_targets);
+            for (x, y) in fused_rows.iter().zip(&plain_rows) {
+                assert!((x - y).abs() < 1e-4 * y.abs().max(1.0), "{dtype:?}: row nll {x} vs {y}");
+            }
+            let (mean, n) = mean_loss(&m, &seqs, 2, 0, Mode::INFER).unwrap();
+            assert_eq!(n, b.n_targets);
+            assert!((mean * n as f64 - want as f64).abs() < 1e-4 * want as f64, "{mean} vs {want}");
+        }
     }
 }

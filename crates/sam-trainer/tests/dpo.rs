@@ -74,7 +74,7 @@ fn sequence_logps_are_the_negated_per_sequence_nll() {
 fn every_lora_variable_gets_a_gradient_from_the_dpo_loss() {
     for checkpoint in [0, 1] {
         let mut model = tiny();
-        model.set_checkpointing(checkpoint);
+        model.set_recompute_every(checkpoint);
         attach(&mut model);
         randomise_b(&model);
         let seqs: Vec<PairSeqs> = pairs().iter().map(|p| PairSeqs::new(p, 64).unwrap()).collect();

@@ -59,7 +59,7 @@ fn every_lora_variable_gets_a_gradient_tiny_qwen2() {
 
 fn every_lora_variable_gets_a_gradient_tiny(checkpoint: usize) {
     let mut model = tiny();
-    model.set_checkpointing(checkpoint);
+    model.set_recompute_every(checkpoint);
     let cfg = LoraConfig { rank: 4, targets: Target::ALL.to_vec(), ..Default::default() };
     model.attach_lora(&cfg, 3).unwrap();
     randomise_b(&model);
@@ -78,7 +78,7 @@ fn every_lora_variable_gets_a_gradient_tiny(checkpoint: usize) {
 #[test]
 fn every_lora_variable_gets_a_gradient_smollm2_last_layers() {
     let mut model = load_model_at(&common::test_model());
-    model.set_checkpointing(1);
+    model.set_recompute_every(1);
     let cfg = LoraConfig { rank: 2, targets: Target::ALL.to_vec(), layers: Layers::Last(2), ..Default::default() };
     model.attach_lora(&cfg, 1).unwrap();
     randomise_b(&model);
@@ -109,7 +109,7 @@ fn lora_gradients_match_finite_differences() {
 
 fn finite_differences(checkpoint: usize) {
     let mut model = tiny();
-    model.set_checkpointing(checkpoint);
+    model.set_recompute_every(checkpoint);
     let cfg = LoraConfig { rank: 4, targets: Target::ALL.to_vec(), ..Default::default() };
     model.attach_lora(&cfg, 5).unwrap();
     randomise_b(&model);
