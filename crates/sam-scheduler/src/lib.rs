@@ -44,13 +44,21 @@
 //! lock and free-memory checks under `SAM_HOME/scheduler/`) is not built yet.
 #![deny(missing_docs)]
 
+pub mod clock;
+pub mod daemon;
 mod error;
+pub mod lock;
 pub mod pipeline;
 pub mod samples;
+pub mod schedule;
 pub mod state;
+pub mod task;
+pub mod units;
 
+pub use daemon::{DaemonError, HistoryEntry, Scheduler, SchedulerFiles, SchedulerState, Tick};
 pub use error::{Error, Result};
 pub use pipeline::{NoProgress, Paths, PipelineConfig, Progress, Summary, run};
+pub use schedule::{JobState, Outcome as JobOutcome, Policy, Timing, Trigger};
 pub use state::{
     CleanReport, ExportInfo, MineReport, Outcome, PipelineState, PrepInfo, SourceReport, Stage, TrainInfo,
 };
