@@ -49,6 +49,8 @@ enum Commands {
     Train(cmd::train::TrainCommand),
     #[command(flatten)]
     Runs(cmd::runs::RunsCommand),
+    #[command(flatten)]
+    Schedule(cmd::schedule::ScheduleCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Commands::Run(c) => cmd::run::run(c, &ctx),
         Commands::Train(c) => cmd::train::run(c, &ctx),
         Commands::Runs(c) => cmd::runs::run(c, &ctx),
+        Commands::Schedule(c) => cmd::schedule::run(c, &ctx),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

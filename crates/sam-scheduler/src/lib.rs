@@ -47,12 +47,14 @@
 pub mod clock;
 pub mod daemon;
 mod error;
+pub mod jobs;
 pub mod lock;
 pub mod pipeline;
 pub mod samples;
 pub mod schedule;
 pub mod state;
 pub mod task;
+pub mod trigger;
 pub mod units;
 
 pub use daemon::{DaemonError, HistoryEntry, Scheduler, SchedulerFiles, SchedulerState, Tick};

@@ -142,6 +142,7 @@ struct Plist {
     run_at_load: bool,
     keep_alive: KeepAlive,
     process_type: &'static str,
+    #[serde(rename = "LowPriorityIO")]
     low_priority_io: bool,
     nice: i64,
     exit_time_out: i64,
@@ -220,6 +221,84 @@ mod tests {
         assert_eq!(systemd_quote("/a b/100%/$HOME/\"x\""), "\"/a b/100%%/$$HOME/\\\"x\\\"\"");
         assert_eq!(shell_quote("/Users/ada/Library/x.plist"), "/Users/ada/Library/x.plist");
         assert_eq!(shell_quote("/Users/a b/x"), "'/Users/a b/x'");
+    }
+
+    fn spec() -> ServiceSpec {
+        // An executable that exists, as systemd-analyze checks.
+        let exe = std::env::current_exe().unwrap();
+        ServiceSpec {
+            exe,
+            home: "/home/ada/my sam/100%".into(),
+            log: "/home/ada/my sam/100%/scheduler/daemon.log".into(),
+        }
+    }
+
+    #[test]
+    fn the_systemd_unit_passes_systemd_analyze_verify_or_has_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = ServiceFile::new(ServiceKind::Systemd, &spec());
+        let path = dir.path().join(SYSTEMD_UNIT);
+        std::fs::write(&path, &file.text).unwrap();
+        let analyze = std::process::Command::new("systemd-analyze").arg("verify").arg(&path).output();
+        match analyze {
+            Ok(out) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(out.status.success(), "systemd-analyze verify: {stderr}");
+                // Unknown keys and bad values are warnings, not failures: none allowed.
+                assert!(stderr.trim().is_empty(), "systemd-analyze verify warned: {stderr}");
+            }
+            Err(e) => eprintln!("systemd-analyze not available ({e}); checking the keys only"),
+        }
+        let mut section = "";
+        let mut keys = Vec::new();
+        for line in file.text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            if line.starts_with('[') {
+                section = line;
+            } else {
+                let (k, v) = line.split_once('=').expect("key=value");
+                keys.push((section, k, v));
+            }
+        }
+        let get = |s: &str, k: &str| keys.iter().find(|(a, b, _)| *a == s && *b == k).map(|x| x.2);
+        let exe = spec().exe.display().to_string();
+        assert_eq!(
+            get("[Service]", "ExecStart"),
+            Some(format!("\"{exe}\" --home \"/home/ada/my sam/100%%\" schedule start --foreground").as_str())
+        );
+        assert_eq!(get("[Service]", "Restart"), Some("on-failure"));
+        assert_eq!(get("[Service]", "KillSignal"), Some("SIGTERM"));
+        assert_eq!(get("[Install]", "WantedBy"), Some("default.target"));
+        assert!(get("[Unit]", "Description").is_some());
+        assert_eq!(file.enable[1], "systemctl --user enable --now sam-scheduler.service");
+    }
+
+    #[test]
+    fn the_launchd_agent_parses_as_an_xml_property_list() {
+        let file = ServiceFile::new(ServiceKind::Launchd, &spec());
+        assert!(file.text.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist PUBLIC"));
+        let v = plist::Value::from_reader_xml(file.text.as_bytes()).expect("a valid XML plist");
+        let d = v.as_dictionary().expect("a dictionary at the top");
+        assert_eq!(d.get("Label").and_then(|l| l.as_string()), Some(LAUNCHD_LABEL));
+        let args: Vec<&str> = d
+            .get("ProgramArguments")
+            .and_then(|a| a.as_array())
+            .unwrap()
+            .iter()
+            .map(|s| s.as_string().unwrap())
+            .collect();
+        let exe = spec().exe.display().to_string();
+        assert_eq!(args, [exe.as_str(), "--home", "/home/ada/my sam/100%", "schedule", "start", "--foreground"]);
+        assert_eq!(d.get("RunAtLoad").and_then(|b| b.as_boolean()), Some(true));
+        let keep = d.get("KeepAlive").and_then(|k| k.as_dictionary()).unwrap();
+        assert_eq!(keep.get("SuccessfulExit").and_then(|b| b.as_boolean()), Some(false));
+        for key in ["LowPriorityIO", "ProcessType", "ExitTimeOut", "StandardOutPath", "StandardErrorPath", "Nice"] {
+            assert!(d.contains_key(key), "{key} missing");
+        }
+        let path = Path::new("/Users/ada/Library/LaunchAgents/dev.sam.scheduler.plist");
+        assert_eq!(
+            file.enable_commands(path),
+            ["launchctl bootstrap gui/$(id -u) /Users/ada/Library/LaunchAgents/dev.sam.scheduler.plist"]
+        );
     }
 
     #[test]

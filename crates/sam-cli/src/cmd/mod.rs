@@ -6,5 +6,6 @@ pub mod capture;
 pub mod prep;
 pub mod run;
 pub mod runs;
+pub mod schedule;
 pub mod store;
 pub mod train;
