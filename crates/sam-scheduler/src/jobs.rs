@@ -307,3 +307,83 @@ pub fn add_standard(s: &mut crate::Scheduler, settings: &ScheduleSettings, pipel
         s.add("train", every(settings.train_check_every_secs), trigger);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    fn ctx(now: i64) -> TaskContext {
+        TaskContext { stop: Arc::new(AtomicBool::new(false)), force: false, now }
+    }
+
+    fn commit(repo: &git2::Repository, name: &str, text: &str, message: &str) {
+        let root = repo.workdir().unwrap().to_path_buf();
+        std::fs::create_dir_all(root.join(name).parent().unwrap()).unwrap();
+        std::fs::write(root.join(name), text).unwrap();
+        let mut index = repo.index().unwrap();
+        index.add_path(Path::new(name)).unwrap();
+        index.write().unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("Ada Dev", "ada@dev.example").unwrap();
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parent.iter().collect::<Vec<_>>()).unwrap();
+    }
+
+    const README: &str = "# Cachey\n\nA small in-memory cache with expiry.\n\n## Install\n\nAdd `cachey = \"0.3\"` to the `[dependencies]` of your Cargo.toml and run `cargo build`; there are no other requirements.\n\n## Expiry\n\nEvery entry has a time to live. `Cache::get` returns `None` for an entry whose time has passed and removes it on the way, so memory is reclaimed lazily.\n";
+    const LIB: &str = "/// Return the entry stored under `key`, or `None` when it is missing or expired.\npub fn get(map: &std::collections::HashMap<String, String>, key: &str) -> Option<String> {\n    map.get(key).cloned()\n}\n";
+
+    #[test]
+    fn mine_validate_dedup_and_export_through_the_real_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo_dir = tmp.path().join("repo");
+        let repo = git2::Repository::init(&repo_dir).unwrap();
+        commit(&repo, "README.md", README, "Add the README with install and expiry sections");
+        commit(&repo, "src/lib.rs", LIB, "Add get over a HashMap, the first operation of the cache");
+        let store = tmp.path().join("store.db");
+
+        let mut mine = MineJob::new(&store, vec![repo_dir.clone()], Vec::new());
+        let r = mine.run(&ctx(1)).unwrap();
+        assert_eq!(r.done, Done::Succeeded, "{r:?}");
+        assert_eq!(r.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["git", "docs", "code"]);
+        let inserted = r.output["inserted"].as_u64().unwrap();
+        assert!(inserted >= 3, "{r:?}");
+        // Incremental: nothing new the second time.
+        assert_eq!(mine.run(&ctx(2)).unwrap().done, Done::Idle);
+        assert_eq!(mine.memory_needed(&ctx(2)), MINE_BYTES);
+
+        let mut validate = ValidateJob { store: store.clone(), quality: Default::default() };
+        let r = validate.run(&ctx(3)).unwrap();
+        assert_eq!((r.done, r.output["examples"].as_u64()), (Done::Succeeded, Some(inserted)));
+        assert_eq!(validate.run(&ctx(4)).unwrap().done, Done::Idle);
+
+        let mut dedup = DedupJob { store: store.clone(), near: Some(Default::default()) };
+        let r = dedup.run(&ctx(5)).unwrap();
+        assert_eq!(r.steps.len(), 2);
+
+        let dir = tmp.path().join("exports");
+        let mut export =
+            ExportJob { store: store.clone(), dir: dir.clone(), tiers: vec![Tier::Gold, Tier::Silver, Tier::Bronze] };
+        let r = export.run(&ctx(6)).unwrap();
+        assert_eq!(r.done, Done::Succeeded, "{r:?}");
+        assert!(dir.join("scheduled-6.jsonl").is_file());
+        // The same rows again: not kept twice.
+        let r = export.run(&ctx(7)).unwrap();
+        assert_eq!(r.done, Done::Idle, "{r:?}");
+        assert!(!dir.join("scheduled-7.jsonl").exists());
+
+        // A stop between sources: the mining job says so.
+        let stopped = TaskContext { stop: Arc::new(AtomicBool::new(true)), force: false, now: 8 };
+        assert_eq!(mine.run(&stopped).unwrap().done, Done::Stopped);
+    }
+
+    #[test]
+    fn mining_nothing_configured_is_idle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut mine = MineJob::new(tmp.path().join("store.db"), Vec::new(), Vec::new());
+        assert_eq!(mine.run(&ctx(1)).unwrap().done, Done::Idle);
+    }
+}

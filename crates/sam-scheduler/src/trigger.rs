@@ -270,3 +270,66 @@ impl Progress for StepRecorder {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sam_schema::{Content, Example};
+
+    use super::*;
+
+    fn examples(from: usize, n: usize, tier: Tier) -> Vec<Example> {
+        (from..from + n)
+            .map(|i| {
+                let mut ex = Example::new(Content::Instruction {
+                    instruction: format!("What does function number {i} of the parser return?"),
+                    input: String::new(),
+                    output: format!("It returns the {i}th token of the stream, or None at its end."),
+                });
+                ex.tier = tier;
+                ex
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unseen_counts_eligible_examples_not_in_the_last_trained_export() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(tmp.path().join("store.db")).unwrap();
+        store.insert(&examples(0, 30, Tier::Gold)).unwrap();
+        store.insert(&examples(30, 20, Tier::Silver)).unwrap();
+        store.insert(&examples(50, 10, Tier::Unverified)).unwrap();
+        let tiers = [Tier::Gold, Tier::Silver, Tier::Bronze];
+        let u = unseen(&store, &tiers, &HashSet::new()).unwrap();
+        assert_eq!(u.total, 50);
+        assert_eq!(u.by_tier, BTreeMap::from([(Tier::Gold, 30), (Tier::Silver, 20)]));
+
+        let export = tmp.path().join("export.jsonl");
+        store.export(&Filter::default().tiers(tiers), &export, Default::default()).unwrap();
+        let seen = export_ids(&export).unwrap();
+        assert_eq!(seen.len(), 50);
+        assert_eq!(unseen(&store, &tiers, &seen).unwrap().total, 0);
+        store.insert(&examples(100, 7, Tier::Bronze)).unwrap();
+        let u = unseen(&store, &tiers, &seen).unwrap();
+        assert_eq!((u.total, u.by_tier.get(&Tier::Bronze).copied()), (7, Some(7)));
+        assert!(export_ids(&tmp.path().join("missing.jsonl")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn training_memory_comes_from_measured_peaks_else_from_the_model_shape() {
+        let model = sam_models::require_test_model().expect("the test model (scripts/fetch-test-model.sh)");
+        let tmp = tempfile::tempdir().unwrap();
+        let runs = tmp.path().join("runs");
+        let estimate = training_bytes(&model, 256, 1, false, &runs);
+        // SmolLM2-135M in f32 is 0.54 GB of weights.
+        assert!((800_000_000..3_000_000_000).contains(&estimate), "{estimate}");
+        assert!(training_bytes(&model, 256, 1, true, &runs) < estimate);
+        let run = sam_runs::RunDir::create(&runs, "r1", &serde_json::json!({ "model": model })).unwrap();
+        run.append_metric(&sam_runs::MetricRecord { step: 1, rss_bytes: Some(1_000_000_000), ..Default::default() })
+            .unwrap();
+        run.append_metric(&sam_runs::MetricRecord { step: 2, rss_bytes: Some(1_200_000_000), ..Default::default() })
+            .unwrap();
+        assert_eq!(training_bytes(&model, 256, 1, false, &runs), 1_380_000_000);
+        // Another model's runs do not count (and a model that cannot be read gets 2 GB).
+        assert_eq!(training_bytes(Path::new("/elsewhere/model.gguf"), 256, 1, false, &runs), 2_000_000_000);
+    }
+}
