@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 
 pub use eta::{Eta, format_duration};
 pub use memory::{GuardEvent, MemoryGuard, MemoryGuardConfig, MemoryProbe, SystemProbe, current_rss, peak_rss};
-pub use plot::loss_svg;
+pub use plot::{loss_svg, nice_ticks, tick_label};
 pub use run_dir::{
     Event, EventKind, MetricRecord, RunDir, RunStatus, StatusFile, new_run_id, process_alive, replace_dir, unix_now,
     write_atomic, write_json_atomic,

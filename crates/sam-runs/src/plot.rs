@@ -48,15 +48,16 @@ pub fn loss_svg(title: &str, train: &[(f64, f64)], valid: &[(f64, f64)]) -> Stri
     let _ = writeln!(s, r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#, W / 2.0, escape(title));
     // Axes and grid.
     let (bx0, bx1, by0, by1) = (LEFT, W - RIGHT, TOP, H - BOTTOM);
-    for t in ticks(y0, y1, 6) {
+    for t in nice_ticks(y0, y1, 6) {
         let y = py(t);
         let _ = writeln!(s, r##"<line x1="{bx0}" y1="{y:.1}" x2="{bx1}" y2="{y:.1}" stroke="#e5e5e5"/>"##);
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, bx0 - 6.0, y + 4.0, label(t));
+        let _ =
+            writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, bx0 - 6.0, y + 4.0, tick_label(t));
     }
-    for t in ticks(x0, x1, 8) {
+    for t in nice_ticks(x0, x1, 8) {
         let x = px(t);
         let _ = writeln!(s, r##"<line x1="{x:.1}" y1="{by1}" x2="{x:.1}" y2="{:.1}" stroke="#333"/>"##, by1 + 4.0);
-        let _ = writeln!(s, r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, by1 + 18.0, label(t));
+        let _ = writeln!(s, r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, by1 + 18.0, tick_label(t));
     }
     let _ = writeln!(
         s,
@@ -114,8 +115,17 @@ fn bounds(it: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     })
 }
 
-/// About `n` round tick values within `[lo, hi]`.
-fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+/// About `n` round tick values (1, 2 or 5 × 10^k apart) within `[lo, hi]`
+/// (the axes of `loss.svg`, and of the server's dashboard charts).
+///
+/// ```
+/// assert_eq!(sam_runs::nice_ticks(0.0, 10.0, 5), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+/// assert_eq!(sam_runs::nice_ticks(1.0, 1.0, 4), vec![1.0]);
+/// ```
+pub fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+    if !(lo.is_finite() && hi.is_finite()) || hi <= lo {
+        return vec![lo];
+    }
     let raw = (hi - lo) / n.max(1) as f64;
     let mag = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
@@ -128,7 +138,8 @@ fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     out
 }
 
-fn label(v: f64) -> String {
+/// A tick value as a short label: `3`, `0.25`, `1.333`.
+pub fn tick_label(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e9 {
         format!("{}", v as i64)
     } else {
@@ -147,8 +158,8 @@ mod tests {
 
     #[test]
     fn ticks_are_round_and_inside() {
-        assert_eq!(ticks(0.0, 10.0, 5), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
-        let t = ticks(1.23, 1.87, 6);
+        assert_eq!(nice_ticks(0.0, 10.0, 5), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+        let t = nice_ticks(1.23, 1.87, 6);
         assert!(t.iter().all(|v| (1.23..=1.87).contains(v)), "{t:?}");
         assert!(t.len() >= 3);
     }
