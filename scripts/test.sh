@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# sam's whole test run: fetch the test model, check formatting and lints, then
+# sam's whole test run: fetch the test model and Chromium, check formatting and lints, then
 # build and run every test, doc test and example in the workspace.
 #
 #   scripts/test.sh
@@ -11,6 +11,11 @@ cd "$(dirname "$0")/.."
 SAM_TEST_MODEL="$(scripts/fetch-test-model.sh)"
 export SAM_TEST_MODEL
 echo "test model: $SAM_TEST_MODEL"
+
+# The dashboard test drives headless Chromium (Debian's package).
+SAM_CHROMIUM="$(scripts/setup-chromium.sh)"
+export SAM_CHROMIUM
+echo "chromium: $SAM_CHROMIUM"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

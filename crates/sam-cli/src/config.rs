@@ -29,6 +29,8 @@ pub struct Config {
     pub routing: sam_capture::routing::RoutingConfig,
     /// Deduplication (`[dedup.near]`: near-duplicate detection).
     pub dedup: DedupConfig,
+    /// The HTTP server (`sam serve`).
+    pub serve: sam_serve::ServeConfig,
 }
 
 /// The `[dedup]` table.
@@ -135,6 +137,18 @@ const SECTIONS: &[Section] = &[
             ("rows", "Signature values per band (the signature has bands x rows values)."),
             ("seed", "Seed of the hash functions: fixed, so results are reproducible."),
             ("threads", "Threads that compute signatures (0: all cores)."),
+        ],
+    },
+    Section {
+        name: "serve",
+        about: "The HTTP server (`sam serve`): capture API, statistics, runs, dashboard.\n\
+                Listening beyond loopback also needs `--allow-remote` on the command line.",
+        keys: &[
+            ("bind", "IP address to listen on."),
+            ("port", "Port to listen on (0: any free port)."),
+            ("max_body_bytes", "Request bodies over this many bytes are refused (413)."),
+            ("stats_cache_s", "Seconds the statistics are cached (a capture through the server refreshes them)."),
+            ("sse_poll_ms", "How often a live run's event stream looks for new lines, in milliseconds."),
         ],
     },
 ];

@@ -51,6 +51,8 @@ enum Commands {
     Runs(cmd::runs::RunsCommand),
     #[command(flatten)]
     Schedule(cmd::schedule::ScheduleCommand),
+    #[command(flatten)]
+    Serve(cmd::serve::ServeCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,6 +70,7 @@ fn main() -> std::process::ExitCode {
         Commands::Train(c) => cmd::train::run(c, &ctx),
         Commands::Runs(c) => cmd::runs::run(c, &ctx),
         Commands::Schedule(c) => cmd::schedule::run(c, &ctx),
+        Commands::Serve(c) => cmd::serve::run(c, &ctx),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -7,5 +7,6 @@ pub mod prep;
 pub mod run;
 pub mod runs;
 pub mod schedule;
+pub mod serve;
 pub mod store;
 pub mod train;

@@ -1,0 +1,725 @@
+//! `sam serve`, run as a user runs it (the `sam` binary as a child), over
+//! real HTTP on loopback: captures land in the store redacted; every write
+//! route and every route returning example text answers 401 without the
+//! token; bad bodies get 4xx JSON naming the field; oversize bodies 413; the
+//! OpenAPI document parses and lists every route; a capture acknowledged
+//! just before SIGKILL is in the store after a restart; SIGTERM stops the
+//! server while a live event stream is open; and the dashboard, with a real
+//! store and a real training run on the test model, renders its charts in
+//! headless Chromium without console errors (screenshot under `target/`).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+mod common;
+use common::{cmd, ok, prepared};
+use std::time::{Duration, Instant};
+
+use sam_runs::{EventKind, MetricRecord, RunDir, RunStatus};
+use serde_json::{Value, json};
+
+/// A running `sam serve` on a free port of 127.0.0.1.
+struct Served {
+    child: Child,
+    url: String,
+    token: String,
+}
+
+impl Served {
+    fn start(home: &Path) -> Served {
+        let mut child = cmd(home, &["--json", "serve", "--port", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        if line.is_empty() {
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            panic!("sam serve did not start: {err}");
+        }
+        let started: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let token_file = PathBuf::from(started["token_file"].as_str().unwrap());
+        assert!(token_file.starts_with(home), "{token_file:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "the token file must be private");
+        }
+        let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+        Served { child, url: started["url"].as_str().unwrap().to_string(), token }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    fn get(&self, path: &str) -> Res {
+        call(self.url(path), "GET", Some(&self.token), None, None)
+    }
+
+    fn post(&self, path: &str, body: &str) -> Res {
+        call(self.url(path), "POST", Some(&self.token), Some("application/json"), Some(body))
+    }
+
+    fn signal(&mut self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Res {
+    status: u16,
+    content_type: String,
+    www_authenticate: Option<String>,
+    body: String,
+}
+
+impl Res {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// An error answer: its status, and that it is our JSON error shape.
+    fn error(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert!(self.content_type.starts_with("application/json"), "{}: {}", self.content_type, self.body);
+        let v = self.json();
+        assert_eq!(v["error"], code, "{v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        v
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+fn call(url: String, method: &str, token: Option<&str>, content_type: Option<&str>, body: Option<&str>) -> Res {
+    let a = agent();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let res = match method {
+        "GET" => {
+            let mut r = a.get(&url);
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = a.post(&url);
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            if let Some(c) = content_type {
+                r = r.header("Content-Type", c);
+            }
+            r.send(body.unwrap_or(""))
+        }
+    };
+    let mut res = res.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let header = |n: &str| res.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (content_type, www_authenticate) = (header("content-type").unwrap_or_default(), header("www-authenticate"));
+    Res {
+        status: res.status().as_u16(),
+        content_type,
+        www_authenticate,
+        body: res.body_mut().read_to_string().unwrap(),
+    }
+}
+
+/// A fresh home whose `sam.toml` makes limits small and streams quick.
+fn home() -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("sam.toml"), "[serve]\nmax_body_bytes = 8192\nsse_poll_ms = 50\n").unwrap();
+    home
+}
+
+const EMAIL: &str = "jane.doe@corp.example";
+const AWS_KEY: &str = "AKIAZ7QK3M9XW2RT5PLB";
+
+/// One valid body per capture route, with secrets in them.
+fn captures() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "escalation",
+            json!({"prompt": "Why does cargo rebuild everything after a git checkout?",
+                   "local": "It does not.",
+                   "remote": format!("Because mtimes change; ask {EMAIL} for the shared target-dir setup."),
+                   "model": "big-remote"}),
+        ),
+        (
+            "correction",
+            json!({"prompt": "How do I list files by size?", "wrong": "ls -z",
+                   "correction": "Use `ls -lS` to sort by size, largest first."}),
+        ),
+        (
+            "preference",
+            json!({"prompt": "Undo the last commit but keep the changes?", "chosen": "`git reset --soft HEAD~1` keeps them staged.",
+                   "rejected": "`git reset --hard HEAD~1`."}),
+        ),
+        (
+            "feedback",
+            json!({"prompt": "Configure the deploy credentials",
+                   "response": format!("Export AWS_ACCESS_KEY_ID={AWS_KEY} in the CI settings, never in the repository.")}),
+        ),
+        (
+            "distill",
+            json!({"prompt": "Explain what a WAL is in SQLite.", "system": "You are terse.",
+                   "response": "A write-ahead log: commits append to it and readers keep reading the old pages.",
+                   "model": "teacher"}),
+        ),
+    ]
+}
+
+/// Every route of the API, and whether it needs the token (every write and
+/// every route that returns example text). The OpenAPI document must list
+/// exactly these.
+const ROUTES: &[(&str, &str, bool)] = &[
+    ("post", "/v1/capture/escalation", true),
+    ("post", "/v1/capture/correction", true),
+    ("post", "/v1/capture/preference", true),
+    ("post", "/v1/capture/feedback", true),
+    ("post", "/v1/capture/distill", true),
+    ("get", "/v1/examples", true),
+    ("get", "/v1/stats", false),
+    ("get", "/v1/stats/daily", false),
+    ("get", "/v1/stats/sources", false),
+    ("get", "/v1/runs", false),
+    ("get", "/v1/runs/{id}", false),
+    ("get", "/v1/runs/{id}/events", false),
+    ("get", "/healthz", false),
+    ("get", "/v1/openapi.json", false),
+    ("get", "/", false),
+];
+
+/// A finished run folder with a few metrics, as the trainer writes one.
+fn finished_run(home: &Path, id: &str) {
+    let run = RunDir::create(&home.join("runs"), id, &json!({"mode": "sft", "iters": 4})).unwrap();
+    for step in 1..=4u64 {
+        let m = MetricRecord {
+            step,
+            phase: Some("sft".into()),
+            train_loss: Some(3.0 - step as f64 * 0.3),
+            elapsed_s: Some(step as f64),
+            ..Default::default()
+        };
+        run.append_metric(&m).unwrap();
+    }
+    run.append_metric(&MetricRecord { step: 4, phase: Some("sft".into()), val_loss: Some(2.1), ..Default::default() })
+        .unwrap();
+    run.append_event(EventKind::Completed, 4, "").unwrap();
+    run.set_status(RunStatus::Completed, None, 4, 4).unwrap();
+}
+
+fn files_contain(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_file() && std::fs::read(&p).unwrap().windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            hits.push(p);
+        }
+    }
+    hits
+}
+
+#[test]
+fn captures_land_redacted_and_every_route_guards_and_explains() {
+    let home = home();
+    let s = Served::start(home.path());
+
+    // The aggregate views need no token, and start empty.
+    for path in ["/v1/stats", "/v1/stats/daily", "/v1/stats/sources", "/v1/runs", "/healthz", "/"] {
+        let r = call(s.url(path), "GET", None, None, None);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    assert_eq!(s.get("/v1/stats").json()["total"], 0);
+    assert_eq!(s.get("/healthz").json()["status"], "ok");
+
+    // Each capture route stores its event, redacted, and says so.
+    for (kind, body) in captures() {
+        let r = s.post(&format!("/v1/capture/{kind}"), &body.to_string());
+        assert_eq!(r.status, 201, "{kind}: {}", r.body);
+        let ack = r.json();
+        assert_eq!((ack["kind"].as_str(), ack["durable_in"].as_str()), (Some(kind), Some("store")), "{ack}");
+        match kind {
+            "escalation" => assert_eq!(ack["redacted"]["email"], 1, "{ack}"),
+            "feedback" => assert_eq!(ack["redacted"]["aws_key"], 1, "{ack}"),
+            _ => {}
+        }
+    }
+    // The statistics were cached before the captures; the writes refreshed them.
+    let stats = s.get("/v1/stats").json();
+    assert_eq!(stats["total"], 5, "{stats}");
+    let sources: BTreeSet<&str> =
+        stats["by_source"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let expected = BTreeSet::from(["correction", "distillation", "escalation", "feedback", "preference"]);
+    assert_eq!(sources, expected, "{stats}");
+    let health = s.get("/v1/stats/sources").json();
+    assert_eq!(health["sources"].as_array().unwrap().len(), 5, "{health}");
+    assert!(!s.get("/v1/stats/daily").json()["days"].as_array().unwrap().is_empty());
+
+    // The store holds the placeholders, never the secrets: not in any file
+    // of the home (database, WAL, spool).
+    let examples = s.get("/v1/examples?limit=10").json();
+    assert_eq!(examples["total"], 5, "{examples}");
+    let text = examples["examples"].to_string();
+    assert!(text.contains("<EMAIL>") && !text.contains(EMAIL) && !text.contains(AWS_KEY), "{text}");
+    for secret in [EMAIL, AWS_KEY] {
+        assert_eq!(files_contain(home.path(), secret), Vec::<PathBuf>::new(), "{secret} reached the disk");
+    }
+    let only_feedback = s.get("/v1/examples?source=feedback").json();
+    assert_eq!(only_feedback["total"], 1, "{only_feedback}");
+
+    // 401 without the token, and with a wrong one, on every protected route.
+    for (method, path, _) in ROUTES.iter().filter(|r| r.2) {
+        let method = method.to_uppercase();
+        for token in [None, Some("sam_0000000000000000000000000000000000000000000000000000000000000000")] {
+            let r = call(s.url(path), &method, token, Some("application/json"), Some("{}"));
+            let v = r.error(401, "unauthorized");
+            assert_eq!(v["field"], "Authorization", "{v}");
+            assert_eq!(r.www_authenticate.as_deref(), Some("Bearer realm=\"sam\""), "{method} {path}");
+        }
+    }
+
+    // Bad bodies: 400 naming the field, 415 without JSON, 413 over the limit.
+    let cases: &[(&str, &str, &str, Option<&str>)] = &[
+        ("feedback", r#"{"prompt": "a", "response": "b""#, "invalid_json", None),
+        ("feedback", r#"{"response": "b"}"#, "missing_field", Some("prompt")),
+        ("feedback", r#"{"prompt": 7, "response": "b"}"#, "invalid_field", Some("prompt")),
+        ("feedback", r#"{"prompt": "a", "response": "b", "rating": 5}"#, "unknown_field", Some("rating")),
+        ("feedback", r#"{"prompt": "  ", "response": "b"}"#, "invalid_field", Some("prompt")),
+        ("correction", r#"{"prompt": "a", "wrong": "b"}"#, "missing_field", Some("correction")),
+        ("escalation", r#"{"prompt": "a", "remote": ""}"#, "invalid_field", Some("remote")),
+        ("preference", r#"["a", "b", "c"]"#, "invalid_json", None),
+    ];
+    for (kind, body, code, field) in cases {
+        let v = s.post(&format!("/v1/capture/{kind}"), body).error(400, code);
+        assert_eq!(v["field"].as_str(), *field, "{kind} {body}: {v}");
+        if let Some(f) = field {
+            assert!(v["message"].as_str().unwrap().contains(f), "{v}");
+        }
+    }
+    let r = call(s.url("/v1/capture/feedback"), "POST", Some(&s.token), Some("text/plain"), Some("{}"));
+    r.error(415, "unsupported_media_type");
+    let big = json!({"prompt": "a", "response": "x".repeat(10_000)}).to_string();
+    let v = s.post("/v1/capture/feedback", &big).error(413, "payload_too_large");
+    assert!(v["message"].as_str().unwrap().contains("8192"), "{v}");
+    // The same without a Content-Length (chunked): refused while reading.
+    let mut reader = std::io::Cursor::new(big.into_bytes());
+    let mut res = agent()
+        .post(s.url("/v1/capture/feedback"))
+        .header("Authorization", format!("Bearer {}", s.token))
+        .header("Content-Type", "application/json")
+        .send(ureq::SendBody::from_reader(&mut reader))
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 413, "{}", res.body_mut().read_to_string().unwrap());
+    // Query parameters are named too.
+    assert_eq!(s.get("/v1/examples?tier=platinum").error(400, "invalid_field")["field"], "tier");
+    assert_eq!(s.get("/v1/runs/..%2Fx").error(400, "invalid_field")["field"], "id");
+    s.get("/v1/runs/no-such-run").error(404, "not_found");
+
+    // Unknown routes and methods are JSON too.
+    s.get("/v2/nothing").error(404, "not_found");
+    call(s.url("/v1/stats"), "POST", Some(&s.token), Some("application/json"), Some("{}"))
+        .error(405, "method_not_allowed");
+    assert_eq!(s.get("/v1/stats").json()["total"], 5, "nothing bad was stored");
+}
+
+#[test]
+fn the_openapi_document_parses_and_lists_every_route() {
+    let home = home();
+    finished_run(home.path(), "20250101-000000-aaaa");
+    let s = Served::start(home.path());
+    let r = s.get("/v1/openapi.json");
+    assert_eq!(r.status, 200);
+    assert!(r.content_type.starts_with("application/json"), "{}", r.content_type);
+    let spec = oas3::from_json(&r.body).unwrap_or_else(|e| panic!("not an OpenAPI document: {e}"));
+    assert!(spec.openapi.starts_with("3.1"), "{}", spec.openapi);
+    let listed: BTreeSet<(String, String)> =
+        spec.operations().map(|(path, method, _)| (method.as_str().to_lowercase(), path)).collect();
+    let expected: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p, _)| (m.to_string(), p.to_string())).collect();
+    assert_eq!(listed, expected, "the document must list exactly the server's routes");
+    let doc = r.json();
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object(), "{}", doc["components"]);
+    // Every protected route says so; no public one does.
+    for (method, path, protected) in ROUTES {
+        let op = &doc["paths"][path][method];
+        let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+        assert_eq!(secured, *protected, "{method} {path}: {op}");
+    }
+    // And every route listed is served (not the 404 of unknown routes).
+    for (method, path, _) in ROUTES {
+        let url = path.replace("{id}", "20250101-000000-aaaa");
+        let r = if *method == "get" { s.get(&url) } else { s.post(&url, "{}") };
+        assert!(r.status != 404 && r.status < 500, "{method} {url}: {} {}", r.status, r.body);
+    }
+}
+
+/// Reads a server-sent event stream into `(event, data)` pairs until it ends.
+fn read_events(url: &str) -> Vec<(String, Value)> {
+    let mut res = agent().get(url).call().unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let text = res.body_mut().read_to_string().unwrap();
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let mut event = None;
+        let mut data = String::new();
+        for line in block.lines() {
+            if let Some(e) = line.strip_prefix("event: ") {
+                event = Some(e.to_string());
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                data.push_str(d);
+            }
+        }
+        if let Some(e) = event {
+            out.push((e, serde_json::from_str(&data).unwrap_or(Value::Null)));
+        }
+    }
+    out
+}
+
+#[test]
+fn runs_are_served_and_a_running_one_streams_live_until_it_ends() {
+    let home = home();
+    finished_run(home.path(), "20250101-000000-aaaa");
+    let runs = home.path().join("runs");
+    let live = RunDir::create(&runs, "20250102-000000-bbbb", &json!({"iters": 6})).unwrap();
+    live.set_status(RunStatus::Running, None, 0, 6).unwrap();
+    let s = Served::start(home.path());
+
+    let list = s.get("/v1/runs").json();
+    let ids: Vec<&str> = list["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["20250102-000000-bbbb", "20250101-000000-aaaa"], "newest first: {list}");
+    let done = s.get("/v1/runs/20250101-000000-aaaa").json();
+    assert_eq!((done["status"].as_str(), done["step"].as_u64()), (Some("completed"), Some(4)), "{done}");
+    assert_eq!(done["config"]["iters"], 4);
+    assert_eq!(done["metrics"].as_array().unwrap().len(), 5);
+    assert_eq!(done["best_val_loss"], 2.1);
+
+    // A finished run replays and ends.
+    let ev = read_events(&s.url("/v1/runs/20250101-000000-aaaa/events"));
+    let kinds: Vec<&str> = ev.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"status"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "metric").count(), 5, "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"end"), "{kinds:?}");
+
+    // A running one: steps written while the stream is open arrive, with
+    // the ETA, and the stream ends when the run completes.
+    let url = s.url("/v1/runs/20250102-000000-bbbb/events");
+    let reader = std::thread::spawn(move || read_events(&url));
+    std::thread::sleep(Duration::from_millis(300));
+    for step in 1..=6u64 {
+        let mut m = MetricRecord {
+            step,
+            train_loss: Some(2.0 / step as f64),
+            elapsed_s: Some(step as f64),
+            ..Default::default()
+        };
+        m.extra.insert("eta_s".into(), json!((6 - step) as f64));
+        live.append_metric(&m).unwrap();
+        live.set_status(RunStatus::Running, None, step, 6).unwrap();
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    live.append_event(EventKind::Completed, 6, "").unwrap();
+    live.set_status(RunStatus::Completed, None, 6, 6).unwrap();
+    let ev = reader.join().unwrap();
+    let steps: Vec<u64> = ev.iter().filter(|(e, _)| e == "metric").map(|(_, d)| d["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6], "{ev:?}");
+    let etas: Vec<f64> = ev.iter().filter(|(e, _)| e == "status").filter_map(|(_, d)| d["eta_s"].as_f64()).collect();
+    assert!(etas.len() >= 2 && etas.windows(2).all(|w| w[1] <= w[0]), "the ETA counts down live: {ev:?}");
+    assert_eq!(ev.iter().rev().find(|(e, _)| e == "status").unwrap().1["status"], "completed");
+    assert_eq!(ev.last().unwrap().0, "end");
+}
+
+#[test]
+fn an_acknowledged_capture_survives_sigkill_and_sigterm_stops_with_a_stream_open() {
+    let home = home();
+    let mut s = Served::start(home.path());
+    // Eight clients capture as fast as they can; the server is killed while
+    // they do. Every capture answered 201 must be in the store afterwards.
+    let url = s.url("/v1/capture/feedback");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (url, token, stop) = (url.clone(), s.token.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let prompt = format!("client {c} capture {i}: how do I tail a log?");
+                    let body = json!({"prompt": prompt, "response": format!("Run `tail -f app.log` (answer {i})")});
+                    let r = agent()
+                        .post(&url)
+                        .header("Authorization", format!("Bearer {token}"))
+                        .header("Content-Type", "application/json")
+                        .send(body.to_string());
+                    match r {
+                        Ok(r) if r.status().as_u16() == 201 => acked.push(prompt),
+                        _ => break, // the server is gone
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(1500) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.signal(libc::SIGKILL);
+    let _ = s.child.wait();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked: Vec<String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    assert!(acked.len() > 20, "too few captures before the kill to mean anything: {}", acked.len());
+    drop(s);
+
+    // Restarted, the server has every one of them.
+    let runs = home.path().join("runs");
+    let live = RunDir::create(&runs, "20250102-000000-bbbb", &json!({})).unwrap();
+    live.set_status(RunStatus::Running, None, 1, 10).unwrap();
+    let mut s = Served::start(home.path());
+    // (The restarted server drained any spool at start; read the store.)
+    assert!(s.get("/v1/stats").json()["total"].as_u64().unwrap() >= acked.len() as u64);
+    let store = sam_store::SqliteStore::open(home.path().join("store.db")).unwrap();
+    let stored: BTreeSet<String> = sam_store::Store::query(&store, &sam_store::Filter::default().source("feedback"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|ex| match ex.content {
+            sam_schema::Content::Instruction { instruction, .. } => Some(instruction),
+            _ => None,
+        })
+        .collect();
+    let missing: Vec<&String> = acked.iter().filter(|p| !stored.contains(*p)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged captures lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+
+    // SIGTERM with a live stream open: the server stops promptly and cleanly.
+    let url = s.url("/v1/runs/20250102-000000-bbbb/events");
+    let stream = std::thread::spawn(move || read_events(&url));
+    std::thread::sleep(Duration::from_millis(300));
+    s.signal(libc::SIGTERM);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "sam serve did not stop within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let ev = stream.join().unwrap();
+    assert_eq!(ev.first().map(|e| e.0.as_str()), Some("status"), "{ev:?}");
+}
+
+#[test]
+fn serve_refuses_a_remote_address_and_token_prints_the_token() {
+    let home = home();
+    let out = cmd(home.path(), &["serve", "--bind", "0.0.0.0", "--port", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allow-remote") && err.contains("0.0.0.0"), "{err}");
+    let token = ok(home.path(), &["serve", "token"]);
+    assert!(token.trim().starts_with("sam_"), "{token}");
+    let again = ok(home.path(), &["serve", "token"]);
+    assert_eq!(token, again);
+    let rotated = ok(home.path(), &["serve", "token", "--rotate"]);
+    assert_ne!(rotated, token);
+}
+
+/// Debian's Chromium, as `scripts/setup-chromium.sh` installs it. A missing
+/// browser fails the test: the dashboard check must not pass by not running.
+fn chromium() -> PathBuf {
+    if let Some(p) = std::env::var_os("SAM_CHROMIUM").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    for name in ["chromium", "chromium-browser"] {
+        for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+            if dir.join(name).is_file() {
+                return dir.join(name);
+            }
+        }
+    }
+    panic!("Chromium not found: run scripts/setup-chromium.sh (scripts/test.sh does), or set SAM_CHROMIUM");
+}
+
+/// Runs headless Chromium on `url` with `args`; returns stdout and the
+/// console messages it logged (every `CONSOLE` line: this Chromium logs
+/// errors, uncaught exceptions and failed loads there; the page logs
+/// nothing else).
+fn browse(url: &str, args: &[&str]) -> (String, Vec<String>) {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run Chromium: {e}"));
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    let console =
+        String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains(":CONSOLE")).map(str::to_string).collect();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), console)
+}
+
+#[test]
+fn the_dashboard_renders_its_charts_in_headless_chromium() {
+    // The detector sees console errors on this Chromium (else the check
+    // below could pass by seeing nothing).
+    let (_, console) = browse("data:text/html,<p>x</p><script>undefinedFunction()</script>", &["--dump-dom"]);
+    assert!(console.iter().any(|l| l.contains("undefinedFunction")), "console errors are not detected: {console:?}");
+
+    let model = sam_models::require_test_model().unwrap_or_else(|e| panic!("{e}"));
+    let home = home();
+    let h = home.path();
+    // A finished training run on the real test model, a few steps.
+    let data = prepared(h, model.to_str().unwrap());
+    let data = data.to_str().unwrap();
+    let train = [
+        "train",
+        "--data",
+        data,
+        "--model",
+        model.to_str().unwrap(),
+        "--iters",
+        "4",
+        "--eval-every",
+        "2",
+        "--max-valid",
+        "4",
+        "--batch",
+        "2",
+        "--grad-accum",
+        "1",
+        "--rank",
+        "4",
+        "--max-seq-len",
+        "64",
+        "--checkpoint-every",
+        "0",
+        "--save-every",
+        "4",
+        "--seed",
+        "3",
+    ];
+    ok(h, &train);
+    let trained = RunDir::list(&h.join("runs")).unwrap();
+    assert_eq!(trained.len(), 1);
+    assert_eq!(trained[0].status().unwrap().status, RunStatus::Completed);
+    let trained_id = trained[0].id().to_string();
+    // A run that is still going, to be followed live.
+    let live = RunDir::create(&h.join("runs"), "29990101-000000-live", &json!({"iters": 8})).unwrap();
+    live.append_metric(&MetricRecord {
+        step: 1,
+        phase: Some("sft".into()),
+        train_loss: Some(2.5),
+        ..Default::default()
+    })
+    .unwrap();
+    live.set_status(RunStatus::Running, None, 1, 8).unwrap();
+
+    // A real store: captures through the server, then validated into tiers.
+    let s = Served::start(h);
+    for round in 0..3 {
+        for (kind, mut body) in captures() {
+            let p = body["prompt"].as_str().unwrap().to_string();
+            body["prompt"] = json!(format!("{p} (case {round})"));
+            assert_eq!(s.post(&format!("/v1/capture/{kind}"), &body.to_string()).status, 201);
+        }
+    }
+    ok(h, &["validate"]);
+
+    let url = s.url("/");
+    let html = call(url.clone(), "GET", None, None, None).body;
+    assert!(html.contains(&trained_id) && html.contains("29990101-000000-live"), "{html}");
+
+    // The screenshot, for people to look at.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let (_, console) = browse(&url, &[&format!("--screenshot={}", shot.display()), "--window-size=1440,2200"]);
+    assert_eq!(console, Vec::<String>::new(), "console messages while rendering the dashboard");
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{} bytes", png.len());
+
+    // The DOM after the page's script has run. The running run moves on
+    // and completes meanwhile: the page must follow it (Chromium returns
+    // once its event stream ends, which is when the run completes).
+    let mover = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        for step in 2..=8u64 {
+            let m = MetricRecord {
+                step,
+                phase: Some("sft".into()),
+                train_loss: Some(2.5 / step as f64),
+                ..Default::default()
+            };
+            live.append_metric(&m).unwrap();
+            live.set_status(RunStatus::Running, None, step, 8).unwrap();
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        live.append_event(EventKind::Completed, 8, "").unwrap();
+        live.set_status(RunStatus::Completed, None, 8, 8).unwrap();
+    });
+    let (dom, console) = browse(&url, &["--virtual-time-budget=20000", "--dump-dom"]);
+    mover.join().unwrap();
+    assert_eq!(console, Vec::<String>::new(), "console messages while following the live run");
+    let charts = dom.matches("<svg class=\"chart").count();
+    assert!(charts >= 7, "tiers, kinds, sources, domains, daily, two loss charts: {charts}");
+    for needle in ["By tier", "Daily trend", "Source health", "Training runs", "distillation"] {
+        assert!(dom.contains(needle), "{needle} missing");
+    }
+    // Bars were drawn for the stored tiers, and the trained run's curves
+    // have their points.
+    assert!(dom.matches("<rect").count() > 20, "bars");
+    let chart_of = |id: &str| {
+        let start = dom.find(&format!("id=\"loss-{id}-sft\"")).unwrap_or_else(|| panic!("no loss chart for {id}"));
+        &dom[start..start + dom[start..].find("</svg>").unwrap()]
+    };
+    let points = |chart: &str, series: &str| -> usize {
+        let at = chart.find(&format!("data-series=\"{series}\"")).unwrap();
+        let p = &chart[at..];
+        let p = &p[p.find("points=\"").unwrap() + 8..];
+        p[..p.find('"').unwrap()].split_whitespace().count()
+    };
+    let trained_chart = chart_of(&trained_id);
+    assert_eq!(points(trained_chart, "train loss"), 4, "{trained_chart}");
+    assert!(points(trained_chart, "validation loss") >= 2, "{trained_chart}");
+    // The live run: the script moved its status, step and curve.
+    let row = &dom[dom.find("data-live-run=\"29990101-000000-live\"").expect("the live row")..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains(">completed<") && row.contains(">8 / 8<"), "the page did not follow the run: {row}");
+    assert_eq!(points(chart_of("29990101-000000-live"), "train loss"), 8);
+}

@@ -1,0 +1,318 @@
+//! `GET /v1/runs`, `/v1/runs/{id}` and `/v1/runs/{id}/events`: training
+//! runs as their folders (sam-runs' [`RunDir`]) hold them, and a running one
+//! followed live as server-sent events.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path as UrlPath, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::Stream;
+use sam_runs::{MetricRecord, RunDir, RunStatus, StatusFile};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::{AppState, blocking};
+
+/// A run at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RunSummary {
+    /// The run's id (its folder name under `runs/`).
+    pub id: String,
+    /// `queued`, `running`, `paused`, `completed`, `failed` or `stopped`.
+    pub status: String,
+    /// Why it failed or stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The phase of the last metric (`sft`, `dpo`).
+    pub phase: Option<String>,
+    /// Last finished optimiser step of the current phase.
+    pub step: u64,
+    /// Steps planned in the current phase.
+    pub total_steps: u64,
+    /// Unix seconds of the last status update.
+    pub updated_at: u64,
+    /// The last training loss.
+    pub train_loss: Option<f64>,
+    /// The best validation loss of the current phase.
+    pub best_val_loss: Option<f64>,
+    /// Trained tokens per second over the last step.
+    pub tokens_per_sec: Option<f64>,
+    /// Seconds left in the current phase, while the run is running.
+    pub eta_s: Option<f64>,
+}
+
+/// A run in full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RunDetail {
+    /// The summary.
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    /// `config.json`: the configuration it was started with.
+    #[schema(value_type = Object)]
+    pub config: Value,
+    /// Every line of `metrics.jsonl` (`step`, `phase`, `train_loss`,
+    /// `val_loss`, `lr`, `tokens_per_sec`, `elapsed_s`, `eta_s`, …).
+    #[schema(value_type = Vec<Object>)]
+    pub metrics: Vec<MetricRecord>,
+    /// Every line of `events.jsonl` (`time`, `kind`, `step`, `message`).
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<sam_runs::Event>,
+    /// `eval.json`, once the run was evaluated.
+    #[schema(value_type = Option<Object>)]
+    pub eval: Option<Value>,
+}
+
+/// `GET /v1/runs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RunsResponse {
+    /// Every run, newest first.
+    pub runs: Vec<RunSummary>,
+}
+
+/// Summarise a run from its status and metrics.
+pub(crate) fn summarize(run: &RunDir, status: &StatusFile, metrics: &[MetricRecord]) -> RunSummary {
+    let phase = metrics.last().and_then(|m| m.phase.clone());
+    let current = || metrics.iter().rev().take_while(|m| m.phase == phase);
+    let last_train = current().find(|m| m.train_loss.is_some());
+    let best_val_loss = current().filter_map(|m| m.val_loss).filter(|v| v.is_finite()).reduce(f64::min);
+    let eta_s = matches!(status.status, RunStatus::Running)
+        .then(|| last_train.and_then(|m| m.extra.get("eta_s")).and_then(Value::as_f64))
+        .flatten();
+    RunSummary {
+        id: run.id().to_string(),
+        status: status.status.as_str().to_string(),
+        reason: status.reason.clone(),
+        phase,
+        step: status.step,
+        total_steps: status.total_steps,
+        updated_at: status.updated_at,
+        train_loss: last_train.and_then(|m| m.train_loss),
+        best_val_loss,
+        tokens_per_sec: last_train.and_then(|m| m.tokens_per_sec),
+        eta_s,
+    }
+}
+
+/// A run id as a folder name (no path tricks).
+fn open(root: &Path, id: &str) -> Result<RunDir, ApiError> {
+    let ok = !id.is_empty()
+        && !id.starts_with('.')
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(ApiError::invalid_field("id", "not a run id (letters, digits, '-', '_' and '.')"));
+    }
+    RunDir::open(root.join(id)).map_err(|_| ApiError::not_found(format!("no run {id:?}")).with_field("id"))
+}
+
+/// Every run with its metrics, newest first (for the dashboard too).
+pub(crate) fn all(root: &Path) -> Result<Vec<(RunSummary, Vec<MetricRecord>)>, ApiError> {
+    let mut out = Vec::new();
+    for run in RunDir::list(root)?.into_iter().rev() {
+        // A run being created or deleted meanwhile is skipped, not an error.
+        let Ok(status) = run.status() else { continue };
+        let metrics = run.metrics().unwrap_or_default();
+        out.push((summarize(&run, &status, &metrics), metrics));
+    }
+    Ok(out)
+}
+
+/// Training runs, newest first.
+#[utoipa::path(get, path = "/v1/runs", tag = "runs", responses((status = 200, body = RunsResponse)))]
+pub(crate) async fn list(State(s): State<Arc<AppState>>) -> Result<Json<RunsResponse>, ApiError> {
+    let root = s.runs.clone();
+    let runs = blocking(move || all(&root)).await?;
+    Ok(Json(RunsResponse { runs: runs.into_iter().map(|(s, _)| s).collect() }))
+}
+
+/// One run: configuration, every metric and event, evaluation, ETA.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}", tag = "runs", params(("id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, body = RunDetail),
+        (status = 400, description = "Not a run id", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+    )
+)]
+pub(crate) async fn show(
+    State(s): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<RunDetail>, ApiError> {
+    let root = s.runs.clone();
+    let detail = blocking(move || {
+        let run = open(&root, &id)?;
+        let status = run.status()?;
+        let metrics = run.metrics()?;
+        let eval = std::fs::read_to_string(run.eval_path()).ok().and_then(|t| serde_json::from_str(&t).ok());
+        Ok(RunDetail {
+            summary: summarize(&run, &status, &metrics),
+            config: run.config().unwrap_or(Value::Null),
+            events: run.events()?,
+            metrics,
+            eval,
+        })
+    })
+    .await?;
+    Ok(Json(detail))
+}
+
+/// The run as server-sent events, live.
+///
+/// Event types: `status` (a [`RunSummary`], sent first and whenever
+/// `status.json` changes), `metric` (a line of `metrics.jsonl`), `event` (a
+/// line of `events.jsonl`), `reset` (the metrics were rewritten on resume:
+/// forget them; they follow again), and `end` (the run is over; the stream
+/// closes). The whole history is replayed first, so a client that connects
+/// late or reconnects sees everything.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/events", tag = "runs", params(("id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "`text/event-stream`: status, metric, event, reset and end events", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Not a run id", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+    )
+)]
+pub(crate) async fn events(
+    State(s): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let run = open(&s.runs, &id)?;
+    let follow = Follow::new(run, Duration::from_millis(s.cfg.sse_poll_ms.max(20)), s.shutdown.clone());
+    let stream = futures_util::stream::unfold(follow, |mut f| async move { f.next().await.map(|e| (Ok(e), f)) });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Reads a run folder's files as they grow.
+struct Follow {
+    run: RunDir,
+    metrics: Tail,
+    events: Tail,
+    seen: Vec<MetricRecord>,
+    status: Option<StatusFile>,
+    queue: VecDeque<SseEvent>,
+    done: bool,
+    poll: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Follow {
+    fn new(run: RunDir, poll: Duration, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+        let (metrics, events) = (Tail::new(run.metrics_path()), Tail::new(run.events_path()));
+        Follow {
+            run,
+            metrics,
+            events,
+            seen: Vec::new(),
+            status: None,
+            queue: VecDeque::new(),
+            done: false,
+            poll,
+            shutdown,
+        }
+    }
+
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(e) = self.queue.pop_front() {
+                return Some(e);
+            }
+            if self.done {
+                return None;
+            }
+            let over = self.scan();
+            if !self.queue.is_empty() {
+                continue;
+            }
+            if over {
+                self.done = true;
+                self.queue.push_back(SseEvent::default().event("end").data("{}"));
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.poll) => {}
+                _ = self.shutdown.changed() => self.done = true,
+            }
+        }
+    }
+
+    /// Queue what is new; true when the run is over and everything is sent.
+    fn scan(&mut self) -> bool {
+        let status = self.run.status().ok();
+        let (lines, reset) = self.metrics.read();
+        if reset {
+            self.seen.clear();
+            self.queue.push_back(SseEvent::default().event("reset").data("{}"));
+        }
+        let mut new_metric = false;
+        for line in lines {
+            if let Ok(m) = serde_json::from_str::<MetricRecord>(&line) {
+                self.queue.push_back(SseEvent::default().event("metric").data(line));
+                self.seen.push(m);
+                new_metric = true;
+            }
+        }
+        for line in self.events.read().0 {
+            if serde_json::from_str::<Value>(&line).is_ok() {
+                self.queue.push_back(SseEvent::default().event("event").data(line));
+            }
+        }
+        if let Some(st) = &status
+            && (self.status.as_ref() != Some(st) || new_metric)
+        {
+            let summary = summarize(&self.run, st, &self.seen);
+            let data = serde_json::to_string(&summary).unwrap_or_default();
+            // The status goes first, so a client shows where the run is
+            // before the history streams in.
+            if self.status.is_none() {
+                self.queue.push_front(SseEvent::default().event("status").data(data));
+            } else {
+                self.queue.push_back(SseEvent::default().event("status").data(data));
+            }
+            self.status = Some(st.clone());
+        }
+        status.is_some_and(|s| s.status.is_final()) && self.queue.is_empty()
+    }
+}
+
+/// The complete lines appended to a file since the last read.
+struct Tail {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl Tail {
+    fn new(path: PathBuf) -> Self {
+        Tail { path, offset: 0 }
+    }
+
+    /// New complete lines, and whether the file was rewritten shorter (then
+    /// it is read again from the start).
+    fn read(&mut self) -> (Vec<String>, bool) {
+        let Ok(mut f) = std::fs::File::open(&self.path) else { return (Vec::new(), false) };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let reset = len < self.offset;
+        if reset {
+            self.offset = 0;
+        }
+        if len == self.offset || f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return (Vec::new(), reset);
+        }
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).is_err() {
+            return (Vec::new(), reset);
+        }
+        // A line without its newline is still being written (or torn).
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else { return (Vec::new(), reset) };
+        self.offset += end as u64 + 1;
+        let lines =
+            String::from_utf8_lossy(&buf[..end]).lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+        (lines, reset)
+    }
+}
