@@ -15,6 +15,12 @@ Writes:
   (qwen2.5/chat_template.jinja, written from its public text) rendered by
   transformers for several conversations, with and without tools.
 - crates/sam-models/tests/fixtures/smollm2_tokenizer.json: plain texts and their ids.
+- crates/sam-prep/tests/fixtures/families.json: the chat templates of many model families
+  (tests/fixtures/templates/*.jinja, sources in tests/fixtures/templates/SOURCES.md), each put
+  into the GGUF tokenizer with that family's special tokens added, rendered by
+  `apply_chat_template` over multi-turn conversations with and without a system message:
+  token ids, the assistant mask for templates with `{% generation %}` markers, and the
+  template's own error message where it raises. `strftime_now` is fixed at FIXED_NOW.
 """
 import json
 import os
@@ -183,3 +189,181 @@ for name, tpl in FEATURES.items():
 (PREP_FIX / "jinja_features.json").write_text(json.dumps({**meta, "cases": fcases}, ensure_ascii=False, indent=1) + "\n")
 
 print(f"wrote {len(cases)} SmolLM2 chats, {len(TEXTS)} tokenizer texts, {len(qcases)} Qwen2.5 renderings")
+
+# ---------------------------------------------------------------------------------------------
+# Model families: real templates, tool-free conversations, ids and assistant masks.
+
+import re
+import tempfile
+from datetime import datetime, timezone
+
+import transformers.utils.chat_template_utils as ctu
+
+# Templates that call strftime_now (Llama 3.2, Granite, gpt-oss, SmolLM3) see this instant, here
+# and in the Rust test (ChatTemplate::set_now), so that the fixture does not depend on the day.
+FIXED_NOW = 1736942400  # 2025-01-15T12:00:00Z
+
+
+class _FixedDatetime(datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return datetime.fromtimestamp(FIXED_NOW, tz or timezone.utc).replace(tzinfo=None)
+
+
+ctu.datetime = _FixedDatetime
+
+TEMPLATES = PREP_FIX / "templates"
+MARKERS = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+LLAMA3 = dict(bos="<|begin_of_text|>", eos="<|eot_id|>", added=["<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|python_tag|>"])
+MISTRAL = dict(bos="<s>", eos="</s>", added=["[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"])
+GEMMA = dict(bos="<bos>", eos="<eos>", added=["<start_of_turn>", "<end_of_turn>"])
+PHI3 = dict(bos="<s>", eos="<|endoftext|>", added=["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"])
+QWEN = dict(eos="<|im_end|>", added=["<tool_call>", "</tool_call>"])
+QWEN3 = dict(eos="<|im_end|>", added=["<tool_call>", "</tool_call>", "<think>", "</think>"])
+DEEPSEEK = dict(bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", added=["<｜User｜>", "<｜Assistant｜>", "<think>", "</think>"])
+COHERE = dict(bos="<BOS_TOKEN>", eos="<|END_OF_TURN_TOKEN|>", added=["<|START_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>", "<|SYSTEM_TOKEN|>"])
+COHERE2 = dict(COHERE, added=COHERE["added"] + ["<|START_RESPONSE|>", "<|END_RESPONSE|>", "<|START_THINKING|>", "<|END_THINKING|>", "<|START_ACTION|>", "<|END_ACTION|>"])
+GPTOSS = dict(bos="<|startoftext|>", eos="<|return|>", added=["<|start|>", "<|message|>", "<|channel|>", "<|end|>", "<|call|>", "<|constrain|>"])
+GRANITE = dict(bos="<|end_of_text|>", eos="<|end_of_text|>", added=["<|start_of_role|>", "<|end_of_role|>", "<|tool_call|>"])
+LFM2 = dict(bos="<|startoftext|>", eos="<|im_end|>", added=["<|tool_list_start|>", "<|tool_list_end|>", "<|tool_call_start|>", "<|tool_call_end|>", "<|tool_response_start|>", "<|tool_response_end|>"])
+LFM25 = dict(LFM2, added=LFM2["added"] + ["<think>", "</think>"])
+# GLM closes no turn with a token of its own: generation stops at the next role token.
+GLM = dict(eos="<|endoftext|>", added=["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>", "<think>", "</think>"], stops=["<|endoftext|>", "<|user|>", "<|observation|>"])
+SMOLLM3 = dict(eos="<|im_end|>", added=["<think>", "</think>"])
+
+# (name, template file, format sam should name, the family's special tokens). "plain": the
+# test model's tokenizer unchanged, as when a user drops a template into its folder.
+FAMILIES = [
+    ("llama2", "llama2.jinja", "llama-2", dict(bos="<s>", eos="</s>", added=[])),
+    ("llama3", "llama3.jinja", "llama-3", LLAMA3),
+    ("llama3_training", "llama3_training.jinja", "llama-3", LLAMA3),
+    ("llama3_1", "llama3_1.jinja", "llama-3", LLAMA3),
+    ("llama3_2", "llama3_2.jinja", "llama-3", LLAMA3),
+    ("mistral", "mistral.jinja", "mistral", MISTRAL),
+    ("mistral_training", "mistral_training.jinja", "mistral", MISTRAL),
+    ("gemma", "gemma.jinja", "gemma", GEMMA),
+    ("gemma_training", "gemma_training.jinja", "gemma", GEMMA),
+    ("gemma3", "gemma3.jinja", "gemma", GEMMA),
+    ("gemma3_training", "gemma3_training.jinja", "gemma", GEMMA),
+    ("phi3", "phi3.jinja", "phi-3", PHI3),
+    ("phi3_training", "phi3_training.jinja", "phi-3", PHI3),
+    ("phi3_5", "phi3_5.jinja", "phi-3", PHI3),
+    ("phi3_5_plain", "phi3_5.jinja", "phi-3", "plain"),
+    ("phi3_5_training", "phi3_5_training.jinja", "phi-3", PHI3),
+    ("qwen2_5", "qwen2_5.jinja", "chatml", QWEN),
+    ("qwen2_5_training", "qwen2_5_training.jinja", "chatml", QWEN),
+    ("qwen3", "qwen3.jinja", "chatml", QWEN3),
+    ("qwen3_training", "qwen3_training.jinja", "chatml", QWEN3),
+    ("deepseekv3", "deepseekv3.jinja", "deepseek", DEEPSEEK),
+    ("deepseekv3_training", "deepseekv3_training.jinja", "deepseek", DEEPSEEK),
+    ("cohere", "cohere.jinja", "command-r", COHERE),
+    ("cohere_training", "cohere_training.jinja", "command-r", COHERE),
+    ("cohere2", "cohere2.jinja", "command-r", COHERE2),
+    ("cohere2_training", "cohere2_training.jinja", "command-r", COHERE2),
+    ("gptoss", "gptoss.jinja", "gpt-oss", GPTOSS),
+    ("gptoss_training", "gptoss_training.jinja", "gpt-oss", GPTOSS),
+    ("smollm2", None, "chatml", "plain"),
+    ("smollm3", "smollm3.jinja", "chatml", SMOLLM3),
+    ("granite3_3", "granite3_3.jinja", "granite", GRANITE),
+    ("lfm2", "lfm2.jinja", "chatml", LFM2),
+    ("lfm2_training", "lfm2_training.jinja", "chatml", LFM2),
+    ("lfm2_5", "lfm2_2_5.jinja", "chatml", LFM25),
+    ("glm4moe", "glm4moe.jinja", "glm", GLM),
+    ("glm4moe_training", "glm4moe_training.jinja", "glm", GLM),
+]
+
+SYS_PROMPT = "You are SAM, a terse coding assistant."
+Q1, A1 = "What does `git rebase -i` do?", "It rewrites a series of commits interactively."
+Q2, A2 = "And `git rebase --onto`?", "It moves a range of commits onto another base:\n\n```sh\ngit rebase --onto main feature~3 feature\n```"
+Q3, A3 = "Thanks!", "You're welcome."
+CONVERSATIONS = [
+    ("single_turn", [m(U, Q1), m(A, A1)], False),
+    ("single_turn_system", [m(S, SYS_PROMPT), m(U, Q1), m(A, A1)], False),
+    ("multi_turn", [m(U, Q1), m(A, A1), m(U, Q2), m(A, A2), m(U, Q3), m(A, A3)], False),
+    ("multi_turn_system", [m(S, SYS_PROMPT), m(U, Q1), m(A, A1), m(U, Q2), m(A, A2)], False),
+    ("multi_turn_empty_system", [m(S, ""), m(U, Q1), m(A, A1), m(U, Q2), m(A, A2)], False),
+    ("whitespace_and_unicode", [
+        m(U, "naïve café — 東京 😀\ttabs\n\n and   spaces"),
+        m(A, "  Leading spaces, trailing newline\n"),
+        m(U, "Again?"),
+        m(A, "\nYes.\n\n"),
+    ], False),
+    ("reasoning_in_content", [
+        m(U, "Is 91 prime?"),
+        m(A, "<think>\n91 = 7 * 13.\n</think>\n\nNo: 91 = 7 × 13."),
+        m(U, "And 97?"),
+        m(A, "<think>\nNo divisor up to 9.\n</think>\n\nYes, 97 is prime."),
+    ], False),
+    ("mentions_special_tokens", [
+        m(U, "Which token ends a ChatML turn?"),
+        m(A, "`<|im_end|>` ends it; Llama 3 uses `<|eot_id|>` and Mistral `</s>`."),
+    ], False),
+    ("roles_not_alternating", [m(U, "First question."), m(U, "Second question."), m(A, "One answer.")], False),
+    ("generation_prompt", [m(S, SYS_PROMPT), m(U, Q1), m(A, A1), m(U, Q2)], True),
+]
+
+with tempfile.TemporaryDirectory() as base_dir:
+    tok.save_pretrained(base_dir)
+    families = []
+    sources = {}
+    for name, file, fmt, spec in FAMILIES:
+        ftok = AutoTokenizer.from_pretrained(base_dir)
+        template = (TEMPLATES / file).read_text() if file else tok.chat_template
+        tokens = None
+        if spec != "plain":
+            special = {k: spec[k] for k in ("bos", "eos") if k in spec}
+            ftok.add_special_tokens(
+                {f"{k}_token": v for k, v in special.items()} | {"additional_special_tokens": spec["added"]}
+            )
+        added = sorted((i, t.content) for i, t in ftok.added_tokens_decoder.items() if i >= len(tok))
+        tokens = {
+            "bos": ftok.bos_token,
+            "eos": ftok.eos_token,
+            "unk": ftok.unk_token,
+            "pad": ftok.pad_token,
+            "added": [t for _, t in added],
+            "added_ids": [i for i, _ in added],
+            # generation_config.json's eos_token_id, where the model stops on more than eos.
+            "stops": spec.get("stops", []) if spec != "plain" else [],
+        }
+        markers = bool(MARKERS.search(template))
+        cases = []
+        for cname, msgs, gen in CONVERSATIONS:
+            case = {"name": cname, "messages": msgs, "add_generation_prompt": gen}
+            try:
+                out = ftok.apply_chat_template(
+                    msgs,
+                    chat_template=template,
+                    tokenize=True,
+                    return_dict=True,
+                    add_generation_prompt=gen,
+                    return_assistant_tokens_mask=markers and not gen,
+                )
+            except Exception as e:  # the template's own error (raise_exception) or a render failure
+                case["error"] = str(e)
+                case["error_kind"] = "raised" if isinstance(e, ctu.jinja2.exceptions.TemplateError) and type(e).__name__ == "TemplateError" else type(e).__name__
+                cases.append(case)
+                continue
+            case["ids"] = list(out["input_ids"])
+            if markers and not gen:
+                mask = out["assistant_masks"]
+                runs, start = [], None
+                for i, bit in enumerate(list(mask) + [0]):
+                    if bit and start is None:
+                        start = i
+                    elif not bit and start is not None:
+                        runs.append([start, i])
+                        start = None
+                case["mask_runs"] = runs
+            cases.append(case)
+        families.append({"name": name, "template": file, "format": fmt, "markers": markers, "tokens": tokens, "cases": cases})
+
+out_text = json.dumps({**meta, "now": FIXED_NOW, "families": families}, ensure_ascii=False, indent=1)
+# One line per id list and mask: the fixture stays readable and small.
+out_text = re.sub(r"\[\n\s+(-?\d+(?:,\n\s+-?\d+)*)\n\s+\]", lambda mm: "[" + re.sub(r",\n\s+", ", ", mm.group(1)) + "]", out_text)
+out_text = re.sub(r"\[\n\s+(\[\d+, \d+\](?:,\n\s+\[\d+, \d+\])*)\n\s+\]", lambda mm: "[" + re.sub(r",\n\s+", ", ", mm.group(1)) + "]", out_text)
+(PREP_FIX / "families.json").write_text(out_text + "\n")
+n_cases = sum(len(f["cases"]) for f in families)
+n_err = sum(1 for f in families for c in f["cases"] if "error" in c)
+print(f"wrote {len(families)} template families, {n_cases} conversations ({n_err} the template refuses)")
