@@ -7,9 +7,12 @@
 //! reads unchanged. Main pieces:
 //!
 //! - [`template::ChatTemplate`]: the model's Jinja chat template rendered as
-//!   transformers renders it (byte-identical on SmolLM2's and Qwen2.5's).
+//!   transformers renders it (the same token ids as `apply_chat_template`
+//!   over the templates of Llama 2/3, Mistral, Gemma, Phi-3, Qwen, DeepSeek,
+//!   Command-R, gpt-oss, SmolLM, Granite, LFM2 and GLM).
 //! - [`encode::Encoder`]: rendering + tokenisation + per-token loss masks
-//!   (every assistant turn and its end-of-turn token).
+//!   (every assistant turn and its end-of-turn token), from the template's
+//!   `{% generation %}` markers or inferred, and an error when neither works.
 //! - [`fast_bpe::FastBpe`]: the same ids as the `tokenizers` crate for
 //!   GPT-2-style byte-level BPE, several times faster (prep's hot path).
 //! - [`split::SplitRatios`]: the stable id-hash split.
@@ -48,9 +51,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The chat template does not compile or render, or raised an error.
+    /// The chat template does not compile or render, or raised an error
+    /// (the template's own message, as `raise_exception` gave it).
     #[error("{0}")]
     Template(String),
+    /// The template rendered the conversation, but sam cannot tell which
+    /// part of the text is an assistant turn (the reason).
+    #[error("{0}")]
+    Unmaskable(String),
     /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -8,10 +8,14 @@
 //! holds `messages`, `tools`, `documents`, `add_generation_prompt` and the
 //! tokenizer's special tokens (`bos_token`, `eos_token`, …). This module does
 //! the same, with `minijinja-contrib`'s pycompat layer for Python string
-//! methods (`.strip()`, `.split()`, `.startswith()`…). `{% generation %}`
-//! blocks (transformers' assistant-mask markers) are rewritten to plain
-//! `{% if true %}` blocks with the same whitespace control, so they render as
-//! transformers renders them; sam computes its masks itself.
+//! methods (`.strip()`, `.split()`, `.startswith()`…).
+//!
+//! `{% generation %}` blocks (transformers' assistant-mask markers, which
+//! `return_assistant_tokens_mask` reads) render as transformers renders them:
+//! [`ChatTemplate::render`] drops the markers, and
+//! [`ChatTemplate::render_with_generation_spans`] also returns the byte span
+//! of every block's output, which is what sam trains on for such templates.
+//! [`ChatTemplate::family`] names the prompt format a template writes.
 
 use std::fmt::Write as _;
 
@@ -56,9 +60,17 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,
     tokens: TemplateTokens,
+    markers: bool,
 }
 
 const NAME: &str = "chat_template";
+/// The same template with its `{% generation %}` blocks writing [`GEN_OPEN`]
+/// and [`GEN_CLOSE`] around their output.
+const TRACKED: &str = "chat_template_tracked";
+/// Written where a generation block starts and ends (Unicode noncharacters,
+/// which no text a person writes holds); removed from the rendering.
+const GEN_OPEN: char = '\u{FDD0}';
+const GEN_CLOSE: char = '\u{FDD1}';
 
 impl ChatTemplate {
     /// Compile a template from its Jinja source.
@@ -81,10 +93,34 @@ impl ChatTemplate {
         });
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
-        env.add_function("strftime_now", strftime_now);
-        env.add_template_owned(NAME, rewrite_generation_tags(source))
-            .map_err(|e| Error::Template(format!("cannot compile the chat template: {e:#}")))?;
-        Ok(Self { env, source: source.to_string(), tokens })
+        env.add_function("strftime_now", |fmt: String| strftime(now_secs(), &fmt));
+        let compile = |e: JinjaError| Error::Template(format!("cannot compile the chat template: {e:#}"));
+        env.add_template_owned(NAME, rewrite_generation_tags(source, false)).map_err(compile)?;
+        let markers = has_generation_markers(source);
+        if markers {
+            env.add_template_owned(TRACKED, rewrite_generation_tags(source, true)).map_err(compile)?;
+        }
+        Ok(Self { env, source: source.to_string(), tokens, markers })
+    }
+
+    /// Fix the time `strftime_now` reports (Unix seconds, UTC), for
+    /// renderings that do not depend on the day they are made.
+    pub fn set_now(&mut self, unix_seconds: i64) {
+        self.env.add_function("strftime_now", move |fmt: String| strftime(unix_seconds, &fmt));
+    }
+
+    /// Whether the template marks assistant output with `{% generation %}`
+    /// blocks (the `*_training` variants some libraries ship, and a few
+    /// models' own templates).
+    pub fn has_generation_markers(&self) -> bool {
+        self.markers
+    }
+
+    /// The prompt format the template writes (`llama-3`, `chatml`, `gemma`,
+    /// …), recognised from the markers in its source; `None` when it is none
+    /// sam knows.
+    pub fn family(&self) -> Option<&'static str> {
+        template_family(&self.source)
     }
 
     /// The model's own template, or sam's ChatML with a warning when the
@@ -119,21 +155,65 @@ impl ChatTemplate {
 
     /// Render a conversation.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, Error> {
-        let msgs: Vec<Value> = messages
-            .iter()
-            .map(|m| {
-                Value::from_pairs([
-                    ("role", Value::from(m.role.as_str())),
-                    ("content", Value::from(m.content.as_str())),
-                ])
-            })
-            .collect();
-        self.render_value(Value::from(msgs), Value::from(()), add_generation_prompt)
+        self.render_value(messages_value(messages), Value::from(()), add_generation_prompt)
+    }
+
+    /// Render a conversation and return, with the text, the byte span of the
+    /// output of every `{% generation %}` block, in order (none when the
+    /// template has no markers). These are the spans transformers'
+    /// `return_assistant_tokens_mask` masks.
+    pub fn render_with_generation_spans(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<(String, Vec<(usize, usize)>), Error> {
+        if !self.markers {
+            return Ok((self.render(messages, add_generation_prompt)?, Vec::new()));
+        }
+        if messages.iter().any(|m| m.content.contains([GEN_OPEN, GEN_CLOSE])) {
+            return Err(Error::Unmaskable(
+                "a message holds U+FDD0 or U+FDD1, the characters sam marks generation blocks with".into(),
+            ));
+        }
+        let raw = self.render_named(TRACKED, messages_value(messages), Value::from(()), add_generation_prompt)?;
+        let mut text = String::with_capacity(raw.len());
+        let mut spans = Vec::new();
+        let (mut depth, mut open, mut last) = (0usize, 0usize, 0usize);
+        for (i, c) in raw.match_indices([GEN_OPEN, GEN_CLOSE]) {
+            text.push_str(&raw[last..i]);
+            last = i + c.len();
+            if c.starts_with(GEN_OPEN) {
+                if depth == 0 {
+                    open = text.len();
+                }
+                depth += 1;
+            } else {
+                depth = depth.checked_sub(1).ok_or_else(unbalanced)?;
+                if depth == 0 && text.len() > open {
+                    spans.push((open, text.len()));
+                }
+            }
+        }
+        if depth != 0 {
+            return Err(unbalanced());
+        }
+        text.push_str(&raw[last..]);
+        Ok((text, spans))
     }
 
     /// Render arbitrary template input: `messages` (a list of maps, which may
     /// carry `tool_calls` and other keys) and `tools` (none or a list).
     pub fn render_value(&self, messages: Value, tools: Value, add_generation_prompt: bool) -> Result<String, Error> {
+        self.render_named(NAME, messages, tools, add_generation_prompt)
+    }
+
+    fn render_named(
+        &self,
+        name: &str,
+        messages: Value,
+        tools: Value,
+        add_generation_prompt: bool,
+    ) -> Result<String, Error> {
         let t = &self.tokens;
         let ctx = minijinja::context! {
             messages => messages,
@@ -145,7 +225,7 @@ impl ChatTemplate {
             unk_token => t.unk.as_deref(),
             pad_token => t.pad.as_deref(),
         };
-        let tpl = self.env.get_template(NAME).expect("added in new");
+        let tpl = self.env.get_template(name).expect("added in new");
         tpl.render(ctx).map_err(|e| match e.kind() {
             ErrorKind::InvalidOperation if e.detail().is_some_and(|d| d.starts_with(RAISED)) => {
                 Error::Template(e.detail().unwrap_or_default()[RAISED.len()..].to_string())
@@ -156,6 +236,45 @@ impl ChatTemplate {
 }
 
 const RAISED: &str = "template raised: ";
+
+fn messages_value(messages: &[Message]) -> Value {
+    let msgs: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            Value::from_pairs([("role", Value::from(m.role.as_str())), ("content", Value::from(m.content.as_str()))])
+        })
+        .collect();
+    Value::from(msgs)
+}
+
+fn unbalanced() -> Error {
+    Error::Unmaskable("the template's {% generation %} blocks do not open and close in order".into())
+}
+
+/// Whether `source` has a `{% generation %}` tag (with any whitespace control).
+fn has_generation_markers(source: &str) -> bool {
+    tags(source).any(|t| t.word == "generation")
+}
+
+/// Prompt formats, by markers only that format writes; the first match wins.
+const FAMILIES: [(&str, &[&str]); 11] = [
+    ("gpt-oss", &["<|start|>", "<|channel|>"]),
+    ("llama-3", &["<|start_header_id|>"]),
+    ("llama-2", &["[INST]", "<<SYS>>"]),
+    ("mistral", &["[INST]"]),
+    ("gemma", &["<start_of_turn>"]),
+    ("phi-3", &["<|assistant|>", "<|end|>"]),
+    ("deepseek", &["<｜Assistant｜>"]),
+    ("command-r", &["<|START_OF_TURN_TOKEN|>"]),
+    ("granite", &["<|start_of_role|>"]),
+    ("glm", &["[gMASK]", "<|assistant|>"]),
+    ("chatml", &["<|im_start|>", "<|im_end|>"]),
+];
+
+/// The prompt format a template source writes (see [`ChatTemplate::family`]).
+pub fn template_family(source: &str) -> Option<&'static str> {
+    FAMILIES.iter().find(|(_, marks)| marks.iter().all(|m| source.contains(m))).map(|(name, _)| *name)
+}
 
 /// Python's `str.title()`: a cased character after a cased one is lowered,
 /// any other cased character is upper-cased.
@@ -180,10 +299,12 @@ fn raise_exception(msg: String) -> Result<Value, JinjaError> {
     Err(JinjaError::new(ErrorKind::InvalidOperation, format!("{RAISED}{msg}")))
 }
 
-/// `strftime_now(fmt)`: the current UTC time, for the common directives.
-fn strftime_now(fmt: String) -> String {
-    let secs =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// `strftime_now(fmt)` at `secs` (UTC), for the common directives.
+fn strftime(secs: i64, fmt: &str) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
@@ -240,18 +361,30 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// Rewrite `{% generation %}` / `{% endgeneration %}` (keeping `-`/`+`
-/// whitespace control) to `{% if true %}` / `{% endif %}`.
-fn rewrite_generation_tags(src: &str) -> String {
-    let mut out = String::with_capacity(src.len());
-    let mut rest = src;
-    while let Some(i) = rest.find("{%") {
-        out.push_str(&rest[..i]);
-        let tag = &rest[i..];
-        let Some(end) = tag.find("%}") else {
-            break;
+/// A `{% … %}` tag of a template source: its byte range, its whitespace
+/// control signs and its first word.
+struct Tag<'a> {
+    start: usize,
+    end: usize,
+    lead: Option<char>,
+    trail: Option<char>,
+    word: &'a str,
+}
+
+/// The tags of a template source, in order, outside `{# … #}` comments.
+fn tags(src: &str) -> impl Iterator<Item = Tag<'_>> {
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        let start = loop {
+            let tag = from + src[from..].find("{%")?;
+            match src[from..tag].find("{#") {
+                Some(c) => from = from + c + src[from + c..].find("#}")? + 2,
+                None => break tag,
+            }
         };
-        let inner = &tag[2..end];
+        let end = start + src[start..].find("%}")? + 2;
+        from = end;
+        let inner = &src[start + 2..end - 2];
         let (lead, body) = match inner.chars().next() {
             Some(c @ ('-' | '+')) => (Some(c), &inner[1..]),
             _ => (None, inner),
@@ -260,24 +393,45 @@ fn rewrite_generation_tags(src: &str) -> String {
             Some(c @ ('-' | '+')) => (&body[..body.len() - 1], Some(c)),
             _ => (body, None),
         };
-        let word = match body.trim() {
-            "generation" => Some(" if true "),
-            "endgeneration" => Some(" endif "),
-            _ => None,
+        let word = body.split_whitespace().next().unwrap_or("");
+        Some(Tag { start, end, lead, trail, word })
+    })
+}
+
+/// Rewrite `{% generation %}` / `{% endgeneration %}` (keeping `-`/`+`
+/// whitespace control) to `{% if true %}` / `{% endif %}`; with `tracked`,
+/// the block also writes [`GEN_OPEN`] and [`GEN_CLOSE`] around its output:
+/// `{%- generation -%}` becomes `{%- if true %}{{ OPEN }}{% if true -%}`, so
+/// that the tag's left control acts on the text before it and its right
+/// control on the text after it, as in the original.
+fn rewrite_generation_tags(src: &str, tracked: bool) -> String {
+    let mut out = String::with_capacity(src.len());
+    let mut last = 0;
+    for tag in tags(src) {
+        let (kw, mark) = match tag.word {
+            "generation" => ("if true", GEN_OPEN),
+            "endgeneration" => ("endif", GEN_CLOSE),
+            _ => continue,
         };
-        match word {
-            Some(w) => {
-                out.push_str("{%");
-                out.extend(lead);
-                out.push_str(w);
-                out.extend(trail);
-                out.push_str("%}");
-            }
-            None => out.push_str(&tag[..end + 2]),
+        let open = |sign: Option<char>| format!("{{%{} ", sign.map(String::from).unwrap_or_default());
+        let close = |sign: Option<char>| format!(" {}%}}", sign.map(String::from).unwrap_or_default());
+        out.push_str(&src[last..tag.start]);
+        if tracked {
+            out.push_str(&open(tag.lead));
+            out.push_str(kw);
+            out.push_str(" %}");
+            write!(out, "{{{{ '{mark}' }}}}").ok();
+            out.push_str("{% ");
+            out.push_str(kw);
+            out.push_str(&close(tag.trail));
+        } else {
+            out.push_str(&open(tag.lead));
+            out.push_str(kw);
+            out.push_str(&close(tag.trail));
         }
-        rest = &tag[end + 2..];
+        last = tag.end;
     }
-    out.push_str(rest);
+    out.push_str(&src[last..]);
     out
 }
 
@@ -464,6 +618,34 @@ mod tests {
     }
 
     #[test]
+    fn generation_blocks_give_spans_and_render_as_without_markers() {
+        let src = "{#- a comment naming {% generation %} -#}{% for m in messages %}{% if m.role == 'assistant' %}\n  \
+                   {%- generation -%}\n  [{{ m.content }}]<end>\n{%- endgeneration %}\n{% else %}<{{ m.content }}>{% endif %}{% endfor %}";
+        let t = ChatTemplate::new(src, TemplateTokens::default()).unwrap();
+        assert!(t.has_generation_markers());
+        let msgs = [Message::user("q"), Message::assistant("a"), Message::user("r"), Message::assistant("b")];
+        let plain = t.render(&msgs, false).unwrap();
+        let (text, spans) = t.render_with_generation_spans(&msgs, false).unwrap();
+        assert_eq!(text, plain);
+        assert_eq!(text, "<q>[a]<end><r>[b]<end>");
+        let marked: Vec<&str> = spans.iter().map(|&(a, b)| &text[a..b]).collect();
+        assert_eq!(marked, ["[a]<end>", "[b]<end>"]);
+        // A marker named only in a comment is none.
+        let t =
+            ChatTemplate::new("{# {% generation %} #}{{ messages[0].content }}", TemplateTokens::default()).unwrap();
+        assert!(!t.has_generation_markers());
+        assert_eq!(t.render_with_generation_spans(&msgs, false).unwrap(), ("q".to_string(), vec![]));
+    }
+
+    #[test]
+    fn families_by_their_markers() {
+        assert_eq!(ChatTemplate::chatml().family(), Some("chatml"));
+        assert_eq!(template_family("{{ '<|start_header_id|>' }}"), Some("llama-3"));
+        assert_eq!(template_family("[INST] <<SYS>>"), Some("llama-2"));
+        assert_eq!(template_family("{{ m.content }}"), None);
+    }
+
+    #[test]
     fn raise_exception_is_an_error_with_its_message() {
         let t =
             ChatTemplate::new("{{ raise_exception('Conversation roles must alternate') }}", TemplateTokens::default())
@@ -489,6 +671,7 @@ mod tests {
     fn dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_417), (2025, 11, 25));
-        assert_eq!(strftime_now("%%".into()).as_str(), "%");
+        assert_eq!(strftime(0, "%%"), "%");
+        assert_eq!(strftime(1_736_942_400, "%d %b %Y %H:%M"), "15 Jan 2025 12:00");
     }
 }
