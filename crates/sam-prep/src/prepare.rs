@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use sam_models::BaseModel;
 use sam_schema::{Content, Example, JsonlReader, Message, Prompt, Role};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
@@ -188,7 +188,7 @@ impl SplitCounts {
 }
 
 /// What happened to examples on the way.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drops {
     /// Truncated (kept, shortened).
     pub truncated: usize,
@@ -196,14 +196,57 @@ pub struct Drops {
     pub dropped_too_long: usize,
     /// Dropped: a conversation without an assistant turn, or empty text.
     pub dropped_no_response: usize,
-    /// Dropped: the template failed on it (raised, or could not be located).
+    /// Dropped: the chat template refused it (its own `raise_exception`, or
+    /// a failure to render).
     pub dropped_template_error: usize,
-    /// The first such failure (`id: reason`).
-    pub first_template_error: Option<String>,
+    /// Dropped: rendered, but its assistant turns could not be located, so
+    /// no loss mask could be made.
+    #[serde(default)]
+    pub dropped_unmaskable: usize,
+    /// Each distinct reason behind the two counts above, with its count and
+    /// first example, most frequent first.
+    #[serde(default)]
+    pub errors: Vec<DropCause>,
     /// Skipped: an id seen before in this input.
     pub duplicate_ids: usize,
     /// Input rows that did not parse.
     pub bad_rows: usize,
+}
+
+/// Why examples were dropped by the template or the span search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropKind {
+    /// The template raised or failed to render ([`Drops::dropped_template_error`]).
+    TemplateError,
+    /// No assistant span could be located ([`Drops::dropped_unmaskable`]).
+    Unmaskable,
+}
+
+/// One reason examples were dropped, as the template or the span search gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropCause {
+    /// Which count it belongs to.
+    pub kind: DropKind,
+    /// The reason: for a template error, the template's own message.
+    pub reason: String,
+    /// Examples dropped for it.
+    pub count: usize,
+    /// The first such example's id.
+    pub first_id: String,
+}
+
+/// How assistant turns were located for the loss mask.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpanMethod {
+    /// The template's `{% generation %}` blocks, as transformers'
+    /// `return_assistant_tokens_mask` reads them.
+    GenerationMarkers,
+    /// Inferred from renderings of conversation prefixes, since the template
+    /// has no generation markers (see [`crate::encode`]).
+    #[default]
+    Inferred,
 }
 
 /// `manifest.json` of a prepared dataset.
@@ -225,6 +268,17 @@ pub struct Manifest {
     pub template: String,
     /// blake3 of the template source.
     pub template_hash: String,
+    /// The prompt format the template writes (`llama-3`, `chatml`, …), when
+    /// sam recognises it.
+    #[serde(default)]
+    pub template_family: Option<String>,
+    /// How assistant turns were located.
+    #[serde(default)]
+    pub span_method: SpanMethod,
+    /// Assistant turns located by their content, because the template
+    /// renders the conversation before them differently from the whole.
+    #[serde(default)]
+    pub spans_by_content: usize,
     /// The end-of-turn token text.
     pub end_of_turn: Option<String>,
     /// The system prompt added to conversations that have none.
@@ -267,6 +321,7 @@ struct SftRow {
     tokens: Option<TokenizedExample>,
     len: usize,
     trained: usize,
+    by_content: usize,
 }
 
 /// One prepared preference row.
@@ -276,6 +331,7 @@ struct PairRow {
     row: Value,
     tokens: Option<TokenizedPair>,
     len: usize,
+    by_content: usize,
 }
 
 enum Outcome {
@@ -287,7 +343,16 @@ enum Outcome {
 enum DropReason {
     TooLong,
     NoResponse,
-    Template(String),
+    Failed(DropKind, String),
+}
+
+impl DropReason {
+    fn of(e: Error) -> Self {
+        match e {
+            Error::Unmaskable(why) => DropReason::Failed(DropKind::Unmaskable, why),
+            other => DropReason::Failed(DropKind::TemplateError, other.to_string()),
+        }
+    }
 }
 
 /// Everything prepared, in memory, before writing.
@@ -447,6 +512,7 @@ pub struct Preparer<'m> {
     fast: Option<FastBpe<'m>>,
     tokenizer_hash: Option<String>,
     eot: Option<String>,
+    stops: Vec<String>,
     model_info: Value,
     cfg: PrepConfig,
 }
@@ -467,6 +533,7 @@ impl<'m> Preparer<'m> {
             (Some(t), false) => Some(t.text.clone()),
             (None, false) => None,
         };
+        let stops = crate::encode::stop_texts(model);
         let tokenizer_hash = tokenizer.map(|t| {
             let json = t.to_string(false).unwrap_or_default();
             blake3::hash(json.as_bytes()).to_hex().to_string()
@@ -478,6 +545,7 @@ impl<'m> Preparer<'m> {
             fast: tokenizer.and_then(FastBpe::new),
             tokenizer_hash,
             eot,
+            stops,
             model_info: json!({
                 "name": model.name(),
                 "path": model.source().path(),
@@ -525,33 +593,47 @@ impl<'m> Preparer<'m> {
         let mut domains: BTreeMap<String, SplitCounts> = BTreeMap::new();
         let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
         let (mut sft_counts, mut pref_counts) = (SplitCounts::default(), SplitCounts::default());
+        let mut causes: BTreeMap<(DropKind, String), DropCause> = BTreeMap::new();
+        let mut spans_by_content = 0;
         for (ex, outcome) in todo.iter().zip(results.into_iter().flatten()) {
             *kinds.entry(ex.kind().as_str().to_string()).or_default() += 1;
             let domain = if ex.domain.is_empty() { "unknown".to_string() } else { ex.domain.clone() };
             match outcome {
                 Outcome::Sft(row, truncated) => {
                     drops.truncated += usize::from(truncated);
+                    spans_by_content += row.by_content;
                     sft_counts.add(row.split);
                     domains.entry(domain).or_default().add(row.split);
                     sft.push(row);
                 }
                 Outcome::Pair(row, truncated) => {
                     drops.truncated += usize::from(truncated);
+                    spans_by_content += row.by_content;
                     pref_counts.add(row.split);
                     domains.entry(domain).or_default().add(row.split);
                     pairs.push(row);
                 }
                 Outcome::Dropped(DropReason::TooLong) => drops.dropped_too_long += 1,
                 Outcome::Dropped(DropReason::NoResponse) => drops.dropped_no_response += 1,
-                Outcome::Dropped(DropReason::Template(why)) => {
-                    if drops.dropped_template_error == 0 {
-                        tracing::warn!("example dropped by the chat template (first of its kind): {why}");
-                        drops.first_template_error = Some(why);
+                Outcome::Dropped(DropReason::Failed(kind, reason)) => {
+                    match kind {
+                        DropKind::TemplateError => drops.dropped_template_error += 1,
+                        DropKind::Unmaskable => drops.dropped_unmaskable += 1,
                     }
-                    drops.dropped_template_error += 1;
+                    causes
+                        .entry((kind, reason))
+                        .or_insert_with_key(|(kind, reason)| DropCause {
+                            kind: *kind,
+                            reason: reason.clone(),
+                            count: 0,
+                            first_id: ex.id.clone(),
+                        })
+                        .count += 1;
                 }
             }
         }
+        drops.errors = causes.into_values().collect();
+        drops.errors.sort_by_key(|c| std::cmp::Reverse(c.count));
         let sft_tokens =
             TokenStats::from_lengths(sft.iter().map(|r| r.len).collect(), sft.iter().map(|r| r.trained).sum());
         let preference_tokens = TokenStats::from_lengths(pairs.iter().map(|r| r.len).collect(), 0);
@@ -565,6 +647,13 @@ impl<'m> Preparer<'m> {
             tokenizer_hash,
             template: if self.builtin_template { "builtin-chatml".into() } else { "model".into() },
             template_hash: self.template.hash(),
+            template_family: self.template.family().map(str::to_string),
+            span_method: if self.template.has_generation_markers() {
+                SpanMethod::GenerationMarkers
+            } else {
+                SpanMethod::Inferred
+            },
+            spans_by_content,
             end_of_turn: self.eot.clone(),
             system_prompt: self.cfg.system_prompt.clone(),
             max_seq_len: self.cfg.max_seq_len,
@@ -584,7 +673,7 @@ impl<'m> Preparer<'m> {
     }
 
     fn encoder<'s>(&'s self, tk: &'s Tokenizer) -> Encoder<'s> {
-        let enc = Encoder::new(&self.template, tk, self.eot.clone());
+        let enc = Encoder::new(&self.template, tk, self.eot.clone()).with_stop_texts(self.stops.iter().cloned());
         match &self.fast {
             Some(f) => enc.with_fast(f),
             None => enc,
@@ -658,7 +747,7 @@ impl<'m> Preparer<'m> {
         let Some(tk) = self.tokenizer else {
             let text = match self.template.render(msgs, false) {
                 Ok(v) => v,
-                Err(e) => return Outcome::Dropped(DropReason::Template(format!("{}: {e}", ex.id))),
+                Err(e) => return Outcome::Dropped(DropReason::of(e)),
             };
             let len = estimate_tokens(&text);
             let resp: usize =
@@ -669,14 +758,23 @@ impl<'m> Preparer<'m> {
             let trained =
                 msgs.iter().filter(|m| m.role == Role::Assistant).map(|m| estimate_tokens(&m.content) + 1).sum();
             return Outcome::Sft(
-                SftRow { split, row, completion_row: None, is_text: false, tokens: None, len: len.min(max), trained },
+                SftRow {
+                    split,
+                    row,
+                    completion_row: None,
+                    is_text: false,
+                    tokens: None,
+                    len: len.min(max),
+                    trained,
+                    by_content: 0,
+                },
                 len > max,
             );
         };
         let enc = self.encoder(tk);
         let mut e = match enc.encode_chat(msgs) {
             Ok(v) => v,
-            Err(e) => return Outcome::Dropped(DropReason::Template(format!("{}: {e}", ex.id))),
+            Err(e) => return Outcome::Dropped(DropReason::of(e)),
         };
         let mut truncated = false;
         if e.ids.len() > max {
@@ -698,6 +796,7 @@ impl<'m> Preparer<'m> {
                 is_text: false,
                 len: e.ids.len(),
                 trained,
+                by_content: e.by_content,
                 tokens: Some(TokenizedExample {
                     id: ex.id.clone(),
                     domain: ex.domain.clone(),
@@ -717,7 +816,7 @@ impl<'m> Preparer<'m> {
                 let enc = self.encoder(tk);
                 let mut e = match enc.encode_text(text) {
                     Ok(v) => v,
-                    Err(e) => return Outcome::Dropped(DropReason::Template(format!("{}: {e}", ex.id))),
+                    Err(e) => return Outcome::Dropped(DropReason::of(e)),
                 };
                 let n = e.ids.len();
                 e.ids.truncate(max);
@@ -742,6 +841,7 @@ impl<'m> Preparer<'m> {
                 tokens,
                 len: len.min(max),
                 trained: len.min(max),
+                by_content: 0,
             },
             len > max,
         )
@@ -760,19 +860,19 @@ impl<'m> Preparer<'m> {
         let Some(tk) = self.tokenizer else {
             let p = match self.template.render(prompt, true) {
                 Ok(v) => v,
-                Err(e) => return Outcome::Dropped(DropReason::Template(format!("{}: {e}", ex.id))),
+                Err(e) => return Outcome::Dropped(DropReason::of(e)),
             };
             let longer = estimate_tokens(chosen).max(estimate_tokens(rejected)) + 1;
             if longer >= max {
                 return Outcome::Dropped(DropReason::TooLong);
             }
             let len = estimate_tokens(&p) + longer;
-            return Outcome::Pair(PairRow { split, row, tokens: None, len: len.min(max) }, len > max);
+            return Outcome::Pair(PairRow { split, row, tokens: None, len: len.min(max), by_content: 0 }, len > max);
         };
         let enc = self.encoder(tk);
         let mut p = match enc.encode_pair(prompt, chosen, rejected) {
             Ok(v) => v,
-            Err(e) => return Outcome::Dropped(DropReason::Template(format!("{}: {e}", ex.id))),
+            Err(e) => return Outcome::Dropped(DropReason::of(e)),
         };
         let longer = p.chosen.len().max(p.rejected.len());
         if longer >= max {
@@ -789,6 +889,7 @@ impl<'m> Preparer<'m> {
                 split,
                 row,
                 len: p.prompt.len() + longer,
+                by_content: p.by_content,
                 tokens: Some(TokenizedPair {
                     id: ex.id.clone(),
                     domain: ex.domain.clone(),

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use sam_models::{BaseModel, require_test_model};
 use sam_prep::cache::{PreparedData, Split};
-use sam_prep::prepare::{Input, PrepConfig, Preparer};
+use sam_prep::prepare::{DropKind, Input, PrepConfig, Preparer};
 use sam_schema::{Content, Example, Message, Prompt};
 
 fn model() -> BaseModel {
@@ -281,6 +281,58 @@ fn template_errors_drop_the_example_and_are_reported() {
         Preparer::new(&model, PrepConfig { system_prompt: Some("S".into()), ..PrepConfig::default() }).unwrap();
     let bad = with_system.prepare(&input(exs), |_| {}).unwrap();
     let d = &bad.manifest().drops;
-    assert_eq!(d.dropped_template_error, 10);
-    assert!(d.first_template_error.as_deref().unwrap().contains("System role not supported"), "{d:?}");
+    assert_eq!((d.dropped_template_error, d.dropped_unmaskable, d.dropped_too_long), (10, 0, 0));
+    // The template's own message, once, with its count and first example.
+    assert_eq!(d.errors.len(), 1, "{d:?}");
+    assert_eq!(d.errors[0].kind, DropKind::TemplateError);
+    assert_eq!(d.errors[0].reason, "System role not supported");
+    assert_eq!(d.errors[0].count, 10);
+}
+
+/// An example the template refuses, one whose assistant turn it does not render (so no mask
+/// can be made) and one too long are three different drops, each with its reason.
+#[test]
+fn template_errors_unmaskable_examples_and_length_drops_are_counted_apart() {
+    let gguf = model();
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("model");
+    std::fs::create_dir(&m).unwrap();
+    gguf.tokenizer().unwrap().save(m.join("tokenizer.json"), false).unwrap();
+    // Raises on a system message; renders a "secret" answer as a placeholder, no end token.
+    let tpl = "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('No system role here: ' + m.content) }}\
+               {% elif m.role == 'user' %}<|im_start|>user\n{{ m.content }}<|im_end|>\n\
+               {% elif m.content.startswith('secret') %}<|im_start|>assistant\n[redacted]\n\
+               {% else %}<|im_start|>assistant\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}\
+               {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    std::fs::write(m.join("tokenizer_config.json"), serde_json::json!({ "chat_template": tpl }).to_string()).unwrap();
+    let model = BaseModel::open(&m).unwrap();
+    let conv = |i: usize, answer: String| {
+        Example::new(Content::Chat {
+            messages: vec![Message::user(format!("Question {i}?")), Message::assistant(answer)],
+        })
+    };
+    let mut exs: Vec<Example> = (0..6).map(|i| conv(i, format!("Answer {i}."))).collect();
+    exs.extend((0..3).map(|i| conv(i, format!("secret {i}"))));
+    exs.extend((0..2).map(|i| {
+        Example::new(Content::Chat {
+            messages: vec![
+                Message::system("Be brief."),
+                Message::user(format!("Run it {i}")),
+                Message::assistant("Done."),
+            ],
+        })
+    }));
+    exs.push(conv(99, "long ".repeat(200)));
+    let prep = Preparer::new(&model, PrepConfig { max_seq_len: 64, ..PrepConfig::default() }).unwrap();
+    let prepared = prep.prepare(&input(exs), |_| {}).unwrap();
+    let m = prepared.manifest();
+    assert_eq!(m.sft.train + m.sft.valid + m.sft.test, 6);
+    let d = &m.drops;
+    assert_eq!((d.dropped_template_error, d.dropped_unmaskable, d.dropped_too_long), (2, 3, 1), "{d:?}");
+    assert_eq!(d.errors.len(), 2, "{d:?}");
+    // Most frequent first; the template's own message as it raised it.
+    assert_eq!((d.errors[0].kind, d.errors[0].count), (DropKind::Unmaskable, 3));
+    assert!(d.errors[0].reason.contains("cannot locate assistant turn 1"), "{}", d.errors[0].reason);
+    assert_eq!((d.errors[1].kind, d.errors[1].count), (DropKind::TemplateError, 2));
+    assert_eq!(d.errors[1].reason, "No system role here: Be brief.");
 }

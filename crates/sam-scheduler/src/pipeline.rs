@@ -517,6 +517,7 @@ fn prep(
         ("too_long", d.dropped_too_long),
         ("no_response", d.dropped_no_response),
         ("template_error", d.dropped_template_error),
+        ("unmaskable", d.dropped_unmaskable),
         ("duplicate_id", d.duplicate_ids),
         ("bad_row", d.bad_rows),
     ]
