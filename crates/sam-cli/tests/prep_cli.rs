@@ -84,8 +84,13 @@ fn prep_from_files_and_from_the_latest_export() {
     ok(h, &["init"]);
     ok(h, &["ingest", rows.to_str().unwrap()]);
     ok(h, &["export", "--tier", "gold,silver,bronze,unverified"]);
-    let text = ok(h, &["prep", "--model", model]);
+    let out = sam(h, &["prep", "--model", model]);
+    let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{err}");
     assert!(text.contains("prepared") && text.contains("domain git"), "{text}");
+    // The template named, and the inferred spans said (SmolLM2's template has no markers).
+    assert!(text.contains("the model's own, chatml format (blake3 "), "{text}");
+    assert!(err.contains("no {% generation %} markers"), "{err}");
     let sets: Vec<_> = std::fs::read_dir(h.join("datasets")).unwrap().collect();
     assert_eq!(sets.len(), 1);
 }

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use sam_models::BaseModel;
-use sam_prep::prepare::{PrepConfig, Preparer, read_inputs};
+use sam_prep::prepare::{DropKind, Manifest, PrepConfig, Preparer, SpanMethod, read_inputs};
 use sam_prep::split::SplitRatios;
 use sam_store::Store as _;
 
@@ -99,7 +99,8 @@ pub fn run(cmd: PrepCommand, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let d = &manifest.drops;
     println!("prepared {} in {secs:.2}s", out.display());
-    println!("  model      {} (template: {}, tokenizer: {})", model.name(), manifest.template, manifest.tokenizer);
+    println!("  model      {} (tokenizer: {})", model.name(), manifest.tokenizer);
+    println!("  template   {}", template_line(&manifest));
     println!(
         "  sft        train {:>6}  valid {:>6}  test {:>6}",
         manifest.sft.train, manifest.sft.valid, manifest.sft.test
@@ -119,10 +120,53 @@ pub fn run(cmd: PrepCommand, ctx: &Ctx) -> anyhow::Result<()> {
         t.mean, t.p50, t.p95, t.max, t.trained, t.total
     );
     println!(
-        "  truncated {}  dropped: too long {}, no response {}, template error {}; duplicate ids {}; bad rows {}",
-        d.truncated, d.dropped_too_long, d.dropped_no_response, d.dropped_template_error, d.duplicate_ids, d.bad_rows
+        "  truncated {}  dropped: too long {}, no response {}, template error {}, unmaskable {}; duplicate ids {}; bad rows {}",
+        d.truncated,
+        d.dropped_too_long,
+        d.dropped_no_response,
+        d.dropped_template_error,
+        d.dropped_unmaskable,
+        d.duplicate_ids,
+        d.bad_rows
     );
+    for cause in &d.errors {
+        let kind = match cause.kind {
+            DropKind::TemplateError => "template error",
+            DropKind::Unmaskable => "unmaskable",
+        };
+        println!("    {kind} ×{}: {} (first: {})", cause.count, cause.reason, cause.first_id);
+    }
+    if manifest.span_method == SpanMethod::Inferred && manifest.template != "builtin-chatml" {
+        let by_content = match manifest.spans_by_content {
+            0 => String::new(),
+            n => format!(
+                "; {n} turns were found by their content, the template rendering the conversation before them differently"
+            ),
+        };
+        eprintln!(
+            "warning: the chat template has no {{% generation %}} markers: sam inferred each assistant turn from \
+             renderings of the conversation before it{by_content}. A template with markers (as TRL's *_training \
+             templates) says exactly what is trained on"
+        );
+    }
+    if d.dropped_template_error + d.dropped_unmaskable > 0 {
+        eprintln!(
+            "warning: {} examples were dropped by the chat template (reasons above): fix the rows or the template, then run sam prep again",
+            d.dropped_template_error + d.dropped_unmaskable
+        );
+    }
     Ok(())
+}
+
+/// `model's own, llama-3 format (blake3 1a2b3c4d5e6f); spans: generation markers`.
+fn template_line(m: &Manifest) -> String {
+    let whose = if m.template == "builtin-chatml" { "sam's built-in ChatML" } else { "the model's own" };
+    let family = m.template_family.as_deref().map_or_else(|| "unknown format".to_string(), |f| format!("{f} format"));
+    let spans = match m.span_method {
+        SpanMethod::GenerationMarkers => "assistant turns from its {% generation %} markers",
+        SpanMethod::Inferred => "assistant turns inferred (no {% generation %} markers)",
+    };
+    format!("{whose}, {family} (blake3 {}); {spans}", &m.template_hash[..12.min(m.template_hash.len())])
 }
 
 /// The file of the store's most recent export.
