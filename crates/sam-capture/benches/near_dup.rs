@@ -43,7 +43,8 @@ fn main() {
     // run on a small size, so the test command stays fast; `cargo bench`
     // measures the full size.
     let bench = std::env::args().any(|a| a == "--bench");
-    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(if bench { 1_000_000 } else { 5_000 });
+    let n: usize =
+        std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(if bench { 1_000_000 } else { 5_000 });
     let t0 = Instant::now();
     let mut rng = Rng(42);
     let vocab: Vec<String> = (0..20_000).map(|i| format!("w{i:x}")).collect();
