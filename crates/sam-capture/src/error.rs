@@ -35,6 +35,14 @@ pub enum CaptureError {
         /// Why.
         reason: String,
     },
+    /// A setting is invalid.
+    #[error("invalid setting {key}: {reason}")]
+    Config {
+        /// The setting.
+        key: String,
+        /// Why.
+        reason: String,
+    },
     /// A capture request was incomplete or malformed.
     #[error("invalid capture: {0}")]
     Invalid(String),
