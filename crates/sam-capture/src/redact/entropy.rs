@@ -36,7 +36,6 @@ const NOT_SECRET_CONTEXT: &[&str] = &[
     "pub",
     "pubkey",
     "publickey",
-    "public_key",
     "cert",
     "certificate",
     "oid",

@@ -600,21 +600,13 @@ fn overlaps(spans: &[Range<usize>], r: &Range<usize>) -> bool {
     i > 0 && spans[i - 1].end > r.start
 }
 
-/// Whether `window` (lower or mixed case) holds one of `words` as a whole
-/// word, ASCII case-insensitively.
+/// Whether `window` holds one of `words` (lower case, letters and digits)
+/// as a whole word, ASCII case-insensitively.
 pub(crate) fn has_word(window: &str, words: &[&str]) -> bool {
-    let w = window.as_bytes();
-    words.iter().any(|word| {
-        let n = word.len();
-        if n > w.len() {
-            return false;
-        }
-        (0..=w.len() - n).any(|i| {
-            w[i..i + n].eq_ignore_ascii_case(word.as_bytes())
-                && (i == 0 || !w[i - 1].is_ascii_alphanumeric())
-                && (i + n == w.len() || !w[i + n].is_ascii_alphanumeric())
-        })
-    })
+    window
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty() && w.len() <= 24)
+        .any(|w| words.iter().any(|x| x.len() == w.len() && x.eq_ignore_ascii_case(w)))
 }
 
 pub(crate) fn is_word_byte(b: u8) -> bool {

@@ -61,7 +61,6 @@ const PHONE_CONTEXT: &[&str] = &[
     "reach",
     "handy",
     "telefon",
-    "phone_number",
     "phonenumber",
 ];
 const NUMBER_NOT_PHONE: &[&str] =
@@ -84,17 +83,13 @@ const CARD_CONTEXT: &[&str] = &[
     "charge",
     "billing",
     "checkout",
-    "card_number",
     "cardnumber",
 ];
 const NUMBER_NOT_CARD: &[&str] = &[
     "id",
     "order",
-    "order_id",
     "trace",
-    "trace_id",
     "span",
-    "span_id",
     "ts",
     "timestamp",
     "time",
@@ -112,8 +107,9 @@ const NUMBER_NOT_CARD: &[&str] = &[
     "offset",
     "imei",
     "isbn",
-    "request_id",
     "build",
+    "request",
+    "invoice",
 ];
 const SSN_CONTEXT: &[&str] = &["ssn", "ssns", "social", "security", "sozialversicherung", "tin"];
 const NUMBER_NOT_SSN: &[&str] = &["part", "sku", "model", "isbn", "zip", "order", "serial", "ref", "phone", "tel"];
