@@ -112,11 +112,22 @@ const SECTIONS: &[Section] = &[
             (
                 "disabled",
                 "Kinds not to look for, e.g. [\"ipv4\"] (email, phone, ssn, credit_card, ipv4, ipv6,\n\
-                          iban, aws_key, github_token, jwt, password, secret, high_entropy, home_path, ...).",
+                 iban, aws_key, github_token, jwt, password, secret, high_entropy, home_path, ...;\n\
+                 `sam redact --explain` names the kind of each finding).",
             ),
             ("entropy_threshold", "Bits per character above which a random-looking string is a secret."),
             ("entropy_min_len", "Shortest random-looking string that counts as a secret."),
-            ("allow", "Exact strings never redacted."),
+            ("allow", "Literal values never redacted (a public test email, a known-safe token)."),
+            (
+                "allow_patterns",
+                "Regular expressions: a finding whose whole value matches one is kept,\n\
+                 e.g. [\"10\\\\.1\\\\.\\\\d+\\\\.\\\\d+\"] for a lab's own addresses.",
+            ),
+            (
+                "allow_sources",
+                "Sources whose examples are stored unredacted because you vouch for them:\n\
+                 exact names (\"file:vetted.jsonl\") or a prefix ending in * (\"file:*\").",
+            ),
             ("generic_users", "User names in home paths that name nobody (kept as they are)."),
         ],
     },
