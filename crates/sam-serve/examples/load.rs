@@ -10,6 +10,9 @@
 //! cargo run --release -p sam-serve --example load -- --captures 10000 --clients 16
 //! ```
 //!
+//! `--max-batch 1` turns group commit off (one transaction per capture), to
+//! compare.
+//!
 //! Every capture is unique and carries an email address (so each is redacted
 //! and none is a duplicate); the run fails unless every request got a 201
 //! and the store holds exactly `--captures` examples afterwards.
@@ -25,11 +28,12 @@ struct Args {
     captures: usize,
     clients: usize,
     home: Option<std::path::PathBuf>,
+    max_batch: Option<usize>,
     json: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { captures: 10_000, clients: 16, home: None, json: false };
+    let mut a = Args { captures: 10_000, clients: 16, home: None, max_batch: None, json: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value"));
@@ -37,9 +41,10 @@ fn args() -> Args {
             "--captures" => a.captures = value("--captures").parse().expect("--captures N"),
             "--clients" => a.clients = value("--clients").parse().expect("--clients N"),
             "--home" => a.home = Some(value("--home").into()),
+            "--max-batch" => a.max_batch = Some(value("--max-batch").parse().expect("--max-batch N")),
             "--json" => a.json = true,
             "-h" | "--help" => {
-                println!("load [--captures N] [--clients N] [--home DIR] [--json]");
+                println!("load [--captures N] [--clients N] [--max-batch N] [--home DIR] [--json]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other:?} (see --help)"),
@@ -67,7 +72,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         config: ServeConfig { port: 0, ..Default::default() },
         store: dir.join("store.db"),
         store_config: Default::default(),
-        capture: Default::default(),
+        capture: sam_capture::capture::CaptureConfig {
+            max_batch: a.max_batch.unwrap_or(sam_capture::capture::CaptureConfig::default().max_batch),
+            ..Default::default()
+        },
         spool: dir.join("capture-spool.jsonl"),
         pipeline: Default::default(),
         runs: dir.join("runs"),
