@@ -14,8 +14,8 @@ use crate::ctx::Ctx;
 pub enum ServeCommand {
     /// Serve the HTTP API and the dashboard (loopback only by default)
     ///
-    /// The assistant posts its events to /v1/capture/{escalation,correction,
-    /// preference,feedback,distill} with `Authorization: Bearer <token>` (the
+    /// The assistant posts its events to /v1/capture/KIND (escalation,
+    /// correction, preference, feedback, distill) with `Authorization: Bearer <token>` (the
     /// token is generated into SAM_HOME, mode 0600; `sam serve token` prints
     /// it). A 201 answer means the capture is in the store or in the fsynced
     /// spool. The dashboard at / shows the store, the training runs (live)
