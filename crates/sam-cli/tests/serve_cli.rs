@@ -150,7 +150,7 @@ fn home() -> tempfile::TempDir {
 }
 
 const EMAIL: &str = "jane.doe@corp.example";
-const AWS_KEY: &str = "AKIAZ7QK3M9XW2RT5PLB";
+const AWS_KEY: &str = "AKIAQ7QK3M2XW2RT5PLB"; // base32 after the prefix, as real key ids are
 
 /// One valid body per capture route, with secrets in them.
 fn captures() -> Vec<(&'static str, Value)> {
