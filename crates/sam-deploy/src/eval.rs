@@ -1,0 +1,279 @@
+//! Scoring adapters: the [`Evaluator`] trait the gates call, and
+//! [`ModelEvaluator`], the one that runs the base model with sam-trainer.
+//!
+//! Every score of a gate comes from one evaluator in one process: the
+//! candidate and production are scored on the same tokens by the same loaded
+//! base model, with their adapters swapped in turn.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use sam_models::BaseModel;
+use sam_prep::cache::{TokenizedExample, TokenizedPair};
+use sam_prep::template::ChatTemplate;
+use sam_schema::Message;
+use sam_trainer::{Decoder, GenerateConfig, LoadOptions, Mode, ModelConfig, Sequence};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// What is scored: the base model alone, or the base model with an adapter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    /// What reports call it: a version id, or `base`.
+    pub label: String,
+    /// A key that changes whenever the adapter's bytes do (a version's
+    /// content hash; `base` for the base model); scores are cached by it.
+    pub key: String,
+    /// The adapter folder (`None`: the base model alone).
+    pub adapter: Option<PathBuf>,
+}
+
+impl Subject {
+    /// The base model alone.
+    pub fn base() -> Self {
+        Self { label: "base".into(), key: "base".into(), adapter: None }
+    }
+
+    /// The base model with the adapter in `dir`.
+    pub fn adapter(label: impl Into<String>, key: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        Self { label: label.into(), key: key.into(), adapter: Some(dir.into()) }
+    }
+
+    /// Whether this is the base model alone.
+    pub fn is_base(&self) -> bool {
+        self.adapter.is_none()
+    }
+}
+
+/// Loss and perplexity of one subject on one set of examples.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// Mean cross-entropy per scored token (nats).
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// Tokens scored.
+    pub tokens: usize,
+    /// Examples scored.
+    pub examples: usize,
+}
+
+/// One generated answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The answer's token ids (without the stop token).
+    pub ids: Vec<u32>,
+    /// The answer as text, special tokens left out.
+    pub text: String,
+    /// The answer as text with special tokens written out.
+    pub raw: String,
+    /// Special (added) tokens the answer contains, other than stop tokens.
+    pub special_tokens: Vec<String>,
+    /// Whether it ended on a stop token (`false`: it ran to the token limit).
+    pub stopped: bool,
+    /// Mean negative log-likelihood of the answer's tokens under the base
+    /// model alone (nats per token): how plausible the text is as language,
+    /// whatever the adapter made of it. `None` for an empty answer.
+    pub base_loss: Option<f64>,
+}
+
+/// Scores adapters for the gates. Implemented by [`ModelEvaluator`]; a gate
+/// may be handed any other (a remote scorer, a recorded one in tests of the
+/// gates' logic).
+pub trait Evaluator {
+    /// The configuration of the loaded base model (for shape checks).
+    fn model_config(&self) -> &ModelConfig;
+
+    /// The fingerprint of the loaded base model (sam-trainer's
+    /// `Decoder::fingerprint`).
+    fn fingerprint(&mut self) -> Result<String>;
+
+    /// Loads the subject's adapter onto the base model (an error when it
+    /// does not fit).
+    fn check(&mut self, subject: &Subject) -> Result<()>;
+
+    /// Mean loss over the masked-in tokens of `examples`.
+    fn score(&mut self, subject: &Subject, examples: &[TokenizedExample]) -> Result<Score>;
+
+    /// Summed log-probabilities `(chosen, rejected)` of each pair's answers.
+    fn pair_logps(&mut self, subject: &Subject, pairs: &[TokenizedPair]) -> Result<Vec<(f64, f64)>>;
+
+    /// A greedy answer to a user message (rendered with the model's chat
+    /// template), at most `max_new_tokens` long.
+    fn answer(&mut self, subject: &Subject, prompt: &str, max_new_tokens: usize) -> Result<Answer>;
+}
+
+/// Settings of [`ModelEvaluator`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalOptions {
+    /// Longer examples are cut to this many tokens.
+    pub max_seq_len: usize,
+    /// Sequences per forward pass.
+    pub batch: usize,
+    /// Storage type of the frozen weights.
+    pub dtype: sam_trainer::DType,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self { max_seq_len: 1024, batch: 4, dtype: sam_trainer::DType::F32 }
+    }
+}
+
+/// The evaluator that runs the base model with sam-trainer: loads it once,
+/// swaps adapters in and out, caches scores by subject and example set.
+pub struct ModelEvaluator {
+    model: Decoder,
+    info: BaseModel,
+    template: ChatTemplate,
+    pad: u32,
+    stop: Vec<u32>,
+    opts: EvalOptions,
+    /// The key of the adapter on the model now.
+    loaded: Option<String>,
+    memo: HashMap<(String, String), Score>,
+    fingerprint: Option<String>,
+}
+
+impl std::fmt::Debug for ModelEvaluator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelEvaluator").field("model", &self.info.name()).field("loaded", &self.loaded).finish()
+    }
+}
+
+fn digest_examples(examples: &[TokenizedExample]) -> String {
+    let mut h = blake3::Hasher::new();
+    for e in examples {
+        h.update(&(e.input_ids.len() as u64).to_le_bytes());
+        for (&t, &m) in e.input_ids.iter().zip(&e.loss_mask) {
+            h.update(&t.to_le_bytes());
+            h.update(&[u8::from(m)]);
+        }
+    }
+    h.finalize().to_hex()[..16].to_string()
+}
+
+impl ModelEvaluator {
+    /// Loads the base model at `path` (a Hugging Face folder or a GGUF file).
+    pub fn load(path: &Path, opts: EvalOptions) -> Result<Self> {
+        let info = BaseModel::open(path).map_err(|e| Error::Eval(format!("{}: {e}", path.display())))?;
+        if info.tokenizer().is_none() {
+            return Err(Error::Eval(format!("{}: the model has no tokenizer", path.display())));
+        }
+        let (template, _) = ChatTemplate::for_model(&info)?;
+        let model = sam_trainer::load_model(path, &LoadOptions { dtype: opts.dtype, ..Default::default() })?;
+        let sp = info.special_tokens();
+        let pad = sp.pad.as_ref().or(sp.eos.as_ref()).map(|t| t.id).unwrap_or(0);
+        let mut stop = sp.stop_ids.clone();
+        stop.extend(model.config().eos_token_ids.iter().copied());
+        stop.sort_unstable();
+        stop.dedup();
+        Ok(Self { model, info, template, pad, stop, opts, loaded: None, memo: HashMap::new(), fingerprint: None })
+    }
+
+    /// The base model's files, read (tokenizer, template, special tokens).
+    pub fn base_model(&self) -> &BaseModel {
+        &self.info
+    }
+
+    /// The loaded model (with whatever adapter was used last).
+    pub fn model(&self) -> &Decoder {
+        &self.model
+    }
+
+    /// The padding token id used for batches.
+    pub fn pad_id(&self) -> u32 {
+        self.pad
+    }
+
+    fn select(&mut self, s: &Subject) -> Result<Mode<'static>> {
+        let Some(dir) = &s.adapter else { return Ok(Mode::BASE) };
+        if self.loaded.as_deref() != Some(s.key.as_str()) {
+            self.loaded = None;
+            sam_trainer::load_adapter(&mut self.model, dir)
+                .map_err(|e| Error::InvalidAdapter(format!("{}: {e}", dir.display())))?;
+            self.loaded = Some(s.key.clone());
+        }
+        Ok(Mode::INFER)
+    }
+
+    fn tokenizer(&self) -> &sam_models::Tokenizer {
+        self.info.tokenizer().expect("checked at load")
+    }
+}
+
+impl Evaluator for ModelEvaluator {
+    fn model_config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+
+    fn fingerprint(&mut self) -> Result<String> {
+        if self.fingerprint.is_none() {
+            self.fingerprint = Some(self.model.fingerprint()?);
+        }
+        Ok(self.fingerprint.clone().unwrap_or_default())
+    }
+
+    fn check(&mut self, subject: &Subject) -> Result<()> {
+        self.select(subject).map(|_| ())
+    }
+
+    fn score(&mut self, subject: &Subject, examples: &[TokenizedExample]) -> Result<Score> {
+        let memo_key = (subject.key.clone(), digest_examples(examples));
+        if let Some(s) = self.memo.get(&memo_key) {
+            return Ok(*s);
+        }
+        let mode = self.select(subject)?;
+        let (seqs, _) = sam_trainer::train::sequences(examples, self.opts.max_seq_len);
+        if seqs.is_empty() {
+            return Err(Error::Eval("no example with a scored token".into()));
+        }
+        let (loss, tokens) = sam_trainer::mean_loss(&self.model, &seqs, self.opts.batch, self.pad, mode)?;
+        let s = Score { loss, perplexity: loss.exp(), tokens, examples: seqs.len() };
+        self.memo.insert(memo_key, s);
+        Ok(s)
+    }
+
+    fn pair_logps(&mut self, subject: &Subject, pairs: &[TokenizedPair]) -> Result<Vec<(f64, f64)>> {
+        let mode = self.select(subject)?;
+        let reference = if mode.adapter { sam_trainer::Reference::Initial } else { sam_trainer::Reference::Base };
+        let (seqs, _) = sam_trainer::dpo::pair_sequences(pairs, self.opts.max_seq_len);
+        let out = sam_trainer::dpo::reference_logps(&self.model, &seqs, self.opts.batch, self.pad, reference)?;
+        Ok(out.into_iter().map(|(c, r)| (f64::from(c), f64::from(r))).collect())
+    }
+
+    fn answer(&mut self, subject: &Subject, prompt: &str, max_new_tokens: usize) -> Result<Answer> {
+        let mode = self.select(subject)?;
+        let text = self.template.render(&[Message::user(prompt)], true)?;
+        let enc = self.tokenizer().encode(text.as_str(), false).map_err(|e| Error::Eval(format!("tokenising: {e}")))?;
+        let prompt_ids = enc.get_ids().to_vec();
+        let cfg = GenerateConfig { max_new_tokens, stop_tokens: self.stop.clone(), ..Default::default() };
+        let mut n = 0usize;
+        let ids = sam_trainer::generate(&self.model, &prompt_ids, &cfg, mode, |_| {
+            n += 1;
+            true
+        })?;
+        let stopped = ids.len() < max_new_tokens;
+        let tok = self.tokenizer();
+        let decode = |skip: bool| tok.decode(&ids, skip).map_err(|e| Error::Eval(format!("decoding: {e}")));
+        let (text, raw) = (decode(true)?, decode(false)?);
+        let special: Vec<String> = ids
+            .iter()
+            .filter(|id| !self.stop.contains(id))
+            .filter_map(|&id| {
+                let t = tok.id_to_token(id)?;
+                tok.get_added_vocabulary().is_special_token(&t).then_some(t)
+            })
+            .collect();
+        let base_loss = if ids.is_empty() {
+            None
+        } else {
+            let all: Vec<u32> = prompt_ids.iter().chain(&ids).copied().collect();
+            let mask: Vec<bool> = (0..all.len()).map(|i| i >= prompt_ids.len()).collect();
+            let seq = Sequence { ids: &all, mask: &mask };
+            Some(sam_trainer::mean_loss(&self.model, &[seq], 1, self.pad, Mode::BASE)?.0)
+        };
+        Ok(Answer { ids, text, raw, special_tokens: special, stopped, base_loss })
+    }
+}
