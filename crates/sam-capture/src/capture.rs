@@ -207,6 +207,97 @@ impl Capture {
     }
 }
 
+/// The metadata key under which a captured example records the adapter
+/// version that gave the answer.
+pub const ADAPTER_VERSION_KEY: &str = "adapter_version";
+
+/// A [`Capture`] with the adapter version that gave the answer it is about
+/// (what the running assistant's registry lookup returned), so that a
+/// canary's feedback can be told from production's.
+///
+/// As JSON: the capture's own fields plus an optional `adapter_version`:
+///
+/// ```
+/// use sam_capture::capture::CaptureEvent;
+/// let e: CaptureEvent = serde_json::from_str(
+///     r#"{"type":"feedback","prompt":"ls by size?","response":"`ls -lS`","adapter_version":"3f2a9c01b7de"}"#,
+/// ).unwrap();
+/// let ex = e.to_example(true).unwrap();
+/// assert_eq!(ex.metadata["adapter_version"], "3f2a9c01b7de");
+/// assert_eq!(e.event.judgement(), Some(true));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaptureEvent {
+    /// The event.
+    #[serde(flatten)]
+    pub event: Capture,
+    /// The adapter version (a registry version id, or `base`) whose answer
+    /// the event judges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_version: Option<String>,
+}
+
+impl From<Capture> for CaptureEvent {
+    fn from(event: Capture) -> Self {
+        Self { event, adapter_version: None }
+    }
+}
+
+impl CaptureEvent {
+    /// The example the event teaches, with the adapter version in its
+    /// metadata (not yet redacted or scored).
+    pub fn to_example(&self, escalation_as_preference: bool) -> Result<Example> {
+        let mut ex = self.event.to_example(escalation_as_preference)?;
+        if let Some(v) = self.adapter_version.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            ex = ex.with_meta(ADAPTER_VERSION_KEY, v);
+        }
+        Ok(ex)
+    }
+}
+
+impl Capture {
+    /// What the event says about the local model's answer: `Some(true)` for
+    /// positive feedback, `Some(false)` for a correction or an escalation
+    /// (the local answer was wrong, or there was none), `None` otherwise.
+    pub fn judgement(&self) -> Option<bool> {
+        match self {
+            Capture::Feedback { .. } => Some(true),
+            Capture::Correction { .. } | Capture::Escalation { .. } => Some(false),
+            Capture::Preference { .. } | Capture::Distill { .. } => None,
+        }
+    }
+}
+
+/// Judgements of one adapter version's answers, read back from the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionFeedback {
+    /// Answers rated good (feedback examples).
+    pub good: u64,
+    /// Answers judged bad (corrections and escalations).
+    pub bad: u64,
+}
+
+/// Counts, per adapter version, the stored judgements of its answers
+/// (examples from feedback, corrections and escalations that carry an
+/// adapter version), created at or after `since` (Unix seconds) when given.
+/// Examples the store dropped as duplicates are counted once.
+pub fn feedback_by_version<S: Store + ?Sized>(
+    store: &S,
+    since: Option<i64>,
+) -> Result<std::collections::BTreeMap<String, VersionFeedback>> {
+    let mut filter = sam_store::Filter::default().source("feedback").source("correction").source("escalation");
+    filter.since = since;
+    let mut out = std::collections::BTreeMap::<String, VersionFeedback>::new();
+    store.scan(&filter, &mut |ex| {
+        if let Some(v) = ex.metadata.get(ADAPTER_VERSION_KEY).and_then(|v| v.as_str()) {
+            let e = out.entry(v.to_string()).or_default();
+            if ex.source == "feedback" { e.good += 1 } else { e.bad += 1 }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -287,6 +378,12 @@ impl<S: Store> Capturer<S> {
     /// Capture one event; flushes when the buffer is full or old enough.
     /// Returns the flush's report when one happened.
     pub fn capture(&mut self, event: Capture) -> Result<Option<FlushReport>> {
+        self.capture_event(event.into())
+    }
+
+    /// Capture one event with the adapter version it judges (see
+    /// [`CaptureEvent`]); flushes like [`Capturer::capture`].
+    pub fn capture_event(&mut self, event: CaptureEvent) -> Result<Option<FlushReport>> {
         let ex = event.to_example(self.cfg.escalation_as_preference)?;
         let (ex, report) = self.pipeline.prepare(ex);
         self.redacted.merge(&report);
@@ -492,6 +589,11 @@ impl<S: Store + Send + 'static> BackgroundCapturer<S> {
     /// Capture one event (see [`Capturer::capture`]).
     pub fn capture(&self, event: Capture) -> Result<Option<FlushReport>> {
         self.lock().capture(event)
+    }
+
+    /// Capture one event with its adapter version (see [`Capturer::capture_event`]).
+    pub fn capture_event(&self, event: CaptureEvent) -> Result<Option<FlushReport>> {
+        self.lock().capture_event(event)
     }
 
     /// Flush now (see [`Capturer::flush`]).

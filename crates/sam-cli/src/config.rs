@@ -31,6 +31,8 @@ pub struct Config {
     pub dedup: DedupConfig,
     /// The HTTP server (`sam serve`).
     pub serve: sam_serve::ServeConfig,
+    /// Deployment: the gate's thresholds and the canary (`sam deploy`).
+    pub deploy: sam_deploy::DeployConfig,
 }
 
 /// The `[dedup]` table.
@@ -162,6 +164,38 @@ const SECTIONS: &[Section] = &[
             ("sse_poll_ms", "How often a live run's event stream looks for new lines, in milliseconds."),
         ],
     },
+    Section {
+        name: "deploy",
+        about: "Deployment (`sam deploy`): the adapter registry under SAM_HOME/registry.",
+        keys: &[
+            ("default_slot", "The slot commands use when none is named (one slot per base model)."),
+            ("max_seq_len", "Examples are cut to this many tokens when the gate scores them."),
+        ],
+    },
+    Section {
+        name: "deploy.gate",
+        about: "The gate `sam deploy promote` and `sam deploy canary` run (unless --force).",
+        keys: &[
+            ("margin", "Relative test-loss improvement over production a candidate needs (0.01: 1%)."),
+            ("golden_tolerance", "Relative loss increase on the slot's golden set that is tolerated."),
+            ("min_win_rate", "Share of held-out preference pairs the candidate must win against production."),
+            ("prompts", "Prompts of the generation check (answers must not be empty, loop or leak the template)."),
+            ("max_new_tokens", "Most tokens per generated answer."),
+            ("max_repeated", "Most share of an answer's 4-token sequences that may repeat an earlier one."),
+            ("max_answer_loss", "Highest mean loss (nats per token) of an answer under the base model: above, it babbles."),
+        ],
+    },
+    Section {
+        name: "deploy.canary",
+        about: "Canaries (`sam deploy canary`, `sam deploy canary-check`): a share of the traffic by\n\
+                key, decided by the feedback captured for each version's answers.",
+        keys: &[
+            ("percent", "Traffic share of a new canary, in percent."),
+            ("min_judgements", "Judgements (good feedback, corrections, escalations) each side needs first."),
+            ("tolerance", "Promote when the canary's good rate is at least production's minus this."),
+            ("rollback_margin", "Roll back when the canary's good rate is below production's by more than this."),
+        ],
+    },
 ];
 
 /// The table of a (possibly dotted) section name, `dedup.near` say.
@@ -226,7 +260,9 @@ impl Config {
                 out.push_str(&format!("# {line}\n"));
             }
             out.push_str(&format!("[{}]\n", section.name));
-            let table = section_table(&value, section.name);
+            let mut table = section_table(&value, section.name);
+            // Sub-tables are sections of their own.
+            table.retain(|_, v| !v.is_table());
             let body = toml::to_string(&table).expect("a table serialises");
             for line in body.lines() {
                 let key = line.split('=').next().unwrap_or("").trim();

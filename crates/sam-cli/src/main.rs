@@ -53,6 +53,8 @@ enum Commands {
     Schedule(cmd::schedule::ScheduleCommand),
     #[command(flatten)]
     Serve(cmd::serve::ServeCommand),
+    #[command(flatten)]
+    Deploy(cmd::deploy::DeployCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Commands::Runs(c) => cmd::runs::run(c, &ctx),
         Commands::Schedule(c) => cmd::schedule::run(c, &ctx),
         Commands::Serve(c) => cmd::serve::run(c, &ctx),
+        Commands::Deploy(c) => cmd::deploy::run(c, &ctx),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

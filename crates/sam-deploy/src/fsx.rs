@@ -8,18 +8,14 @@ use std::path::Path;
 
 use crate::error::{Result, io_err};
 
-/// Replaces `path` with `bytes` atomically: a reader sees the old file or
-/// the new one, and after a crash the file is one of them.
+/// Replaces `path` with `bytes` atomically (the workspace's one
+/// write-temp-then-rename, then the folder synced so the rename is durable):
+/// a reader sees the old file or the new one, and after a crash the file is
+/// one of them.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    sync_dir(dir)
+    sam_runs::write_atomic(path, bytes)
+        .map_err(|e| crate::Error::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })?;
+    sync_dir(path.parent().unwrap_or_else(|| Path::new(".")))
 }
 
 /// Writes `value` as pretty JSON, atomically.

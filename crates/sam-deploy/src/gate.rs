@@ -466,7 +466,7 @@ impl Gate for GoldenSet {
 
 /// On held-out preference pairs, the share of pairs where the candidate's
 /// log-probability margin (chosen − rejected) is above the baseline's is at
-/// least `min_win_rate`. Skipped (passes) without pairs.
+/// least `min_win_rate` (a tie counts half). Skipped (passes) without pairs.
 #[derive(Debug, Clone)]
 pub struct PreferenceWinRate {
     /// Share of pairs to win (0.5: at least as often as not).
@@ -486,8 +486,12 @@ impl Gate for PreferenceWinRate {
             v.skipped = true;
             return Ok(v.reason(Reason::NoPairs));
         }
-        let wins = c.iter().zip(&b).filter(|(c, b)| c.0 - c.1 > b.0 - b.1).count();
-        let rate = wins as f64 / c.len() as f64;
+        // A pair where both margins agree (to 1e-4 nats) is a tie: half a win.
+        let score = |c: &(f64, f64), b: &(f64, f64)| {
+            let d = (c.0 - c.1) - (b.0 - b.1);
+            if d.abs() < 1e-4 { 0.5 } else if d > 0.0 { 1.0 } else { 0.0 }
+        };
+        let rate = c.iter().zip(&b).map(|(c, b)| score(c, b)).sum::<f64>() / c.len() as f64;
         let mean = |x: &[(f64, f64)]| x.iter().map(|p| p.0 - p.1).sum::<f64>() / x.len() as f64;
         v.pass = rate >= self.min_win_rate;
         Ok(v

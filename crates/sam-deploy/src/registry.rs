@@ -1089,3 +1089,44 @@ pub fn forced_verdict() -> Verdict {
     v.reasons.push(Reason::Forced);
     v
 }
+
+impl BaseRef {
+    /// Describes the base model an evaluator has loaded from `path`.
+    pub fn of(path: &Path, ev: &mut dyn Evaluator) -> Result<Self> {
+        let id = path.file_stem().or_else(|| path.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Self {
+            id,
+            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+            fingerprint: ev.fingerprint()?,
+            config: ev.model_config().clone(),
+        })
+    }
+}
+
+/// A prepared dataset's test split, as a slot's golden set.
+pub fn golden_from_dataset(dir: &Path) -> Result<Vec<TokenizedExample>> {
+    let examples = sam_prep::cache::PreparedData::open(dir)?.sft(Split::Test)?;
+    if examples.is_empty() {
+        return Err(Error::State(format!("{}: the test split is empty: no golden set to take", dir.display())));
+    }
+    Ok(examples)
+}
+
+/// The examples of JSONL files (any form sam reads), rendered and tokenised
+/// with the base model's chat template and tokenizer, as a golden set.
+pub fn golden_from_files(files: &[PathBuf], model: &sam_models::BaseModel, max_seq_len: usize) -> Result<Vec<TokenizedExample>> {
+    let input = sam_prep::prepare::read_inputs(files)?;
+    let cfg = sam_prep::prepare::PrepConfig {
+        max_seq_len,
+        split: sam_prep::split::SplitRatios { train: 100.0, valid: 0.0, test: 0.0 },
+        ..Default::default()
+    };
+    let prepared = sam_prep::prepare::Preparer::new(model, cfg)?.prepare(&input, |_| {})?;
+    let examples: Vec<TokenizedExample> =
+        Split::ALL.iter().flat_map(|s| prepared.sft_tokens(*s)).cloned().collect();
+    if examples.is_empty() {
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        return Err(Error::State(format!("{}: no SFT example to take as a golden set", names.join(", "))));
+    }
+    Ok(examples)
+}

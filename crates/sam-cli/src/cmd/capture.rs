@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Subcommand, ValueEnum};
-use sam_capture::capture::{Capture, CaptureConfig, Capturer, append_spool};
+use sam_capture::capture::{CaptureConfig, CaptureEvent, Capturer, append_spool};
 use sam_capture::{DataSource, Pipeline, PipelineConfig, collect_into};
 use sam_store::SqliteStore;
 
@@ -37,7 +37,7 @@ pub enum CaptureCommand {
     ///
     /// Give the texts as flags, or JSON on stdin: one object per line with the
     /// same keys (`prompt`, `local`, `remote`, `wrong`, `correction`, `chosen`,
-    /// `rejected`, `response`, `system`, `model`). If the store cannot be
+    /// `rejected`, `response`, `system`, `model`, `adapter_version`). If the store cannot be
     /// written (locked, read-only), the examples go to the spool and reach the
     /// store on the next capture.
     Capture {
@@ -74,6 +74,10 @@ pub enum CaptureCommand {
         /// Escalation, distill: the remote or teacher model's name
         #[arg(long)]
         model: Option<String>,
+        /// The adapter version whose answer this judges (from `sam deploy
+        /// which`), so a canary's feedback counts for it
+        #[arg(long, value_name = "VERSION")]
+        adapter_version: Option<String>,
     },
 
     /// Redact PII and secrets from stdin to stdout (to inspect what capture
@@ -125,6 +129,7 @@ pub fn run(cmd: CaptureCommand, ctx: &Ctx) -> anyhow::Result<()> {
             response,
             system,
             model,
+            adapter_version,
         } => {
             let events = match prompt {
                 Some(prompt) => {
@@ -141,6 +146,7 @@ pub fn run(cmd: CaptureCommand, ctx: &Ctx) -> anyhow::Result<()> {
                         ("response", response),
                         ("system", system),
                         ("model", model),
+                        ("adapter_version", adapter_version),
                     ] {
                         if let Some(v) = v {
                             obj.insert(k.into(), v.into());
@@ -204,11 +210,11 @@ fn collect(ctx: &Ctx, source: SourceKind, paths: Vec<PathBuf>, max_diff_lines: u
     Ok(())
 }
 
-fn parse_event(mut v: serde_json::Value, origin: &str) -> anyhow::Result<Capture> {
-    serde_json::from_value::<Capture>(v.take()).map_err(|e| anyhow::anyhow!("{origin}: {e}"))
+fn parse_event(mut v: serde_json::Value, origin: &str) -> anyhow::Result<CaptureEvent> {
+    serde_json::from_value::<CaptureEvent>(v.take()).map_err(|e| anyhow::anyhow!("{origin}: {e}"))
 }
 
-fn read_events(kind: CaptureKind) -> anyhow::Result<Vec<Capture>> {
+fn read_events(kind: CaptureKind) -> anyhow::Result<Vec<CaptureEvent>> {
     let stdin = std::io::stdin();
     let mut out = Vec::new();
     for (i, line) in stdin.lock().lines().enumerate() {
@@ -232,7 +238,7 @@ fn read_events(kind: CaptureKind) -> anyhow::Result<Vec<Capture>> {
     Ok(out)
 }
 
-fn capture(ctx: &Ctx, events: Vec<Capture>) -> anyhow::Result<()> {
+fn capture(ctx: &Ctx, events: Vec<CaptureEvent>) -> anyhow::Result<()> {
     let cfg = Config::load(&ctx.home)?;
     let spool = match &cfg.capture.spool {
         Some(p) if p.is_absolute() => p.clone(),
@@ -249,7 +255,7 @@ fn capture(ctx: &Ctx, events: Vec<Capture>) -> anyhow::Result<()> {
         Ok(store) => {
             let mut cap = Capturer::new(store, pipeline(&cfg), capture_cfg);
             for e in events {
-                cap.capture(e)?;
+                cap.capture_event(e)?;
             }
             cap.flush()?
         }

@@ -3,6 +3,7 @@
 //! `run(cmd, &Ctx)` function that calls into the library crates.
 
 pub mod capture;
+pub mod deploy;
 pub mod prep;
 pub mod run;
 pub mod runs;
