@@ -182,7 +182,10 @@ const SECTIONS: &[Section] = &[
             ("prompts", "Prompts of the generation check (answers must not be empty, loop or leak the template)."),
             ("max_new_tokens", "Most tokens per generated answer."),
             ("max_repeated", "Most share of an answer's 4-token sequences that may repeat an earlier one."),
-            ("max_answer_loss", "Highest mean loss (nats per token) of an answer under the base model: above, it babbles."),
+            (
+                "max_answer_loss",
+                "Highest mean loss (nats per token) of an answer under the base model: above, it babbles.",
+            ),
         ],
     },
     Section {

@@ -71,12 +71,48 @@ fn register_gate_promote_canary_rollback_and_export() {
     std::fs::write(h.join("rows.jsonl"), rows.join("\n") + "\n").unwrap();
     let data = h.join("data");
     let (rows_path, data_s) = (h.join("rows.jsonl"), data.to_str().unwrap().to_string());
-    ok(h, &["prep", "--model", model, "--from", rows_path.to_str().unwrap(), "--out", &data_s, "--max-seq-len", "64", "--split", "80,10,10"]);
+    ok(
+        h,
+        &[
+            "prep",
+            "--model",
+            model,
+            "--from",
+            rows_path.to_str().unwrap(),
+            "--out",
+            &data_s,
+            "--max-seq-len",
+            "64",
+            "--split",
+            "80,10,10",
+        ],
+    );
     let run = h.join("runs/r1");
     let run_s = run.to_str().unwrap();
     let train = [
-        "train", "--data", &data_s, "--model", model, "--out", run_s, "--iters", "2", "--batch", "2", "--grad-accum", "1",
-        "--rank", "4", "--max-seq-len", "64", "--eval-every", "100", "--checkpoint-every", "0", "--lr", "1e-3",
+        "train",
+        "--data",
+        &data_s,
+        "--model",
+        model,
+        "--out",
+        run_s,
+        "--iters",
+        "2",
+        "--batch",
+        "2",
+        "--grad-accum",
+        "1",
+        "--rank",
+        "4",
+        "--max-seq-len",
+        "64",
+        "--eval-every",
+        "100",
+        "--checkpoint-every",
+        "0",
+        "--lr",
+        "1e-3",
     ];
     ok(h, &train);
 
@@ -127,9 +163,31 @@ fn register_gate_promote_canary_rollback_and_export() {
     assert_eq!(st["slots"][0]["aliases"]["canary"]["percent"], 50.0);
     for i in 0..4 {
         let prompt = format!("what is f{i}?");
-        ok(h, &["capture", "feedback", "--prompt", &prompt, "--response", &format!("f{i} is a function."), "--adapter-version", &trained]);
-        let wrong = ["capture", "correction", "--prompt", &format!("{prompt} (canary)"), "--wrong", "No idea.",
-            "--correction", &format!("f{i} is a function."), "--adapter-version", &untrained];
+        ok(
+            h,
+            &[
+                "capture",
+                "feedback",
+                "--prompt",
+                &prompt,
+                "--response",
+                &format!("f{i} is a function."),
+                "--adapter-version",
+                &trained,
+            ],
+        );
+        let wrong = [
+            "capture",
+            "correction",
+            "--prompt",
+            &format!("{prompt} (canary)"),
+            "--wrong",
+            "No idea.",
+            "--correction",
+            &format!("f{i} is a function."),
+            "--adapter-version",
+            &untrained,
+        ];
         ok(h, &wrong);
     }
     let d = json(h, &["deploy", "canary-check"]);

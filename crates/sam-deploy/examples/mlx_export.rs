@@ -14,7 +14,9 @@
 
 use candle_core::Tensor;
 use sam_deploy::{Approval, BaseRef, Registration, Registry};
-use sam_trainer::{AdapterFormat, Layers, LoadOptions, LoraConfig, Mode, Target, load_adapter, load_model, save_adapter};
+use sam_trainer::{
+    AdapterFormat, Layers, LoadOptions, LoraConfig, Mode, Target, load_adapter, load_model, save_adapter,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -24,7 +26,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let _ = std::fs::remove_dir_all(&out);
     let mut model = load_model(&model_path, &LoadOptions::default())?;
-    let cfg = LoraConfig { rank: 4, alpha: 8.0, targets: Target::ALL.to_vec(), layers: Layers::Last(4), ..Default::default() };
+    let cfg = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: Target::ALL.to_vec(),
+        layers: Layers::Last(4),
+        ..Default::default()
+    };
     model.attach_lora(&cfg, 7)?;
     for (name, var) in model.lora_vars() {
         if name.ends_with("lora_B") {

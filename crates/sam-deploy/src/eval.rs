@@ -225,7 +225,7 @@ impl Evaluator for ModelEvaluator {
             return Ok(*s);
         }
         let mode = self.select(subject)?;
-        let (seqs, _) = sam_trainer::train::sequences(examples, self.opts.max_seq_len);
+        let (seqs, _) = sam_trainer::loss::sequences(examples, self.opts.max_seq_len);
         if seqs.is_empty() {
             return Err(Error::Eval("no example with a scored token".into()));
         }

@@ -197,7 +197,9 @@ impl std::fmt::Display for Reason {
                 f,
                 "the base model loaded (fingerprint {found}) is not the slot's (fingerprint {expected}): its file changed"
             ),
-            Reason::NoTestSplit => write!(f, "no held-out test split to compare on (register with a dataset, or pass --data)"),
+            Reason::NoTestSplit => {
+                write!(f, "no held-out test split to compare on (register with a dataset, or pass --data)")
+            }
             Reason::Beats { baseline, improvement, margin } => write!(
                 f,
                 "beats {} by {:.1}% test loss (margin {:.1}%)",
@@ -227,12 +229,9 @@ impl std::fmt::Display for Reason {
             ),
             Reason::NoGoldenSet => write!(f, "the slot has no golden set"),
             Reason::NoPairs => write!(f, "no held-out preference pairs: win-rate not measured"),
-            Reason::WinRate { rate, min, pairs } => write!(
-                f,
-                "preference win-rate {:.1}% over {pairs} pairs (needs {:.1}%)",
-                rate * 100.0,
-                min * 100.0
-            ),
+            Reason::WinRate { rate, min, pairs } => {
+                write!(f, "preference win-rate {:.1}% over {pairs} pairs (needs {:.1}%)", rate * 100.0, min * 100.0)
+            }
             Reason::EmptyAnswer { prompt } => write!(f, "generation check: empty answer to \"{}\"", short(prompt)),
             Reason::Looping { prompt, repeated, max } => write!(
                 f,
@@ -277,7 +276,14 @@ pub struct Verdict {
 impl Verdict {
     /// A verdict of `gate`.
     pub fn new(gate: impl Into<String>, pass: bool) -> Self {
-        Self { gate: gate.into(), pass, skipped: false, reasons: Vec::new(), numbers: BTreeMap::new(), parts: Vec::new() }
+        Self {
+            gate: gate.into(),
+            pass,
+            skipped: false,
+            reasons: Vec::new(),
+            numbers: BTreeMap::new(),
+            parts: Vec::new(),
+        }
     }
 
     fn reason(mut self, r: Reason) -> Self {
@@ -306,11 +312,7 @@ impl Verdict {
     /// The failing reasons joined into one line.
     pub fn summary(&self) -> String {
         let f = self.failures();
-        if f.is_empty() {
-            "passed".into()
-        } else {
-            f.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ")
-        }
+        if f.is_empty() { "passed".into() } else { f.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ") }
     }
 }
 
@@ -489,13 +491,18 @@ impl Gate for PreferenceWinRate {
         // A pair where both margins agree (to 1e-4 nats) is a tie: half a win.
         let score = |c: &(f64, f64), b: &(f64, f64)| {
             let d = (c.0 - c.1) - (b.0 - b.1);
-            if d.abs() < 1e-4 { 0.5 } else if d > 0.0 { 1.0 } else { 0.0 }
+            if d.abs() < 1e-4 {
+                0.5
+            } else if d > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
         };
         let rate = c.iter().zip(&b).map(|(c, b)| score(c, b)).sum::<f64>() / c.len() as f64;
         let mean = |x: &[(f64, f64)]| x.iter().map(|p| p.0 - p.1).sum::<f64>() / x.len() as f64;
         v.pass = rate >= self.min_win_rate;
-        Ok(v
-            .number("win_rate", rate)
+        Ok(v.number("win_rate", rate)
             .number("min_win_rate", self.min_win_rate)
             .number("pairs", c.len() as f64)
             .number("candidate_margin", mean(&c))
@@ -521,12 +528,7 @@ pub struct GenerationCheck {
 
 impl Default for GenerationCheck {
     fn default() -> Self {
-        Self {
-            max_new_tokens: 32,
-            max_repeated: 0.5,
-            max_base_loss: 3.0,
-            markers: default_markers(),
-        }
+        Self { max_new_tokens: 32, max_repeated: 0.5, max_base_loss: 3.0, markers: default_markers() }
     }
 }
 

@@ -167,14 +167,19 @@ impl Registration {
     pub fn from_run(dir: &Path) -> Result<Self> {
         let run = if dir.join("config.json").is_file() && dir.join("adapter").is_dir() {
             dir.to_path_buf()
-        } else if let Some(p) = dir.parent().filter(|p| p.join("config.json").is_file() && p.join("status.json").is_file())
+        } else if let Some(p) =
+            dir.parent().filter(|p| p.join("config.json").is_file() && p.join("status.json").is_file())
         {
             p.to_path_buf()
         } else {
-            return Err(Error::InvalidAdapter(format!("{}: not a run folder (no config.json and adapter/)", dir.display())));
+            return Err(Error::InvalidAdapter(format!(
+                "{}: not a run folder (no config.json and adapter/)",
+                dir.display()
+            )));
         };
         let config: Value = fsx::read_json(&run.join("config.json"))?;
-        let eval = run.join("eval.json").is_file().then(|| fsx::read_json::<Value>(&run.join("eval.json"))).transpose()?;
+        let eval =
+            run.join("eval.json").is_file().then(|| fsx::read_json::<Value>(&run.join("eval.json"))).transpose()?;
         let path = |k: &str| config.get(k).and_then(|v| v.as_str()).map(PathBuf::from);
         Ok(Self {
             adapter_dir: run.join("adapter"),
@@ -499,15 +504,14 @@ impl Registry {
         let mut out: Vec<HistoryEntry> = Vec::new();
         if p.is_file() {
             let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
-            let complete = if text.ends_with('\n') { &text[..] } else { &text[..text.rfind('\n').map_or(0, |i| i + 1)] };
+            let complete =
+                if text.ends_with('\n') { &text[..] } else { &text[..text.rfind('\n').map_or(0, |i| i + 1)] };
             for (i, line) in complete.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let e = serde_json::from_str(line).map_err(|e| Error::Corrupt {
-                    path: p.clone(),
-                    reason: format!("line {}: {e}", i + 1),
-                })?;
+                let e = serde_json::from_str(line)
+                    .map_err(|e| Error::Corrupt { path: p.clone(), reason: format!("line {}: {e}", i + 1) })?;
                 out.push(e);
             }
         }
@@ -526,18 +530,12 @@ impl Registry {
         }
         let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
         let complete = if text.ends_with('\n') { &text[..] } else { &text[..text.rfind('\n').map_or(0, |i| i + 1)] };
-        Ok(complete
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str::<HistoryEntry>(l).ok())
-            .map_or(0, |e| e.seq))
+        Ok(complete.lines().rev().find_map(|l| serde_json::from_str::<HistoryEntry>(l).ok()).map_or(0, |e| e.seq))
     }
 
     fn append(&self, slot: &str, e: &HistoryEntry) -> Result<()> {
-        let line = serde_json::to_string(e).map_err(|err| Error::Corrupt {
-            path: self.history_path(slot),
-            reason: err.to_string(),
-        })?;
+        let line = serde_json::to_string(e)
+            .map_err(|err| Error::Corrupt { path: self.history_path(slot), reason: err.to_string() })?;
         fsx::append_line(&self.history_path(slot), &line)
     }
 
@@ -663,7 +661,8 @@ impl Registry {
         fsx::sync_dir(&tmp)?;
         std::fs::rename(&tmp, &final_dir).map_err(io_err(&final_dir))?;
         fsx::sync_dir(&self.versions_dir(slot))?;
-        let mut e = Self::entry(slot, Action::Register, Some(&id), format!("registered #{number} from {}", v.source.display()));
+        let mut e =
+            Self::entry(slot, Action::Register, Some(&id), format!("registered #{number} from {}", v.source.display()));
         if let Some(r) = &v.run_id {
             e.why.push_str(&format!(" (run {r})"));
         }
@@ -735,7 +734,9 @@ impl Registry {
         let dir = self.adapter_dir(v);
         match content_hash(&dir, &v.adapter.files) {
             Ok(h) if h == v.content_hash => Ok(()),
-            Ok(_) => Err(Error::Damaged { version: v.id.clone(), reason: "its files do not match its content hash".into() }),
+            Ok(_) => {
+                Err(Error::Damaged { version: v.id.clone(), reason: "its files do not match its content hash".into() })
+            }
             Err(e) => Err(Error::Damaged { version: v.id.clone(), reason: e.to_string() }),
         }
     }
@@ -785,7 +786,13 @@ impl Registry {
 
     /// Judges `v` with `gate` against the slot's production (or the base
     /// model) and stores the verdict with the version and in the history.
-    pub fn judge(&self, v: &Version, gate: &dyn Gate, ev: &mut dyn Evaluator, data: &TrialData) -> Result<VerdictRecord> {
+    pub fn judge(
+        &self,
+        v: &Version,
+        gate: &dyn Gate,
+        ev: &mut dyn Evaluator,
+        data: &TrialData,
+    ) -> Result<VerdictRecord> {
         let slot = self.slot(&v.slot)?;
         self.verify(v)?;
         let aliases = self.aliases(&slot.name)?;
@@ -821,7 +828,8 @@ impl Registry {
     pub fn record_verdict(&self, rec: &VerdictRecord) -> Result<HistoryEntry> {
         let v = self.find(&rec.version, None)?;
         let _lock = self.lock(&v.slot)?;
-        let line = serde_json::to_string(rec).map_err(|e| Error::Corrupt { path: self.version_dir(&v), reason: e.to_string() })?;
+        let line = serde_json::to_string(rec)
+            .map_err(|e| Error::Corrupt { path: self.version_dir(&v), reason: e.to_string() })?;
         fsx::append_line(&self.version_dir(&v).join("verdicts.jsonl"), &line)?;
         let why = if rec.verdict.pass {
             format!("gate passed against {}", rec.against)
@@ -876,7 +884,8 @@ impl Registry {
             a.canary = None;
         }
         let mut e = Self::entry(&v.slot, Action::Promote, Some(&v.id), why);
-        (e.alias, e.from, e.to, e.forced, e.verdict) = (Some(PRODUCTION.into()), old, Some(v.id.clone()), forced, verdict);
+        (e.alias, e.from, e.to, e.forced, e.verdict) =
+            (Some(PRODUCTION.into()), old, Some(v.id.clone()), forced, verdict);
         self.commit(&v.slot, a, e)
     }
 
@@ -1093,7 +1102,8 @@ pub fn forced_verdict() -> Verdict {
 impl BaseRef {
     /// Describes the base model an evaluator has loaded from `path`.
     pub fn of(path: &Path, ev: &mut dyn Evaluator) -> Result<Self> {
-        let id = path.file_stem().or_else(|| path.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let id =
+            path.file_stem().or_else(|| path.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(Self {
             id,
             path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
@@ -1114,7 +1124,11 @@ pub fn golden_from_dataset(dir: &Path) -> Result<Vec<TokenizedExample>> {
 
 /// The examples of JSONL files (any form sam reads), rendered and tokenised
 /// with the base model's chat template and tokenizer, as a golden set.
-pub fn golden_from_files(files: &[PathBuf], model: &sam_models::BaseModel, max_seq_len: usize) -> Result<Vec<TokenizedExample>> {
+pub fn golden_from_files(
+    files: &[PathBuf],
+    model: &sam_models::BaseModel,
+    max_seq_len: usize,
+) -> Result<Vec<TokenizedExample>> {
     let input = sam_prep::prepare::read_inputs(files)?;
     let cfg = sam_prep::prepare::PrepConfig {
         max_seq_len,
@@ -1122,8 +1136,7 @@ pub fn golden_from_files(files: &[PathBuf], model: &sam_models::BaseModel, max_s
         ..Default::default()
     };
     let prepared = sam_prep::prepare::Preparer::new(model, cfg)?.prepare(&input, |_| {})?;
-    let examples: Vec<TokenizedExample> =
-        Split::ALL.iter().flat_map(|s| prepared.sft_tokens(*s)).cloned().collect();
+    let examples: Vec<TokenizedExample> = Split::ALL.iter().flat_map(|s| prepared.sft_tokens(*s)).cloned().collect();
     if examples.is_empty() {
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         return Err(Error::State(format!("{}: no SFT example to take as a golden set", names.join(", "))));

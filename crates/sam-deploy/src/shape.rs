@@ -100,8 +100,8 @@ pub fn check_adapter(dir: &Path, base: &ModelConfig) -> Result<AdapterInfo> {
     .ok_or_else(|| bad(format!("{CONFIG_FILE} has no LoRA rank")))? as usize;
 
     let path = dir.join(file);
-    let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
-        .map_err(|e| bad(format!("{file}: {e}")))?;
+    let tensors =
+        candle_core::safetensors::load(&path, &candle_core::Device::Cpu).map_err(|e| bad(format!("{file}: {e}")))?;
     let mut keys: Vec<&String> = tensors.keys().collect();
     keys.sort();
     let mut pairs = std::collections::BTreeMap::<(usize, Target), [bool; 2]>::new();

@@ -40,7 +40,8 @@ struct Trained {
 }
 
 fn rows() -> Vec<Example> {
-    let chat = |u: String, a: String| Example::new(Content::Chat { messages: vec![Message::user(u), Message::assistant(a)] });
+    let chat =
+        |u: String, a: String| Example::new(Content::Chat { messages: vec![Message::user(u), Message::assistant(a)] });
     let mut out = Vec::new();
     for i in 0..48 {
         out.push(
@@ -284,7 +285,8 @@ fn check_consistent(reg: &Registry) -> Vec<PathBuf> {
     }
     let raw = std::fs::read_to_string(reg.root().join("kill/history.jsonl")).unwrap_or_default();
     for (i, line) in raw.lines().enumerate() {
-        serde_json::from_str::<sam_deploy::HistoryEntry>(line).unwrap_or_else(|e| panic!("history line {}: {e}", i + 1));
+        serde_json::from_str::<sam_deploy::HistoryEntry>(line)
+            .unwrap_or_else(|e| panic!("history line {}: {e}", i + 1));
     }
     let h = reg.history("kill").unwrap();
     let seqs: Vec<u64> = h.iter().map(|e| e.seq).collect();
@@ -394,8 +396,9 @@ fn canary_routing_is_sticky_and_feedback_decides_it() {
     let forced = Approval::Forced("test".into());
     reg.promote(&vs[0], &forced).unwrap();
     let keys: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
-    let routed =
-        |reg: &Registry| -> Vec<bool> { keys.iter().map(|k| reg.resolve("kill", Some(k)).unwrap().route == CANARY).collect() };
+    let routed = |reg: &Registry| -> Vec<bool> {
+        keys.iter().map(|k| reg.resolve("kill", Some(k)).unwrap().route == CANARY).collect()
+    };
     reg.start_canary(&vs[1], 10.0, &forced).unwrap();
     let at10 = routed(&reg);
     let n10 = at10.iter().filter(|&&c| c).count();

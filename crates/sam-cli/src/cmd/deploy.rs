@@ -113,7 +113,8 @@ pub struct RegisterArgs {
 #[derive(Args, Debug)]
 pub struct GateArgs {
     /// A version id (or unique prefix), `#N`, or an alias
-    version: String,
+    #[arg(value_name = "VERSION")]
+    target: String,
     #[command(flatten)]
     slot: SlotOpt,
     /// Compare on this prepared dataset's test split [default: the one the
@@ -198,8 +199,8 @@ pub struct ExportArgs {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// The version to export [default: production]
-    #[arg(long)]
-    version: Option<String>,
+    #[arg(long, value_name = "VERSION")]
+    from: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -207,8 +208,8 @@ pub struct AliasArgs {
     /// The alias
     name: String,
     /// The version it points to
-    #[arg(required_unless_present = "remove")]
-    version: Option<String>,
+    #[arg(value_name = "VERSION", required_unless_present = "remove")]
+    target: Option<String>,
     /// Remove the alias
     #[arg(long)]
     remove: bool,
@@ -325,7 +326,7 @@ pub fn run(cmd: DeployCommand, ctx: &Ctx) -> anyhow::Result<()> {
         Deploy::Export(a) => export(&env, a),
         Deploy::Alias(a) => {
             let slot = env.slot_name(&a.slot);
-            let v = match (&a.version, a.remove) {
+            let v = match (&a.target, a.remove) {
                 (_, true) => None,
                 (Some(r), false) => Some(env.reg.find(r, Some(&slot))?),
                 (None, false) => bail!("give the version the alias points to, or --remove"),
@@ -344,7 +345,11 @@ pub fn run(cmd: DeployCommand, ctx: &Ctx) -> anyhow::Result<()> {
     }
 }
 
-fn golden_files(files: &[PathBuf], model: &Path, max_seq_len: usize) -> anyhow::Result<(Vec<sam_prep::cache::TokenizedExample>, String)> {
+fn golden_files(
+    files: &[PathBuf],
+    model: &Path,
+    max_seq_len: usize,
+) -> anyhow::Result<(Vec<sam_prep::cache::TokenizedExample>, String)> {
     let info = sam_models::BaseModel::open(model).with_context(|| format!("reading {}", model.display()))?;
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     Ok((registry::golden_from_files(files, &info, max_seq_len)?, names.join(", ")))
@@ -366,7 +371,10 @@ fn create_slot(
 
 fn print_slot_created(env: &Env<'_>, s: &Slot) -> anyhow::Result<()> {
     if env.ctx.json {
-        println!("{}", json!({"slot": s.name, "base": s.base.id, "fingerprint": s.base.fingerprint, "golden": s.golden}));
+        println!(
+            "{}",
+            json!({"slot": s.name, "base": s.base.id, "fingerprint": s.base.fingerprint, "golden": s.golden})
+        );
     } else {
         eprintln!(
             "created slot {} for {} (fingerprint {}); golden set: {} examples from {}",
@@ -377,7 +385,8 @@ fn print_slot_created(env: &Env<'_>, s: &Slot) -> anyhow::Result<()> {
 }
 
 fn register(env: &Env<'_>, a: RegisterArgs) -> anyhow::Result<()> {
-    let mut r = if Registration::is_run(&a.dir) { Registration::from_run(&a.dir)? } else { Registration::folder(&a.dir) };
+    let mut r =
+        if Registration::is_run(&a.dir) { Registration::from_run(&a.dir)? } else { Registration::folder(&a.dir) };
     if a.data.is_some() {
         r.dataset = a.data.clone();
     }
@@ -388,15 +397,16 @@ fn register(env: &Env<'_>, a: RegisterArgs) -> anyhow::Result<()> {
         let Some((k, v)) = t.split_once('=') else { bail!("--tag {t}: expected KEY=VALUE") };
         r.tags.insert(k.trim().to_string(), v.trim().to_string());
     }
+    let mut created = None;
     let slot = match &a.slot {
         Some(s) => match env.reg.slot(s) {
             Ok(s) => s,
-            Err(sam_deploy::Error::NoSlot(_)) => new_slot_for(env, s, &r, &a.golden)?,
+            Err(sam_deploy::Error::NoSlot(_)) => created.insert(new_slot_for(env, s, &r, &a.golden)?).clone(),
             Err(e) => return Err(e.into()),
         },
         None => match env.reg.slot_for(&r, &env.cfg.default_slot)? {
             Some(s) => s,
-            None => new_slot_for(env, &env.cfg.default_slot, &r, &a.golden)?,
+            None => created.insert(new_slot_for(env, &env.cfg.default_slot, &r, &a.golden)?).clone(),
         },
     };
     let (v, new) = env.reg.register(&slot.name, &r)?;
@@ -404,7 +414,8 @@ fn register(env: &Env<'_>, a: RegisterArgs) -> anyhow::Result<()> {
         println!(
             "{}",
             json!({"version": v.id, "slot": v.slot, "number": v.number, "new": new, "content_hash": v.content_hash,
-                   "adapter": v.adapter, "dataset": v.dataset, "run_id": v.run_id})
+                   "adapter": v.adapter, "dataset": v.dataset, "run_id": v.run_id,
+                   "created_slot": created.map(|s| json!({"base": s.base.id, "fingerprint": s.base.fingerprint, "golden": s.golden}))})
         );
     } else {
         let what = if new { "registered" } else { "already registered" };
@@ -419,7 +430,9 @@ fn register(env: &Env<'_>, a: RegisterArgs) -> anyhow::Result<()> {
 
 fn new_slot_for(env: &Env<'_>, name: &str, r: &Registration, golden: &[PathBuf]) -> anyhow::Result<Slot> {
     let Some(model) = &r.model else {
-        bail!("there is no slot `{name}` yet: pass --model PATH (its base model) to create it, or register a run folder")
+        bail!(
+            "there is no slot `{name}` yet: pass --model PATH (its base model) to create it, or register a run folder"
+        )
     };
     let g = if !golden.is_empty() {
         golden_files(golden, model, env.cfg.max_seq_len)?
@@ -429,7 +442,9 @@ fn new_slot_for(env: &Env<'_>, name: &str, r: &Registration, golden: &[PathBuf])
         bail!("a new slot needs a golden set: pass --golden FILE or --data DATASET (its test split is taken)")
     };
     let s = create_slot(env, name, model, g)?;
-    print_slot_created(env, &s)?;
+    if !env.ctx.json {
+        print_slot_created(env, &s)?;
+    }
     Ok(s)
 }
 
@@ -463,10 +478,13 @@ fn print_verdict(rec: &VerdictRecord) {
 }
 
 fn gate_cmd(env: &Env<'_>, a: GateArgs) -> anyhow::Result<()> {
-    let v = env.version(&a.version, &a.slot)?;
+    let v = env.version(&a.target, &a.slot)?;
     let rec = env.judge(&v, a.data.as_deref())?;
     if env.ctx.json {
-        println!("{}", json!({"version": rec.version, "against": rec.against, "pass": rec.verdict.pass, "verdict": rec.verdict}));
+        println!(
+            "{}",
+            json!({"version": rec.version, "against": rec.against, "pass": rec.verdict.pass, "verdict": rec.verdict})
+        );
     } else {
         print_verdict(&rec);
     }
@@ -477,7 +495,7 @@ fn gate_cmd(env: &Env<'_>, a: GateArgs) -> anyhow::Result<()> {
 }
 
 fn promote(env: &Env<'_>, a: PromoteArgs) -> anyhow::Result<()> {
-    let v = env.version(&a.gate.version, &a.gate.slot)?;
+    let v = env.version(&a.gate.target, &a.gate.slot)?;
     let (approval, rec) = env.approval(&a, &v)?;
     let e = env.reg.promote(&v, &approval)?;
     if env.ctx.json {
@@ -494,7 +512,7 @@ fn rollback(env: &Env<'_>, a: RollbackArgs) -> anyhow::Result<()> {
 }
 
 fn canary(env: &Env<'_>, a: CanaryArgs) -> anyhow::Result<()> {
-    let v = env.version(&a.promote.gate.version, &a.promote.gate.slot)?;
+    let v = env.version(&a.promote.gate.target, &a.promote.gate.slot)?;
     let percent = a.percent.unwrap_or(env.cfg.canary.percent);
     let running = env.reg.aliases(&v.slot)?.canary.is_some_and(|c| c.version == v.id);
     let approval = if running {
@@ -510,7 +528,9 @@ fn canary(env: &Env<'_>, a: CanaryArgs) -> anyhow::Result<()> {
 fn canary_check(env: &Env<'_>, a: SlotArg) -> anyhow::Result<()> {
     let slot = env.slot_name(&a.slot);
     let aliases = env.reg.aliases(&slot)?;
-    let Some(c) = &aliases.canary else { bail!("slot {slot} has no canary (start one with `sam deploy canary VERSION`)") };
+    let Some(c) = &aliases.canary else {
+        bail!("slot {slot} has no canary (start one with `sam deploy canary VERSION`)")
+    };
     let production = aliases.production().unwrap_or(BASE).to_string();
     let db = env.ctx.home.join("store.db");
     let counts = if db.is_file() {
@@ -554,7 +574,9 @@ fn action_name(e: &HistoryEntry) -> String {
 }
 
 fn entry_line(e: &HistoryEntry) -> String {
-    let name = |v: &Option<String>| v.clone().unwrap_or_else(|| if e.alias.as_deref() == Some(PRODUCTION) { BASE.into() } else { "-".into() });
+    let name = |v: &Option<String>| {
+        v.clone().unwrap_or_else(|| if e.alias.as_deref() == Some(PRODUCTION) { BASE.into() } else { "-".into() })
+    };
     let moved = match &e.alias {
         Some(a) => format!(" {a}: {} → {}", name(&e.from), name(&e.to)),
         None => e.version.as_ref().map(|v| format!(" {v}")).unwrap_or_default(),
@@ -600,8 +622,10 @@ fn status(env: &Env<'_>, a: SlotOpt) -> anyhow::Result<()> {
                        "tags": v.tags, "last_verdict": last.map(|r| json!({"pass": r.verdict.pass, "against": r.against, "at": r.at}))})
             })
             .collect();
-        out.push(json!({"slot": s.name, "base": {"id": s.base.id, "path": s.base.path, "fingerprint": s.base.fingerprint},
-                        "golden": s.golden, "aliases": aliases, "versions": last_verdicts}));
+        out.push(
+            json!({"slot": s.name, "base": {"id": s.base.id, "path": s.base.path, "fingerprint": s.base.fingerprint},
+                        "golden": s.golden, "aliases": aliases, "versions": last_verdicts}),
+        );
     }
     if env.ctx.json {
         println!("{}", json!({"slots": out}));
@@ -611,7 +635,12 @@ fn status(env: &Env<'_>, a: SlotOpt) -> anyhow::Result<()> {
         println!("no slots yet: `sam deploy register RUN_DIR` registers a run's adapter (and creates the slot)");
     }
     for s in &out {
-        println!("slot {} · base {} · golden set {} examples", s["slot"].as_str().unwrap_or(""), s["base"]["id"].as_str().unwrap_or(""), s["golden"]["examples"]);
+        println!(
+            "slot {} · base {} · golden set {} examples",
+            s["slot"].as_str().unwrap_or(""),
+            s["base"]["id"].as_str().unwrap_or(""),
+            s["golden"]["examples"]
+        );
         for (name, v) in s["aliases"].as_object().into_iter().flatten() {
             let shown = match v {
                 Value::Null if name == PRODUCTION => "base model (no adapter)".to_string(),
@@ -664,11 +693,11 @@ fn which(env: &Env<'_>, a: WhichArgs) -> anyhow::Result<()> {
 
 fn export(env: &Env<'_>, a: ExportArgs) -> anyhow::Result<()> {
     let slot = env.slot_name(&a.slot);
-    let v = match &a.version {
+    let v = match &a.from {
         Some(r) => env.reg.find(r, Some(&slot))?,
         None => match env.reg.aliases(&slot)?.production() {
             Some(id) => env.reg.find(id, Some(&slot))?,
-            None => bail!("slot {slot} has nothing in production to export (give --version)"),
+            None => bail!("slot {slot} has nothing in production to export (give --from VERSION)"),
         },
     };
     let (format, name) = match a.format {
