@@ -588,7 +588,7 @@ impl Gate for GenerationCheck {
             }
             if let Some(l) = a.base_loss {
                 worst_loss = worst_loss.max(l);
-                if !(l <= self.max_base_loss) {
+                if l.is_nan() || l > self.max_base_loss {
                     v.reasons.push(Reason::Babble { prompt, loss: l, max: self.max_base_loss });
                 }
             }
