@@ -202,6 +202,9 @@ const ROUTES: &[(&str, &str, bool)] = &[
     ("get", "/v1/runs", false),
     ("get", "/v1/runs/{id}", false),
     ("get", "/v1/runs/{id}/events", false),
+    ("get", "/v1/deploy", false),
+    ("get", "/v1/deploy/{slot}", false),
+    ("get", "/v1/deploy/{slot}/history", false),
     ("get", "/healthz", false),
     ("get", "/v1/openapi.json", false),
     ("get", "/", false),
@@ -285,6 +288,15 @@ fn captures_land_redacted_and_every_route_guards_and_explains() {
     let only_feedback = s.get("/v1/examples?source=feedback").json();
     assert_eq!(only_feedback["total"], 1, "{only_feedback}");
 
+    // Feedback (and corrections, escalations) carry the adapter version
+    // that answered, for canary decisions.
+    let body = json!({"prompt": "Show hidden files", "response": "Use `ls -a`.", "adapter_version": "3f2a9c01b7de"});
+    assert_eq!(s.post("/v1/capture/feedback", &body.to_string()).status, 201);
+    let tagged = s.get("/v1/examples?source=feedback").json();
+    let versions: Vec<&Value> =
+        tagged["examples"].as_array().unwrap().iter().map(|e| &e["metadata"]["adapter_version"]).collect();
+    assert!(versions.contains(&&json!("3f2a9c01b7de")), "{tagged}");
+
     // 401 without the token, and with a wrong one, on every protected route.
     for (method, path, _) in ROUTES.iter().filter(|r| r.2) {
         let method = method.to_uppercase();
@@ -337,7 +349,7 @@ fn captures_land_redacted_and_every_route_guards_and_explains() {
     s.get("/v2/nothing").error(404, "not_found");
     call(s.url("/v1/stats"), "POST", Some(&s.token), Some("application/json"), Some("{}"))
         .error(405, "method_not_allowed");
-    assert_eq!(s.get("/v1/stats").json()["total"], 5, "nothing bad was stored");
+    assert_eq!(s.get("/v1/stats").json()["total"], 6, "nothing bad was stored");
 }
 
 #[test]
@@ -362,12 +374,16 @@ fn the_openapi_document_parses_and_lists_every_route() {
         let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
         assert_eq!(secured, *protected, "{method} {path}: {op}");
     }
-    // And every route listed is served (not the 404 of unknown routes).
+    // And every route listed is served (not the 404 of unknown routes; an
+    // unknown slot is a 404 of its own, naming the field).
     for (method, path, _) in ROUTES {
-        let url = path.replace("{id}", "20250101-000000-aaaa");
+        let url = path.replace("{id}", "20250101-000000-aaaa").replace("{slot}", "none");
         let r = if *method == "get" { s.get(&url) } else { s.post(&url, "{}") };
-        assert!(r.status != 404 && r.status < 500, "{method} {url}: {} {}", r.status, r.body);
+        let unrouted = r.status == 404 && r.json()["field"].is_null();
+        assert!(!unrouted && r.status < 500, "{method} {url}: {} {}", r.status, r.body);
     }
+    assert_eq!(s.get("/v1/deploy/none").error(404, "not_found")["field"], "slot");
+    assert_eq!(s.get("/v1/deploy").json()["slots"], json!([]));
 }
 
 /// Reads a server-sent event stream into `(event, data)` pairs until it ends.
@@ -603,43 +619,69 @@ fn the_dashboard_renders_its_charts_in_headless_chromium() {
     assert!(console.iter().any(|l| l.contains("undefinedFunction")), "console errors are not detected: {console:?}");
 
     let model = sam_models::require_test_model().unwrap_or_else(|e| panic!("{e}"));
+    let model = model.to_str().unwrap();
     let home = home();
     let h = home.path();
-    // A finished training run on the real test model, a few steps.
-    let data = prepared(h, model.to_str().unwrap());
+    // A quick gate: one short generation check.
+    let mut cfg = std::fs::read_to_string(h.join("sam.toml")).unwrap();
+    cfg.push_str(
+        "\n[deploy]\ndefault_slot = \"smol\"\nmax_seq_len = 64\n\n[deploy.gate]\nprompts = [\"What is a unit test?\"]\nmax_new_tokens = 8\n",
+    );
+    std::fs::write(h.join("sam.toml"), cfg).unwrap();
+    // Two finished training runs on the real test model, a few steps each.
+    let data = prepared(h, model);
     let data = data.to_str().unwrap();
-    let train = [
-        "train",
-        "--data",
-        data,
-        "--model",
-        model.to_str().unwrap(),
-        "--iters",
-        "4",
-        "--eval-every",
-        "2",
-        "--max-valid",
-        "4",
-        "--batch",
-        "2",
-        "--grad-accum",
-        "1",
-        "--rank",
-        "4",
-        "--max-seq-len",
-        "64",
-        "--checkpoint-every",
-        "0",
-        "--save-every",
-        "4",
-        "--seed",
-        "3",
-    ];
-    ok(h, &train);
-    let trained = RunDir::list(&h.join("runs")).unwrap();
-    assert_eq!(trained.len(), 1);
-    assert_eq!(trained[0].status().unwrap().status, RunStatus::Completed);
-    let trained_id = trained[0].id().to_string();
+    let train = |out: &Path, iters: &str, seed: &str| {
+        let out = out.to_str().unwrap();
+        let args = [
+            "train",
+            "--data",
+            data,
+            "--model",
+            model,
+            "--out",
+            out,
+            "--iters",
+            iters,
+            "--eval-every",
+            "2",
+            "--max-valid",
+            "4",
+            "--batch",
+            "2",
+            "--grad-accum",
+            "1",
+            "--rank",
+            "4",
+            "--max-seq-len",
+            "64",
+            "--checkpoint-every",
+            "0",
+            "--save-every",
+            "4",
+            "--seed",
+            seed,
+            "--lr",
+            "1e-3",
+        ];
+        ok(h, &args);
+    };
+    let (first, second) = (h.join("runs/20250101-000000-aaaa"), h.join("runs/20250101-000001-bbbb"));
+    train(&first, "4", "3");
+    train(&second, "2", "4");
+    let trained_id = "20250101-000000-aaaa".to_string();
+    assert_eq!(RunDir::open(&first).unwrap().status().unwrap().status, RunStatus::Completed);
+    // A registry with both: the first promoted (forced), the second judged
+    // by the gate and put on a 20% canary.
+    let register = |run: &Path| {
+        let out = ok(h, &["--json", "deploy", "register", run.to_str().unwrap()]);
+        serde_json::from_str::<Value>(out.trim()).unwrap()["version"].as_str().unwrap().to_string()
+    };
+    let (v1, v2) = (register(&first), register(&second));
+    ok(h, &["deploy", "promote", &v1, "--force", "--reason", "first adapter"]);
+    let gate = cmd(h, &["deploy", "gate", &v2]).output().unwrap();
+    assert!(matches!(gate.status.code(), Some(0 | 1)), "{}", String::from_utf8_lossy(&gate.stderr));
+    ok(h, &["deploy", "canary", &v2, "--percent", "20", "--force"]);
     // A run that is still going, to be followed live.
     let live = RunDir::create(&h.join("runs"), "29990101-000000-live", &json!({"iters": 8})).unwrap();
     live.append_metric(&MetricRecord {
@@ -662,6 +704,23 @@ fn the_dashboard_renders_its_charts_in_headless_chromium() {
     }
     ok(h, &["validate"]);
 
+    // The adapter lookup agrees with `sam deploy which`, key by key.
+    for key in ["user-1", "user-2", "user-3", "user-4", "user-5"] {
+        let served = s.get(&format!("/v1/deploy/smol?key={key}")).json();
+        let cli: Value = serde_json::from_str(ok(h, &["--json", "deploy", "which", "--key", key]).trim()).unwrap();
+        assert_eq!(served["version"], cli["version"], "{key}: {served} vs {cli}");
+        assert!([v1.as_str(), v2.as_str()].contains(&served["version"].as_str().unwrap()), "{served}");
+        let dir = PathBuf::from(served["adapter_dir"].as_str().unwrap());
+        assert!(dir.join("adapter_model.safetensors").is_file(), "{served}");
+    }
+    assert_eq!(s.get("/v1/deploy/smol").json()["route"], "production");
+    let history = s.get("/v1/deploy/smol/history").json();
+    let actions: Vec<&str> =
+        history["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["register", "register", "promote", "gate", "canary"], "{history}");
+    let slots = s.get("/v1/deploy").json();
+    assert_eq!(slots["slots"][0]["versions"].as_array().unwrap().len(), 2, "{slots}");
+
     let url = s.url("/");
     let html = call(url.clone(), "GET", None, None, None).body;
     assert!(html.contains(&trained_id) && html.contains("29990101-000000-live"), "{html}");
@@ -669,7 +728,7 @@ fn the_dashboard_renders_its_charts_in_headless_chromium() {
     // The screenshot, for people to look at.
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-dashboard.png");
     let _ = std::fs::remove_file(&shot);
-    let (_, console) = browse(&url, &[&format!("--screenshot={}", shot.display()), "--window-size=1440,2200"]);
+    let (_, console) = browse(&url, &[&format!("--screenshot={}", shot.display()), "--window-size=1280,2600"]);
     assert_eq!(console, Vec::<String>::new(), "console messages while rendering the dashboard");
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{} bytes", png.len());
@@ -697,10 +756,16 @@ fn the_dashboard_renders_its_charts_in_headless_chromium() {
     mover.join().unwrap();
     assert_eq!(console, Vec::<String>::new(), "console messages while following the live run");
     let charts = dom.matches("<svg class=\"chart").count();
-    assert!(charts >= 7, "tiers, kinds, sources, domains, daily, two loss charts: {charts}");
-    for needle in ["By tier", "Daily trend", "Source health", "Training runs", "distillation"] {
+    assert!(charts >= 8, "tiers, kinds, sources, domains, daily, three loss charts: {charts}");
+    for needle in ["By tier", "Daily trend", "Source health", "Training runs", "distillation", "Registry"] {
         assert!(dom.contains(needle), "{needle} missing");
     }
+    // The registry: both versions, the aliases, the history with verdicts.
+    let registry = &dom[dom.find("<h2>Registry").expect("the registry section")..];
+    for needle in [&v1[..8], &v2[..8], "production → ", "canary → ", "(20%)", "forced", "first adapter"] {
+        assert!(registry.contains(needle), "{needle} missing from the registry section");
+    }
+    assert!(registry.contains(">pass<") || registry.contains(">refused<"), "the gate's verdict");
     // Bars were drawn for the stored tiers, and the trained run's curves
     // have their points.
     assert!(dom.matches("<rect").count() > 20, "bars");

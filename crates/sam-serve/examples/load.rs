@@ -79,6 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         spool: dir.join("capture-spool.jsonl"),
         pipeline: Default::default(),
         runs: dir.join("runs"),
+        registry: dir.join("registry"),
         token: dir.join("serve").join("token"),
     };
     let server = Server::bind(settings, false)?;

@@ -19,7 +19,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use sam_capture::CaptureError;
-use sam_capture::capture::{Capture, Capturer};
+use sam_capture::capture::{Capture, CaptureEvent, Capturer};
 use sam_store::SqliteStore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -71,6 +71,10 @@ pub struct EscalationCapture {
     /// The remote model's name.
     #[serde(default)]
     pub model: Option<String>,
+    /// The adapter version that gave the local answer (`version` from
+    /// `GET /v1/deploy/{slot}`), so that canary decisions can count it.
+    #[serde(default)]
+    pub adapter_version: Option<String>,
 }
 
 /// `POST /v1/capture/correction`: the user corrected a wrong answer (a
@@ -84,6 +88,10 @@ pub struct CorrectionCapture {
     pub wrong: String,
     /// The user's correction.
     pub correction: String,
+    /// The adapter version that gave the local answer (`version` from
+    /// `GET /v1/deploy/{slot}`), so that canary decisions can count it.
+    #[serde(default)]
+    pub adapter_version: Option<String>,
 }
 
 /// `POST /v1/capture/preference`: the user preferred one answer over another.
@@ -106,6 +114,10 @@ pub struct FeedbackCapture {
     pub prompt: String,
     /// The answer rated good.
     pub response: String,
+    /// The adapter version that gave the local answer (`version` from
+    /// `GET /v1/deploy/{slot}`), so that canary decisions can count it.
+    #[serde(default)]
+    pub adapter_version: Option<String>,
 }
 
 /// `POST /v1/capture/distill`: a larger model's answer, kept to teach the
@@ -129,50 +141,53 @@ fn required(field: &str, value: &str) -> Result<(), ApiError> {
     if value.trim().is_empty() { Err(ApiError::invalid_field(field, "must not be empty")) } else { Ok(()) }
 }
 
-impl TryFrom<EscalationCapture> for Capture {
+impl TryFrom<EscalationCapture> for CaptureEvent {
     type Error = ApiError;
-    fn try_from(r: EscalationCapture) -> Result<Capture, ApiError> {
+    fn try_from(r: EscalationCapture) -> Result<CaptureEvent, ApiError> {
         required("prompt", &r.prompt)?;
         required("remote", &r.remote)?;
-        Ok(Capture::Escalation { prompt: r.prompt, local: r.local, remote: r.remote, model: r.model })
+        let event = Capture::Escalation { prompt: r.prompt, local: r.local, remote: r.remote, model: r.model };
+        Ok(CaptureEvent { event, adapter_version: r.adapter_version })
     }
 }
 
-impl TryFrom<CorrectionCapture> for Capture {
+impl TryFrom<CorrectionCapture> for CaptureEvent {
     type Error = ApiError;
-    fn try_from(r: CorrectionCapture) -> Result<Capture, ApiError> {
+    fn try_from(r: CorrectionCapture) -> Result<CaptureEvent, ApiError> {
         required("prompt", &r.prompt)?;
         required("wrong", &r.wrong)?;
         required("correction", &r.correction)?;
-        Ok(Capture::Correction { prompt: r.prompt, wrong: r.wrong, correction: r.correction })
+        let event = Capture::Correction { prompt: r.prompt, wrong: r.wrong, correction: r.correction };
+        Ok(CaptureEvent { event, adapter_version: r.adapter_version })
     }
 }
 
-impl TryFrom<PreferenceCapture> for Capture {
+impl TryFrom<PreferenceCapture> for CaptureEvent {
     type Error = ApiError;
-    fn try_from(r: PreferenceCapture) -> Result<Capture, ApiError> {
+    fn try_from(r: PreferenceCapture) -> Result<CaptureEvent, ApiError> {
         required("prompt", &r.prompt)?;
         required("chosen", &r.chosen)?;
         required("rejected", &r.rejected)?;
-        Ok(Capture::Preference { prompt: r.prompt, chosen: r.chosen, rejected: r.rejected })
+        Ok(Capture::Preference { prompt: r.prompt, chosen: r.chosen, rejected: r.rejected }.into())
     }
 }
 
-impl TryFrom<FeedbackCapture> for Capture {
+impl TryFrom<FeedbackCapture> for CaptureEvent {
     type Error = ApiError;
-    fn try_from(r: FeedbackCapture) -> Result<Capture, ApiError> {
+    fn try_from(r: FeedbackCapture) -> Result<CaptureEvent, ApiError> {
         required("prompt", &r.prompt)?;
         required("response", &r.response)?;
-        Ok(Capture::Feedback { prompt: r.prompt, response: r.response })
+        let event = Capture::Feedback { prompt: r.prompt, response: r.response };
+        Ok(CaptureEvent { event, adapter_version: r.adapter_version })
     }
 }
 
-impl TryFrom<DistillCapture> for Capture {
+impl TryFrom<DistillCapture> for CaptureEvent {
     type Error = ApiError;
-    fn try_from(r: DistillCapture) -> Result<Capture, ApiError> {
+    fn try_from(r: DistillCapture) -> Result<CaptureEvent, ApiError> {
         required("prompt", &r.prompt)?;
         required("response", &r.response)?;
-        Ok(Capture::Distill { prompt: r.prompt, response: r.response, system: r.system, model: r.model })
+        Ok(Capture::Distill { prompt: r.prompt, response: r.response, system: r.system, model: r.model }.into())
     }
 }
 
@@ -180,7 +195,7 @@ type Reply = oneshot::Sender<Result<CaptureAck, ApiError>>;
 
 /// The thread that owns the [`Capturer`] and commits captures in groups.
 pub(crate) struct Writer {
-    tx: Mutex<Option<mpsc::Sender<(Capture, Reply)>>>,
+    tx: Mutex<Option<mpsc::Sender<(CaptureEvent, Reply)>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -189,7 +204,7 @@ impl Writer {
     /// (the statistics cache compares it).
     pub(crate) fn start(mut cap: Capturer<SqliteStore>, max_batch: usize, generation: Arc<AtomicU64>) -> Writer {
         let max_batch = max_batch.max(1);
-        let (tx, mut rx) = mpsc::channel::<(Capture, Reply)>(max_batch.max(64) * 4);
+        let (tx, mut rx) = mpsc::channel::<(CaptureEvent, Reply)>(max_batch.max(64) * 4);
         let thread = std::thread::Builder::new()
             .name("sam-serve-writer".into())
             .spawn(move || {
@@ -217,7 +232,7 @@ impl Writer {
     }
 
     /// Capture one event and wait until it is durable.
-    pub(crate) async fn submit(&self, event: Capture) -> Result<CaptureAck, ApiError> {
+    pub(crate) async fn submit(&self, event: CaptureEvent) -> Result<CaptureAck, ApiError> {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let tx = tx.ok_or_else(|| ApiError::unavailable("the server is shutting down"))?;
         let (reply, answer) = oneshot::channel();
@@ -236,12 +251,12 @@ impl Writer {
 }
 
 /// Capture a group, flush it once, answer every request in it.
-fn commit(cap: &mut Capturer<SqliteStore>, group: Vec<(Capture, Reply)>, generation: &AtomicU64) {
+fn commit(cap: &mut Capturer<SqliteStore>, group: Vec<(CaptureEvent, Reply)>, generation: &AtomicU64) {
     let mut waiting = Vec::with_capacity(group.len());
     for (event, reply) in group {
-        let kind = event.kind();
+        let kind = event.event.kind();
         let before = cap.redacted().counts.clone();
-        match cap.capture(event) {
+        match cap.capture_event(event) {
             Ok(_) => {
                 let mut redacted = BTreeMap::new();
                 for (k, n) in &cap.redacted().counts {
@@ -287,7 +302,7 @@ fn commit(cap: &mut Capturer<SqliteStore>, group: Vec<(Capture, Reply)>, generat
 
 async fn accept(
     state: &AppState,
-    event: Result<Capture, ApiError>,
+    event: Result<CaptureEvent, ApiError>,
 ) -> Result<(StatusCode, Json<CaptureAck>), ApiError> {
     let ack = state.writer.submit(event?).await?;
     Ok((StatusCode::CREATED, Json(ack)))
@@ -317,7 +332,7 @@ pub(crate) enum CaptureResponses {
     Unavailable(ErrorBody),
 }
 
-/// One capture route: the request type, converted into a [`Capture`].
+/// One capture route: the request type, converted into a [`CaptureEvent`].
 macro_rules! capture_route {
     ($(#[doc = $doc:literal])* $name:ident, $path:literal, $req:ident) => {
         $(#[doc = $doc])*

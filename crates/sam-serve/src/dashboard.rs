@@ -14,17 +14,21 @@ use sam_store::Stats;
 
 use crate::AppState;
 use crate::chart::{self, PALETTE, Series};
+use crate::deploy::SlotSummary;
 use crate::runs::RunSummary;
 
 /// How many runs get loss charts (the newest).
 const CHARTED_RUNS: usize = 4;
 /// How many runs the table lists.
 const LISTED_RUNS: usize = 20;
+/// How many history entries a slot shows (the newest).
+const HISTORY_ROWS: usize = 15;
 
 /// What the page shows.
 pub(crate) struct Page {
     pub stats: Result<Arc<Stats>, String>,
     pub runs: Result<Vec<(RunSummary, Vec<MetricRecord>)>, String>,
+    pub registry: Result<Vec<(SlotSummary, Vec<sam_deploy::HistoryEntry>)>, String>,
     pub now: i64,
 }
 
@@ -33,8 +37,9 @@ pub(crate) async fn page(State(s): State<Arc<AppState>>) -> Html<String> {
     let stats = crate::stats::current(&s).await.map_err(|e| e.body.message);
     let root = s.runs.clone();
     let runs = crate::blocking(move || crate::runs::all(&root)).await.map_err(|e| e.body.message);
+    let registry = crate::blocking(move || crate::deploy::all(&s)).await.map_err(|e| e.body.message);
     let now = sam_runs::unix_now() as i64;
-    Html(render(&Page { stats, runs, now }).into_string())
+    Html(render(&Page { stats, runs, registry, now }).into_string())
 }
 
 fn tier_color(name: &str, _: usize) -> &'static str {
@@ -96,6 +101,10 @@ pub(crate) fn render(p: &Page) -> Markup {
                     @match &p.runs {
                         Ok(runs) => (runs_section(runs)),
                         Err(e) => section.card.error { h2 { "Training runs" } p { "The runs could not be read: " (e) } },
+                    }
+                    @match &p.registry {
+                        Ok(slots) => (registry_section(slots)),
+                        Err(e) => section.card.error { h2 { "Registry" } p { "The registry could not be read: " (e) } },
                     }
                 }
                 footer {
@@ -223,7 +232,8 @@ fn runs_section(runs: &[(RunSummary, Vec<MetricRecord>)]) -> Markup {
                 @for (s, metrics) in runs.iter().filter(|(_, m)| !m.is_empty()).take(CHARTED_RUNS) {
                     @for (phase, legend, chart) in loss_charts(s, metrics) {
                         div.lossplot {
-                            h3 { code { (s.id) } " · " (phase) " loss " (legend) }
+                            h3 { code { (s.id) } " · " (phase) " loss" }
+                            div { (legend) }
                             (chart)
                         }
                     }
@@ -231,6 +241,85 @@ fn runs_section(runs: &[(RunSummary, Vec<MetricRecord>)]) -> Markup {
             }
         }
     }
+}
+
+fn registry_section(slots: &[(SlotSummary, Vec<sam_deploy::HistoryEntry>)]) -> Markup {
+    let short = |id: &str| id.chars().take(8).collect::<String>();
+    html! {
+        section.card {
+            h2 { "Registry" span.sub { " adapter versions, aliases and every deployment with its verdict" } }
+            @if slots.is_empty() {
+                p.muted { "no slots yet (" code { "sam deploy register RUN" } " creates one)" }
+            }
+            @for (slot, history) in slots {
+                h3 { "slot " code { (slot.name) } " · base " code { (slot.base_id) } " "
+                    @for (alias, id) in &slot.aliases {
+                        span class={ "badge " (alias) } { (alias) " → " (short(id))
+                            @if alias == "canary" { @if let Some(p) = slot.canary_percent { " (" (p) "%)" } } }
+                        " "
+                    }
+                    @if !slot.aliases.contains_key("production") { span.badge.production { "production → base model" } }
+                }
+                table {
+                    thead { tr {
+                        th { "#" } th { "version" } th { "aliases" } th { "registered" } th { "run" }
+                        th.num { "rank" } th.num { "modules" } th { "last verdict" }
+                    } }
+                    tbody {
+                        @if slot.versions.is_empty() { tr { td.muted colspan="8" { "no versions yet" } } }
+                        @for v in slot.versions.iter().rev() {
+                            tr {
+                                td { (v.number) } td { code { (short(&v.id)) } }
+                                td { @for a in &v.aliases { span class={ "badge " (a) } { (a) } " " } }
+                                td { (when(v.created_at)) } td { code { (v.run_id.as_deref().unwrap_or("—")) } }
+                                td.num { (v.rank) } td.num { (v.modules) }
+                                td { @match &v.verdict {
+                                    Some(d) => { (verdict_badge(d.pass)) " vs " code { (short(&d.against)) }
+                                        @if !d.pass { " " span.muted.why { (d.summary) } } },
+                                    None => span.muted { "not judged" },
+                                } }
+                            }
+                        }
+                    }
+                }
+                table.history {
+                    thead { tr {
+                        th { "seq" } th { "when" } th { "action" } th { "version" } th { "alias" } th { "verdict" } th { "why" }
+                    } }
+                    tbody {
+                        @for e in history.iter().rev().take(HISTORY_ROWS) {
+                            tr {
+                                td { (e.seq) } td { (when(e.at)) }
+                                td { (action(e.action)) @if e.forced { " " span.badge.fail { "forced" } } }
+                                td { code { (e.version.as_deref().map(short).unwrap_or_else(|| "—".into())) } }
+                                td { @if let Some(a) = &e.alias {
+                                    (a) ": " (e.from.as_deref().map(short).unwrap_or_else(|| "—".into())) " → "
+                                    (e.to.as_deref().map(short).unwrap_or_else(|| "—".into()))
+                                } }
+                                td.verdict { @if let Some(v) = &e.verdict {
+                                    (verdict_badge(v.pass))
+                                    @for leaf in v.leaves() {
+                                        " " span class={ "gate " (if leaf.pass { "ok" } else { "no" }) } title=(leaf.summary()) {
+                                            (if leaf.pass { "✓ " } else { "✗ " }) (leaf.gate)
+                                        }
+                                    }
+                                } }
+                                td.why { (e.why) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn verdict_badge(pass: bool) -> Markup {
+    html! { @if pass { span.badge.pass { "pass" } } @else { span.badge.fail { "refused" } } }
+}
+
+fn action(a: sam_deploy::Action) -> String {
+    serde_json::to_value(a).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 /// One chart per phase: train loss as a line, validation loss as dots.
@@ -275,7 +364,7 @@ main { max-width: 1480px; margin: 0 auto; padding: 18px 28px; display: flex; fle
 h2 { font-size: 16px; margin: 0 0 10px; }
 h3 { font-size: 13px; margin: 4px 0; font-weight: 600; }
 h2 .sub { font-weight: normal; color: #6b7280; font-size: 13px; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(330px, 1fr)); gap: 16px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(270px, 1fr)); gap: 16px; }
 .totals { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 16px; }
 .figure { background: #fff; border: 1px solid #e5e7eb; border-radius: 8px; padding: 12px 18px; }
 .figure .n { font-size: 26px; font-weight: 650; font-variant-numeric: tabular-nums; }
@@ -294,6 +383,11 @@ code { font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; }
 .badge.failed, .badge.fail { background: #fee2e2; color: #991b1b; }
 .badge.completed, .badge.previous { background: #dbeafe; color: #1e40af; }
 progress { width: 90px; height: 8px; vertical-align: middle; }
+table.history { margin: 8px 0 18px; }
+table.history td.why, .why { white-space: normal; color: #374151; min-width: 260px; }
+td.verdict { white-space: normal; max-width: 360px; }
+.gate { display: inline-block; font-size: 11px; padding: 0 5px; border-radius: 4px; margin: 1px 0; }
+.gate.ok { background: #f0fdf4; color: #166534; } .gate.no { background: #fef2f2; color: #991b1b; }
 .lossplot { border: 1px solid #f1f5f9; border-radius: 6px; padding: 6px; }
 .legend { font-weight: normal; color: #6b7280; margin-left: 8px; }
 .legend .key { display: inline-block; width: 12px; height: 4px; margin: 0 4px 2px 10px; vertical-align: middle; }
@@ -369,13 +463,21 @@ mod tests {
 
     #[test]
     fn an_empty_home_renders_and_names_what_is_missing() {
-        let page = Page { stats: Ok(Arc::new(Stats::default())), runs: Ok(Vec::new()), now: 1_700_000_000 };
+        let page = Page {
+            stats: Ok(Arc::new(Stats::default())),
+            runs: Ok(Vec::new()),
+            registry: Ok(Vec::new()),
+            now: 1_700_000_000,
+        };
         let html = render(&page).into_string();
         assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
-        assert!(html.contains("no training runs yet") && html.contains("no sources yet"));
+        assert!(
+            html.contains("no training runs yet") && html.contains("no sources yet") && html.contains("no slots yet")
+        );
         assert!(html.contains("2023-11-14 22:13 UTC"));
         assert!(!html.contains("<script>"), "no live run, no script");
-        let page = Page { stats: Err("database is locked".into()), runs: Ok(Vec::new()), now: 0 };
+        let page =
+            Page { stats: Err("database is locked".into()), runs: Ok(Vec::new()), registry: Ok(Vec::new()), now: 0 };
         assert!(render(&page).into_string().contains("database is locked"));
     }
 }

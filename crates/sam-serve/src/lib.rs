@@ -9,9 +9,12 @@
 //!   `/v1/openapi.json`): `POST /v1/capture/{escalation,correction,
 //!   preference,feedback,distill}`, `GET /v1/examples`, `GET /v1/stats`,
 //!   `/v1/stats/daily`, `/v1/stats/sources`, `GET /v1/runs`, `/v1/runs/{id}`,
-//!   `/v1/runs/{id}/events` (server-sent events), `GET /healthz`.
+//!   `/v1/runs/{id}/events` (server-sent events), `GET /v1/deploy`,
+//!   `/v1/deploy/{slot}?key=K` (what to load, canary-aware),
+//!   `/v1/deploy/{slot}/history`, `GET /healthz`.
 //! - `GET /` is a dashboard: store totals, daily trend, source health,
-//!   training runs with their loss curves, live.
+//!   training runs with their loss curves, live; registry versions, aliases
+//!   and the deployment history with its verdicts.
 //! - [`Token`]: the bearer token, generated into a file of mode 0600, needed
 //!   for every write and every route that returns example text, compared in
 //!   constant time. Aggregate views need none.
@@ -37,6 +40,7 @@
 //!     spool: dir.join("capture-spool.jsonl"),
 //!     pipeline: Default::default(),
 //!     runs: dir.join("runs"),
+//!     registry: dir.join("registry"),
 //!     token: dir.join("serve/token"),
 //! };
 //! let server = Server::bind(settings, false)?;
@@ -54,6 +58,7 @@ mod body;
 mod capture;
 mod chart;
 mod dashboard;
+mod deploy;
 mod error;
 mod examples;
 mod runs;
@@ -84,6 +89,7 @@ pub use auth::Token;
 pub use capture::{
     CaptureAck, CorrectionCapture, DistillCapture, Durability, EscalationCapture, FeedbackCapture, PreferenceCapture,
 };
+pub use deploy::{DeployResolution, HistoryResponse, SlotSummary, SlotsResponse, VerdictSummary, VersionSummary};
 pub use error::{ApiError, ErrorBody, ServeError};
 pub use examples::{ExamplesResponse, MAX_LIMIT};
 pub use runs::{RunDetail, RunSummary, RunsResponse};
@@ -134,6 +140,8 @@ pub struct Settings {
     pub pipeline: PipelineConfig,
     /// The folder of training runs.
     pub runs: PathBuf,
+    /// The adapter registry (sam-deploy's).
+    pub registry: PathBuf,
     /// The token file (created, mode 0600, when missing).
     pub token: PathBuf,
 }
@@ -147,6 +155,7 @@ pub(crate) struct AppState {
     generation: Arc<AtomicU64>,
     stats_cache: Mutex<Option<stats::Cached>>,
     runs: PathBuf,
+    registry: PathBuf,
     started: Instant,
     shutdown: tokio::sync::watch::Receiver<bool>,
     openapi: String,
@@ -185,6 +194,7 @@ impl AppState {
             generation,
             stats_cache: Mutex::new(None),
             runs: s.runs,
+            registry: s.registry,
             started: Instant::now(),
             shutdown,
             openapi,
@@ -216,6 +226,9 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(runs::list))
         .routes(routes!(runs::show))
         .routes(routes!(runs::events))
+        .routes(routes!(deploy::slots))
+        .routes(routes!(deploy::resolve))
+        .routes(routes!(deploy::history))
         .routes(routes!(health))
         .routes(routes!(openapi_json))
         .routes(routes!(dashboard_page));
@@ -296,6 +309,7 @@ async fn method_not_allowed(req: Request) -> ApiError {
         (name = "examples", description = "Stored examples (needs the token)"),
         (name = "stats", description = "Store statistics, cached for 5 minutes, invalidated by captures"),
         (name = "runs", description = "Training runs, and a running one live"),
+        (name = "deploy", description = "The adapter registry: what to load, versions, aliases, history"),
         (name = "meta", description = "Health, this document and the dashboard"),
     )
 )]

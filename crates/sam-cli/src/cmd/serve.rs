@@ -102,6 +102,7 @@ fn serve(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<()> {
             domains: Default::default(),
         },
         runs: ctx.home.join("runs"),
+        registry: ctx.home.join("registry"),
         token: token_path(ctx),
     };
     let server = Server::bind(settings, args.allow_remote)?;
