@@ -409,6 +409,15 @@ impl<S: Store> Capturer<S> {
         for f in &draining {
             spooled.extend(read_spool(f)?);
         }
+        // A spool may have been written by another version of sam, or by
+        // hand: what it holds passes redaction again (a no-op on redacted
+        // text) before it reaches the store.
+        for ex in &mut spooled {
+            if !ex.metadata.contains_key(crate::REDACTION_SKIPPED_KEY) {
+                let r = self.pipeline.redactor().redact_example(ex);
+                self.redacted.merge(&r);
+            }
+        }
         if spooled.is_empty() && self.buf.is_empty() {
             return Ok(report);
         }

@@ -53,5 +53,5 @@ pub mod routing;
 mod source;
 
 pub use error::{CaptureError, Result};
-pub use pipeline::{Pipeline, PipelineConfig};
+pub use pipeline::{Pipeline, PipelineConfig, REDACTION_SKIPPED_KEY};
 pub use source::{Batch, CollectReport, Cursor, DataSource, collect_into};

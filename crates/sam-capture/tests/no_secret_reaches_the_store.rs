@@ -146,3 +146,57 @@ proptest! {
         }
     }
 }
+
+/// A spool written by hand, or by a sam that redacted less, is redacted
+/// again as it drains into the store.
+#[test]
+fn a_drained_spool_is_redacted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool.jsonl");
+    let raw = Example::new(Content::Instruction {
+        instruction: "How do I log in to the staging database?".into(),
+        input: String::new(),
+        output: "Use postgres://app:Tr0ub4dor&3@db.internal/app and ping ana.silva@proton.me if it fails.".into(),
+    })
+    .with_source("capture");
+    std::fs::write(&spool, format!("{}\n", raw.to_json_line())).unwrap();
+    let store = SqliteStore::open(dir.path().join("store.db")).unwrap();
+    let cfg = CaptureConfig { spool: Some(spool), ..Default::default() };
+    let mut cap = Capturer::new(store, Pipeline::default(), cfg);
+    let r = cap.flush().unwrap();
+    assert_eq!((r.drained, r.stored), (1, 1), "{r:?}");
+    assert_eq!(cap.redacted().total(), 2, "{}", cap.redacted());
+    drop(cap);
+    let mut store = SqliteStore::open(dir.path().join("store.db")).unwrap();
+    let line = store.query(&Filter::default()).unwrap()[0].to_json_line();
+    assert!(!line.contains("Tr0ub4dor") && !line.contains("ana.silva"), "{line}");
+    assert!(line.contains("postgres://app:<PASSWORD>@db.internal/app"), "{line}");
+}
+
+/// A source the user vouches for (`allow_sources`) is stored as it is, and
+/// its examples say that redaction was skipped; every other source is
+/// redacted.
+#[test]
+fn an_allowlisted_source_is_stored_unredacted_and_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(dir.path().join("store.db")).unwrap();
+    let mut cfg = sam_capture::PipelineConfig::default();
+    cfg.redaction.allow_sources = vec!["vetted".into()];
+    let pipeline = Pipeline::new(cfg);
+    let text = "Ask ops at ops@corp.example for the 10.20.30.40 firewall change.";
+    let ex = |source: &str| {
+        Example::new(Content::Instruction {
+            instruction: format!("Who runs {source}?"),
+            input: String::new(),
+            output: text.into(),
+        })
+        .with_source(source)
+    };
+    collect_into(&mut Fixed(vec![ex("vetted"), ex("other")]), &mut store, &pipeline).unwrap();
+    let stored = store.query(&Filter::default()).unwrap();
+    let by = |s: &str| stored.iter().find(|e| e.source == s).unwrap();
+    assert!(by("vetted").to_json_line().contains("ops@corp.example"));
+    assert_eq!(by("vetted").metadata["redaction"], "skipped: allowlisted source");
+    assert!(!by("other").to_json_line().contains("ops@corp.example"));
+    assert!(!by("other").metadata.contains_key("redaction"));
+}
