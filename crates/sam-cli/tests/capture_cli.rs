@@ -83,3 +83,29 @@ fn a_capture_made_while_the_store_is_locked_is_stored_once_it_is_free() {
     let sources = ok(home.path(), &["stats"], None);
     assert!(sources.contains("correction") && sources.contains("feedback"), "{sources}");
 }
+
+#[test]
+fn redact_explain_lists_rule_kind_and_span_but_never_the_value() {
+    let home = tempfile::tempdir().unwrap();
+    let text = "version 1.2.0.1 (2017-03-12)\nexport GITHUB_TOKEN=ghp_R8x2Kq9Lm3Np7Tv4Wy6Zb1Cd5Fg0Hj2Ks4Qe\nfn login(password: &str)\n";
+    let out = sam(home.path(), &["redact", "--explain"], Some(text));
+    assert!(out.status.success());
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(!listing.contains("ghp_R8x2"), "{listing}");
+    assert!(
+        listing.contains("<stdin>:2:21") && listing.contains("github-token") && listing.contains("github_token"),
+        "{listing}"
+    );
+    assert!(listing.trim_end().ends_with("1 redacted (github_token: 1)"), "{listing}");
+    let v = json(home.path(), &["redact", "--explain"], Some(text));
+    let f = &v["findings"][0];
+    assert_eq!(
+        (f["line"].as_u64(), f["column"].as_u64(), f["rule"].as_str()),
+        (Some(2), Some(21), Some("github-token"))
+    );
+    assert_eq!(
+        &text[f["start"].as_u64().unwrap() as usize..f["end"].as_u64().unwrap() as usize],
+        "ghp_R8x2Kq9Lm3Np7Tv4Wy6Zb1Cd5Fg0Hj2Ks4Qe"
+    );
+    assert_eq!(v["findings"].as_array().unwrap().len(), 1, "{v}");
+}

@@ -173,11 +173,12 @@ fn validate_dedup_export_and_stats_work_together() {
     let file = h.write("in.jsonl", &rows.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n"));
     h.ok(&["ingest", s(&file)]);
 
-    // Nothing is validated yet: the default export (passing tiers) is empty and says why.
-    let out_path = h.path().join("out/none.jsonl");
-    let (_, err) = h.ok(&["export", "-o", s(&out_path)]);
-    assert!(err.contains("sam validate"), "{err}");
+    // Ingest scored each example into a tier: the default export (passing
+    // tiers) has them all, with no `sam validate` in between.
+    let out_path = h.path().join("out/first.jsonl");
+    assert_eq!(h.json(&["export", "-o", s(&out_path)])["rows"], 4);
 
+    // Validation scores them again (the same thresholds: the same tiers) and logs why.
     let v = h.json(&["validate"]);
     assert_eq!(v["examples"], 4);
     assert_eq!(v["tiers"], serde_json::json!([3, 0, 1, 0]));
@@ -377,4 +378,86 @@ fn dedup_near_marks_or_removes_near_duplicates() {
     assert_eq!(h.json(&["stats"])["total"], 2);
     let (text, _) = h.ok(&["dedup", "--near"]);
     assert!(text.contains("0 groups hold 0 near-duplicates"), "{text}");
+}
+
+/// Secrets planted in every kind of example, in metadata, in a line that
+/// cannot be read and in an example that is refused.
+const PLANTED: &[&str] = &[
+    "ana.silva@proton.me",
+    "AKIAZ7Q3L4M5N6P2R3S4",
+    "Tr0ub4dor&3",
+    "ghp_R8x2Kq9Lm3Np7Tv4Wy6Zb1Cd5Fg0Hj2Ks4Qe",
+    "4539 1488 0343 6467",
+    "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2g",
+    "/home/jdoe/",
+    "xoxb-2048000000-4096000000-Zx8Kq2Lm9Np4Rt7Vw1Yb3Cd6",
+];
+
+fn planted_file(h: &Home) -> PathBuf {
+    let key = format!("-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n-----END OPENSSH PRIVATE KEY-----", PLANTED[5]);
+    let rows = [
+        serde_json::json!({"instruction": "Why does boto3 say my key is invalid?", "input": format!("aws_access_key_id = {}", PLANTED[1]), "output": format!("The key {} was rotated; ask {} for a new one.", PLANTED[1], PLANTED[0])}),
+        serde_json::json!({"messages": [{"role": "user", "content": format!("My config:\ndb:\n  user: app\n  password: {}\nWhy does it fail?", PLANTED[2])}, {"role": "assistant", "content": "The user lacks the CONNECT privilege on the database; grant it and retry."}]}),
+        serde_json::json!({"prompt": format!("Push with GITHUB_TOKEN={} fails with 403.", PLANTED[3]), "chosen": "The token lacks the `contents: write` permission; add it to the workflow.", "rejected": "Try again later."}),
+        serde_json::json!({"text": format!("deploy key for the build box:\n{key}\nkeep it in {}.ssh", PLANTED[6])}),
+        serde_json::json!({"instruction": "Summarise the refund ticket.", "output": "A customer was charged twice; refund the second charge.", "metadata": {"card": PLANTED[4], "notify": PLANTED[7]}}),
+    ];
+    let mut lines: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+    // Unreadable, and refused (an empty answer): both quarantined.
+    lines.push(format!("{{\"instruction\": \"rotate {}\", oops}}", PLANTED[1]));
+    lines.push(serde_json::json!({"instruction": format!("mail {}", PLANTED[0]), "output": ""}).to_string());
+    h.write("planted.jsonl", &lines.join("\n"))
+}
+
+fn leaks(text: &str) -> Vec<&'static str> {
+    PLANTED.iter().copied().filter(|p| text.contains(p)).collect()
+}
+
+#[test]
+fn ingest_stores_no_planted_secret_and_export_needs_no_validate() {
+    let h = Home::init();
+    let file = planted_file(&h);
+    let r = h.json(&["ingest", s(&file)]);
+    assert_eq!((r[0]["inserted"].as_u64(), r[0]["rejected"].as_u64()), (Some(5), Some(1)), "{r}");
+    assert_eq!(r[0]["unredacted"], false);
+    for kind in
+        ["email", "aws_key", "password", "github_token", "private_key", "home_path", "credit_card", "slack_token"]
+    {
+        assert!(r[0]["redacted"][kind].as_u64() >= Some(1), "no {kind} in {r}");
+    }
+
+    // Nothing in the database, examples or quarantine, holds a planted value.
+    let db = rusqlite::Connection::open(h.path().join("store.db")).unwrap();
+    for sql in ["SELECT content || ifnull(metadata, '') FROM examples", "SELECT raw || reason FROM quarantine"] {
+        let mut st = db.prepare(sql).unwrap();
+        let rows: Vec<String> = st.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+        assert!(!rows.is_empty(), "{sql}");
+        for row in rows {
+            assert!(leaks(&row).is_empty(), "{sql} leaks {:?}: {row}", leaks(&row));
+        }
+    }
+
+    // Ingest gave each example its tier: export has the good ones at once.
+    let out = h.path().join("out.jsonl");
+    let rec = h.json(&["export", "-o", s(&out)]);
+    assert_eq!(rec["rows"], 5, "{rec}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(leaks(&text).is_empty(), "the export leaks {:?}", leaks(&text));
+    assert!(text.contains("<AWS_KEY>") && text.contains("<PRIVATE_KEY>") && text.contains("/home/<USER>/"), "{text}");
+}
+
+#[test]
+fn ingest_no_redact_stores_vouched_for_text_as_read_and_says_so() {
+    let h = Home::init();
+    let file = h.write(
+        "vetted.jsonl",
+        r#"{"instruction": "Which address does the lab printer have?", "output": "10.20.30.40, ask ana.silva@proton.me"}"#,
+    );
+    let (out, _) = h.ok(&["ingest", s(&file), "--no-redact"]);
+    assert!(out.contains("redaction skipped (--no-redact)"), "{out}");
+    let rec = h.json(&["export", "-o", s(&h.path().join("vetted-out.jsonl"))]);
+    assert_eq!(rec["rows"], 1);
+    let text = std::fs::read_to_string(h.path().join("vetted-out.jsonl")).unwrap();
+    assert!(text.contains("10.20.30.40") && text.contains("ana.silva@proton.me"), "{text}");
+    assert!(text.contains(r#""redaction":"skipped: sam ingest --no-redact""#), "{text}");
 }

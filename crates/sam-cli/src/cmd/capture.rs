@@ -80,9 +80,25 @@ pub enum CaptureCommand {
         adapter_version: Option<String>,
     },
 
-    /// Redact PII and secrets from stdin to stdout (to inspect what capture
-    /// would store); the counts by type go to stderr.
-    Redact,
+    /// Redact PII and secrets from files (or stdin) to stdout, as collect,
+    /// capture and ingest do before they store anything; the counts by type go
+    /// to stderr.
+    ///
+    /// With --explain, list each finding instead of the text: where it is
+    /// (`file:line:column`, end and byte range), the rule that found it, its type
+    /// and score, never the value. Use it to see why something was (or was
+    /// not) redacted, then tune [redaction] in sam.toml: `allow` and
+    /// `allow_patterns` for values you know are safe, `disabled` for kinds you
+    /// do not want redacted.
+    #[command(verbatim_doc_comment)]
+    Redact {
+        /// Files to read [default: standard input]
+        #[arg(value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// List the findings (rule, type, span) instead of the redacted text
+        #[arg(long)]
+        explain: bool,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -158,7 +174,7 @@ pub fn run(cmd: CaptureCommand, ctx: &Ctx) -> anyhow::Result<()> {
             };
             capture(ctx, events)
         }
-        CaptureCommand::Redact => redact(ctx),
+        CaptureCommand::Redact { files, explain } => redact(ctx, &files, explain),
     }
 }
 
@@ -289,14 +305,62 @@ fn capture(ctx: &Ctx, events: Vec<CaptureEvent>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn redact(ctx: &Ctx) -> anyhow::Result<()> {
+fn redact(ctx: &Ctx, files: &[PathBuf], explain: bool) -> anyhow::Result<()> {
     let cfg = Config::load(&ctx.home)?;
-    let redactor = sam_capture::redact::Redactor::new(cfg.redaction);
-    let mut input = String::new();
-    std::io::stdin().read_to_string(&mut input).context("cannot read stdin")?;
-    let (out, report) = redactor.redact(&input);
+    let redactor = sam_capture::redact::Redactor::try_new(cfg.redaction)
+        .with_context(|| format!("{}: fix the [redaction] section", crate::config::path(&ctx.home).display()))?;
+    let mut inputs: Vec<(String, String)> = Vec::new();
+    if files.is_empty() {
+        let mut input = String::new();
+        std::io::stdin().read_to_string(&mut input).context("cannot read stdin")?;
+        inputs.push(("<stdin>".into(), input));
+    }
+    for f in files {
+        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}: check the path", f.display()))?;
+        inputs.push((f.display().to_string(), String::from_utf8_lossy(&bytes).into_owned()));
+    }
+    let mut report = sam_capture::redact::RedactionReport::default();
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(out.as_bytes())?;
+    if explain {
+        let mut all = Vec::new();
+        for (name, text) in &inputs {
+            for f in redactor.find(text) {
+                let (line, column) = line_col(text, f.range.start);
+                let (end_line, end_column) = line_col(text, f.range.end);
+                report.counts.entry(f.kind).and_modify(|n| *n += 1).or_insert(1);
+                all.push(serde_json::json!({
+                    "file": name, "line": line, "column": column, "end_line": end_line, "end_column": end_column,
+                    "start": f.range.start, "end": f.range.end, "rule": f.rule, "kind": f.kind, "score": f.score,
+                }));
+            }
+        }
+        if ctx.json {
+            let out = serde_json::json!({ "findings": all, "counts": report.counts });
+            writeln!(stdout, "{}", serde_json::to_string_pretty(&out)?)?;
+            return Ok(());
+        }
+        for f in &all {
+            let at = format!("{}:{}:{}", f["file"].as_str().unwrap_or(""), f["line"], f["column"]);
+            writeln!(
+                stdout,
+                "{at:<24} to {}:{:<4} bytes {}..{}  {:<22} {:<18} score {:.2}",
+                f["end_line"],
+                f["end_column"],
+                f["start"],
+                f["end"],
+                f["rule"].as_str().unwrap_or(""),
+                f["kind"].as_str().unwrap_or(""),
+                f["score"].as_f64().unwrap_or(0.0)
+            )?;
+        }
+        writeln!(stdout, "{}", if report.is_empty() { "no findings".to_string() } else { report.to_string() })?;
+        return Ok(());
+    }
+    for (_, text) in &inputs {
+        let (out, r) = redactor.redact(text);
+        report.merge(&r);
+        stdout.write_all(out.as_bytes())?;
+    }
     stdout.flush()?;
     if ctx.json {
         eprintln!("{}", serde_json::to_string(&report)?);
@@ -304,4 +368,12 @@ fn redact(ctx: &Ctx) -> anyhow::Result<()> {
         eprintln!("{report}");
     }
     Ok(())
+}
+
+/// 1-based line and column (in characters) of byte `pos`.
+fn line_col(text: &str, pos: usize) -> (usize, usize) {
+    let before = &text[..pos];
+    let line = before.bytes().filter(|b| *b == b'\n').count() + 1;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[start..].chars().count() + 1)
 }

@@ -1,12 +1,15 @@
 //! Store commands: init, ingest, quarantine, validate, dedup, export, stats.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use sam_capture::redact::{RedactionReport, SecretKind};
+use sam_capture::{Pipeline, PipelineConfig};
 use sam_schema::{Example, JsonlError, JsonlReader, Kind, LineError, Tier};
 use sam_store::{Batch, ExportFormat, Filter, InsertReport, SqliteStore, Stats, Store, ValidateOptions};
 use serde::Serialize;
@@ -27,13 +30,17 @@ pub enum StoreCommand {
     /// Store examples from JSONL files (or `-` for standard input).
     ///
     /// Reads every form sam knows (instruction, chat, preference, completion,
-    /// prompt/completion, and sam's own full form). Each line that cannot be
-    /// read, and each example that fails basic validity (an empty answer, a
-    /// chat with no assistant turn, …), is reported as `file:line: reason` and
-    /// kept in quarantine (see `sam quarantine`); every good line is stored.
-    /// Examples already stored count as duplicates, so re-ingesting a file
-    /// adds nothing. Work is committed in batches: an interrupted ingest keeps
-    /// every whole batch, and running it again completes it.
+    /// prompt/completion, and sam's own full form). Every example passes what
+    /// `sam collect` and `sam capture` pass: PII and secret redaction ([redaction]
+    /// in sam.toml; `sam redact --explain` shows what it finds), then quality
+    /// scoring into a tier, so `sam export` exports the good ones at once.
+    /// Each line that cannot be read, and each example that fails basic
+    /// validity (an empty answer, a chat with no assistant turn, …), is
+    /// reported as `file:line: reason` and kept in quarantine, redacted too (see
+    /// `sam quarantine`); every good line is stored. Examples already stored
+    /// count as duplicates, so re-ingesting a file adds nothing. Work is
+    /// committed in batches: an interrupted ingest keeps every whole batch, and
+    /// running it again completes it.
     #[command(verbatim_doc_comment)]
     Ingest {
         /// JSONL files to read; `-` reads standard input
@@ -48,6 +55,10 @@ pub enum StoreCommand {
         /// Examples per transaction [default: [store] batch_size in sam.toml]
         #[arg(long, value_name = "N")]
         batch_size: Option<usize>,
+        /// Store the text as it is, without PII and secret redaction, for data you
+        /// vouch for; each example records it (`metadata.redaction`)
+        #[arg(long)]
+        no_redact: bool,
     },
 
     /// List the lines that could not be stored, or clear them.
@@ -234,8 +245,8 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 pub fn run(cmd: StoreCommand, ctx: &Ctx) -> anyhow::Result<()> {
     match cmd {
         StoreCommand::Init { force } => init(ctx, force),
-        StoreCommand::Ingest { files, source, domain, batch_size } => {
-            ingest(ctx, &files, source.as_deref(), domain.as_deref(), batch_size)
+        StoreCommand::Ingest { files, source, domain, batch_size, no_redact } => {
+            ingest(ctx, &files, &IngestOptions { source, domain, batch_size, redact: !no_redact })
         }
         StoreCommand::Quarantine { action, limit, raw } => quarantine(ctx, action, limit, raw),
         StoreCommand::Validate { all } => validate(ctx, all),
@@ -325,6 +336,7 @@ struct Chunk {
     examples: Vec<Example>,
     lines: Vec<usize>,
     bad: Vec<LineError>,
+    redacted: RedactionReport,
 }
 
 /// What `sam ingest` reports for one input.
@@ -334,22 +346,65 @@ struct IngestSummary {
     lines: u64,
     #[serde(flatten)]
     report: InsertReport,
+    /// What redaction replaced, by kind (never the values).
+    redacted: BTreeMap<SecretKind, usize>,
+    /// `--no-redact`: stored as read.
+    unredacted: bool,
 }
 
-fn ingest(
-    ctx: &Ctx,
-    files: &[PathBuf],
-    source: Option<&str>,
-    domain: Option<&str>,
+struct IngestOptions {
+    source: Option<String>,
+    domain: Option<String>,
     batch_size: Option<usize>,
-) -> anyhow::Result<()> {
+    redact: bool,
+}
+
+/// How examples are prepared on their way in: redacted (unless the user
+/// vouches for them), scored, given a domain.
+struct Prepare {
+    pipeline: Pipeline,
+    redact: bool,
+}
+
+impl Prepare {
+    fn example(&self, ex: Example, report: &mut RedactionReport) -> Example {
+        if !self.redact {
+            return self.pipeline.prepare_unredacted(ex, "sam ingest --no-redact");
+        }
+        let (ex, r) = self.pipeline.prepare(ex);
+        report.merge(&r);
+        ex
+    }
+
+    /// A line that could not be read is quarantined redacted, its reason too
+    /// (a parser's message may quote the text).
+    fn bad_line(&self, mut bad: LineError, report: &mut RedactionReport) -> LineError {
+        if self.redact {
+            for text in [&mut bad.raw, &mut bad.reason] {
+                let (out, r) = self.pipeline.redactor().redact(text);
+                report.merge(&r);
+                *text = out;
+            }
+        }
+        bad
+    }
+}
+
+fn ingest(ctx: &Ctx, files: &[PathBuf], opts: &IngestOptions) -> anyhow::Result<()> {
     let (cfg, mut store) = open_store(ctx)?;
-    let batch_size = batch_size.unwrap_or(cfg.store.batch_size).max(1);
+    let batch_size = opts.batch_size.unwrap_or(cfg.store.batch_size).max(1);
+    let pipeline = Pipeline::try_new(PipelineConfig {
+        redaction: cfg.redaction.clone(),
+        quality: cfg.quality.clone(),
+        domains: Default::default(),
+    })
+    .with_context(|| format!("{}: fix the [redaction] section", config::path(&ctx.home).display()))?;
+    let prepare = Arc::new(Prepare { pipeline, redact: opts.redact });
     let mut summaries = Vec::new();
     for file in files {
         let stdin = file.as_os_str() == "-";
         let name = if stdin { "<stdin>".to_string() } else { file.display().to_string() };
-        let default_source = match source {
+        let default_source = match &opts.source {
             Some(s) => s.to_string(),
             None if stdin => "stdin".to_string(),
             None => format!("file:{}", file.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()),
@@ -369,9 +424,13 @@ fn ingest(
 
         // Parse on one thread, write on this one: the two overlap.
         let (tx, rx) = mpsc::sync_channel::<Result<Chunk, JsonlError>>(1);
-        let domain = domain.map(str::to_string);
-        let parser = std::thread::spawn(move || parse_chunks(reader, origin, batch_size, &default_source, domain, tx));
-        let mut summary = IngestSummary { file: name.clone(), ..Default::default() };
+        let domain = opts.domain.clone();
+        let prep = Arc::clone(&prepare);
+        let parser = std::thread::spawn(move || {
+            parse_chunks(reader, origin, batch_size, &default_source, domain, &prep, tx);
+        });
+        let mut summary = IngestSummary { file: name.clone(), unredacted: !opts.redact, ..Default::default() };
+        let mut redacted = RedactionReport::default();
         let mut failure = None;
         for chunk in rx {
             let chunk = match chunk {
@@ -382,6 +441,7 @@ fn ingest(
                 }
             };
             summary.lines += (chunk.examples.len() + chunk.bad.len()) as u64;
+            redacted.merge(&chunk.redacted);
             let batch = Batch {
                 examples: &chunk.examples,
                 origin: Some(&name),
@@ -410,6 +470,7 @@ fn ingest(
                 summary.lines
             )));
         }
+        summary.redacted = redacted.counts.clone();
         if !ctx.json {
             let r = &summary.report;
             println!(
@@ -419,6 +480,11 @@ fn ingest(
                 r.rejected,
                 summary.lines - r.inserted - r.duplicates - r.rejected
             );
+            if !opts.redact {
+                println!("  redaction skipped (--no-redact): stored as read, marked in metadata.redaction");
+            } else if !redacted.is_empty() {
+                println!("  {redacted}");
+            }
         }
         summaries.push(summary);
     }
@@ -432,19 +498,22 @@ fn ingest(
     Ok(())
 }
 
-/// Read JSONL into chunks of at most `batch_size` lines and send them on.
+/// Read JSONL into chunks of at most `batch_size` lines, prepare each
+/// example (redaction, score, domain) and send them on.
 fn parse_chunks(
     reader: impl BufRead,
     origin: Option<PathBuf>,
     batch_size: usize,
     source: &str,
     domain: Option<String>,
+    prepare: &Prepare,
     tx: mpsc::SyncSender<Result<Chunk, JsonlError>>,
 ) {
     let empty = || Chunk {
         examples: Vec::with_capacity(batch_size.min(100_000)),
         lines: Vec::with_capacity(batch_size.min(100_000)),
         bad: Vec::new(),
+        redacted: RedactionReport::default(),
     };
     let mut chunk = empty();
     for item in JsonlReader::new(reader, origin) {
@@ -459,10 +528,14 @@ fn parse_chunks(
                 {
                     ex.domain = d.clone();
                 }
+                let ex = prepare.example(ex, &mut chunk.redacted);
                 chunk.examples.push(ex);
                 chunk.lines.push(p.line);
             }
-            Err(JsonlError::Line(bad)) => chunk.bad.push(bad),
+            Err(JsonlError::Line(bad)) => {
+                let bad = prepare.bad_line(bad, &mut chunk.redacted);
+                chunk.bad.push(bad);
+            }
             Err(e) => {
                 // Store what was read before the stream broke, then report.
                 let _ = tx.send(Ok(std::mem::replace(&mut chunk, empty())));
@@ -604,7 +677,7 @@ fn export(ctx: &Ctx, out: Option<PathBuf>, filter: &Filter, format: ExportFormat
         let hint = if store.count(&Filter::default())? == 0 {
             "the store is empty: `sam ingest FILE` first"
         } else {
-            "nothing matched: run `sam validate` so examples get tiers, or widen the filter (--all-tiers)"
+            "nothing matched: widen the filter (--all-tiers adds unverified examples; `sam stats` shows the tiers)"
         };
         eprintln!("{hint}");
     }
