@@ -167,7 +167,7 @@ fn a_drained_spool_is_redacted_again() {
     assert_eq!((r.drained, r.stored), (1, 1), "{r:?}");
     assert_eq!(cap.redacted().total(), 2, "{}", cap.redacted());
     drop(cap);
-    let mut store = SqliteStore::open(dir.path().join("store.db")).unwrap();
+    let store = SqliteStore::open(dir.path().join("store.db")).unwrap();
     let line = store.query(&Filter::default()).unwrap()[0].to_json_line();
     assert!(!line.contains("Tr0ub4dor") && !line.contains("ana.silva"), "{line}");
     assert!(line.contains("postgres://app:<PASSWORD>@db.internal/app"), "{line}");
