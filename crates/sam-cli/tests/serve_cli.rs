@@ -611,6 +611,25 @@ fn browse(url: &str, args: &[&str]) -> (String, Vec<String>) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), console)
 }
 
+/// A copy of a PEFT adapter with every (f32) weight multiplied by `factor`:
+/// another adapter of the same shape, without a second training.
+fn scaled_copy(from: &Path, to: &Path, factor: f32) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::copy(from.join("adapter_config.json"), to.join("adapter_config.json")).unwrap();
+    let mut bytes = std::fs::read(from.join("adapter_model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    for (name, t) in header.as_object().unwrap().iter().filter(|(k, _)| *k != "__metadata__") {
+        assert_eq!(t["dtype"], "F32", "{name}");
+        let (a, b) = (t["data_offsets"][0].as_u64().unwrap() as usize, t["data_offsets"][1].as_u64().unwrap() as usize);
+        for w in bytes[8 + n + a..8 + n + b].chunks_exact_mut(4) {
+            let v = f32::from_le_bytes(w.try_into().unwrap()) * factor;
+            w.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    std::fs::write(to.join("adapter_model.safetensors"), bytes).unwrap();
+}
+
 #[test]
 fn the_dashboard_renders_its_charts_in_headless_chromium() {
     // The detector sees console errors on this Chromium (else the check
@@ -666,18 +685,21 @@ fn the_dashboard_renders_its_charts_in_headless_chromium() {
         ];
         ok(h, &args);
     };
-    let (first, second) = (h.join("runs/20250101-000000-aaaa"), h.join("runs/20250101-000001-bbbb"));
+    let first = h.join("runs/20250101-000000-aaaa");
     train(&first, "4", "3");
-    train(&second, "2", "4");
     let trained_id = "20250101-000000-aaaa".to_string();
     assert_eq!(RunDir::open(&first).unwrap().status().unwrap().status, RunStatus::Completed);
-    // A registry with both: the first promoted (forced), the second judged
-    // by the gate and put on a 20% canary.
-    let register = |run: &Path| {
-        let out = ok(h, &["--json", "deploy", "register", run.to_str().unwrap()]);
+    // A registry with two versions: the run's adapter, promoted (forced),
+    // and a copy with its LoRA weights scaled, judged by the gate and put on
+    // a 20% canary.
+    let scaled = h.join("scaled");
+    scaled_copy(&first.join("adapter"), &scaled, 1.5);
+    let register = |args: &[&str]| {
+        let out = ok(h, &[&["--json", "deploy", "register"], args].concat());
         serde_json::from_str::<Value>(out.trim()).unwrap()["version"].as_str().unwrap().to_string()
     };
-    let (v1, v2) = (register(&first), register(&second));
+    let v1 = register(&[first.to_str().unwrap()]);
+    let v2 = register(&[scaled.to_str().unwrap(), "--data", data]);
     ok(h, &["deploy", "promote", &v1, "--force", "--reason", "first adapter"]);
     let gate = cmd(h, &["deploy", "gate", &v2]).output().unwrap();
     assert!(matches!(gate.status.code(), Some(0 | 1)), "{}", String::from_utf8_lossy(&gate.stderr));
@@ -756,7 +778,7 @@ fn the_dashboard_renders_its_charts_in_headless_chromium() {
     mover.join().unwrap();
     assert_eq!(console, Vec::<String>::new(), "console messages while following the live run");
     let charts = dom.matches("<svg class=\"chart").count();
-    assert!(charts >= 8, "tiers, kinds, sources, domains, daily, three loss charts: {charts}");
+    assert!(charts >= 7, "tiers, kinds, sources, domains, daily, two loss charts: {charts}");
     for needle in ["By tier", "Daily trend", "Source health", "Training runs", "distillation", "Registry"] {
         assert!(dom.contains(needle), "{needle} missing");
     }
