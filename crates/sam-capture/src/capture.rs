@@ -38,8 +38,8 @@ pub struct CaptureConfig {
     pub max_batch: usize,
     /// Flush when the oldest buffered example is this old (milliseconds).
     pub max_age_ms: u64,
-    /// Where batches go when the store cannot be written; relative paths are
-    /// under SAM_HOME. `None`: `capture-spool.jsonl` beside the store.
+    /// Where batches go when the store cannot be written (the CLI puts it
+    /// under SAM_HOME). `None`: `spool.jsonl` in the current folder.
     pub spool: Option<PathBuf>,
     /// An escalation becomes a preference pair (chosen = remote answer,
     /// rejected = local answer) when the local answer is given; otherwise,
@@ -347,11 +347,11 @@ pub struct Capturer<S: Store> {
 }
 
 impl<S: Store> Capturer<S> {
-    /// A capturer writing to `store`. `cfg.spool` must be set or the spool
-    /// goes to `capture-spool.jsonl` in the current folder; the CLI sets it
-    /// under SAM_HOME.
+    /// A capturer writing to `store`. `cfg.spool` should be set (the CLI
+    /// sets it to `SamHome::capture_spool` or the configured path); unset, the
+    /// spool is `spool.jsonl` in the current folder.
     pub fn new(store: S, pipeline: Pipeline, cfg: CaptureConfig) -> Self {
-        let spool = cfg.spool.clone().unwrap_or_else(|| PathBuf::from("capture-spool.jsonl"));
+        let spool = cfg.spool.clone().unwrap_or_else(|| PathBuf::from("spool.jsonl"));
         Self { store, pipeline, cfg, spool, buf: Vec::new(), oldest: None, redacted: RedactionReport::default() }
     }
 

@@ -2,39 +2,27 @@
 
 use std::path::PathBuf;
 
+use sam_home::SamHome;
+
 /// Shared state handed to every command.
 #[derive(Debug, Clone)]
 pub struct Ctx {
     /// The sam home folder (`--home`, else `$SAM_HOME`, else `~/.sam`).
-    pub home: PathBuf,
+    pub home: SamHome,
     /// Print JSON instead of human-readable output.
     pub json: bool,
 }
 
 impl Ctx {
     pub fn new(home: Option<PathBuf>, json: bool) -> anyhow::Result<Self> {
-        let home = match home {
-            Some(h) => h,
-            None => default_home()?,
-        };
-        Ok(Self { home, json })
+        Ok(Self { home: SamHome::resolve(home)?, json })
     }
 
-    /// Path of the store database.
-    #[allow(dead_code)]
-    pub fn store_path(&self) -> PathBuf {
-        self.home.join("store.db")
+    /// Create the home folder when it is missing.
+    pub fn create_home(&self) -> anyhow::Result<()> {
+        let root = self.home.root();
+        std::fs::create_dir_all(root).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", root.display()))
     }
-}
-
-fn default_home() -> anyhow::Result<PathBuf> {
-    if let Some(h) = std::env::var_os("SAM_HOME").filter(|h| !h.is_empty()) {
-        return Ok(PathBuf::from(h));
-    }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("neither SAM_HOME nor HOME is set: pass --home DIR"))?;
-    Ok(PathBuf::from(home).join(".sam"))
 }
 
 pub fn init_tracing(verbose: u8) {

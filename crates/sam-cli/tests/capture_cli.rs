@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
+use sam_home::SamHome;
 use serde_json::Value;
 
 fn sam(home: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
@@ -51,11 +52,12 @@ fn redact_filters_stdin() {
 #[test]
 fn a_capture_made_while_the_store_is_locked_is_stored_once_it_is_free() {
     let home = tempfile::tempdir().unwrap();
-    std::fs::write(home.path().join("sam.toml"), "[store]\nbusy_timeout_ms = 100\n[capture]\nbusy_timeout_ms = 100\n")
+    let sam_home = SamHome::new(home.path());
+    std::fs::write(sam_home.config_file(), "[store]\nbusy_timeout_ms = 100\n[capture]\nbusy_timeout_ms = 100\n")
         .unwrap();
     // Create the store, then hold its write lock as another process would.
     json(home.path(), &["collect", "routing"], None);
-    let locker = rusqlite::Connection::open(home.path().join("store.db")).unwrap();
+    let locker = rusqlite::Connection::open(sam_home.store_db()).unwrap();
     locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let r = json(
         home.path(),
@@ -65,7 +67,7 @@ fn a_capture_made_while_the_store_is_locked_is_stored_once_it_is_free() {
         ),
     );
     assert_eq!(r["spooled"], 1, "{r}");
-    let spool = std::fs::read_to_string(home.path().join("capture-spool.jsonl")).unwrap();
+    let spool = std::fs::read_to_string(sam_home.capture_spool()).unwrap();
     assert!(spool.contains("<EMAIL>") && !spool.contains("initech"), "the spool holds redacted text: {spool}");
     locker.execute_batch("ROLLBACK").unwrap();
     drop(locker);

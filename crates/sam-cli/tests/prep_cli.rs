@@ -91,6 +91,6 @@ fn prep_from_files_and_from_the_latest_export() {
     // The template named, and the inferred spans said (SmolLM2's template has no markers).
     assert!(text.contains("the model's own, chatml format (blake3 "), "{text}");
     assert!(err.contains("no {% generation %} markers"), "{err}");
-    let sets: Vec<_> = std::fs::read_dir(h.join("datasets")).unwrap().collect();
+    let sets: Vec<_> = std::fs::read_dir(sam_home::SamHome::new(h).datasets_dir()).unwrap().collect();
     assert_eq!(sets.len(), 1);
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use sam_home::SamHome;
 use serde_json::Value;
 
 struct Home {
@@ -81,17 +82,22 @@ fn init_writes_every_default_and_keeps_existing_files() {
     let h = Home::new();
     let (out, _) = h.ok(&["init"]);
     assert!(out.contains("written with every default"), "{out}");
-    let cfg = std::fs::read_to_string(h.path().join("sam.toml")).unwrap();
-    for key in ["[quality]", "min_response_chars = 2", "[store]", "busy_timeout_ms = 30000", "batch_size = 50000"] {
+    let home = SamHome::new(h.path());
+    let cfg = std::fs::read_to_string(home.config_file()).unwrap();
+    for key in ["[store.quality]", "min_response_chars = 2", "[store]", "busy_timeout_ms = 30000", "batch_size = 50000"]
+    {
         assert!(cfg.contains(key), "{key} missing from:\n{cfg}");
     }
-    assert!(h.path().join("store.db").exists());
-    std::fs::write(h.path().join("sam.toml"), "[store]\nbatch_size = 5\n").unwrap();
+    for section in ["[capture]", "[prep]", "[train]", "[pipeline]", "[deploy]", "[schedule]", "[serve]"] {
+        assert!(cfg.contains(section), "{section} missing from:\n{cfg}");
+    }
+    assert!(home.store_db().exists());
+    std::fs::write(home.config_file(), "[store]\nbatch_size = 5\n").unwrap();
     let (out, _) = h.ok(&["init"]);
     assert!(out.contains("kept"), "{out}");
-    assert_eq!(std::fs::read_to_string(h.path().join("sam.toml")).unwrap(), "[store]\nbatch_size = 5\n");
+    assert_eq!(std::fs::read_to_string(home.config_file()).unwrap(), "[store]\nbatch_size = 5\n");
     h.ok(&["init", "--force"]);
-    assert_eq!(std::fs::read_to_string(h.path().join("sam.toml")).unwrap(), cfg);
+    assert_eq!(std::fs::read_to_string(home.config_file()).unwrap(), cfg);
 }
 
 #[test]
@@ -253,9 +259,13 @@ fn commands_without_a_store_say_what_to_do() {
     let out = h.run(&["ingest", "missing.jsonl"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("missing.jsonl") && err.contains("check the path"), "{err}");
-    std::fs::write(h.path().join("sam.toml"), "[store]\nbatch_size = \"x\"\n").unwrap();
+    let config = SamHome::new(h.path()).config_file();
+    std::fs::write(&config, "[store]\nbatch_size = \"x\"\n").unwrap();
     let err = String::from_utf8_lossy(&h.run(&["stats"]).stderr).into_owned();
-    assert!(err.contains("sam.toml") && err.contains("sam init"), "{err}");
+    assert!(err.contains(&*config.to_string_lossy()) && err.contains("sam init"), "{err}");
+    std::fs::write(&config, "[store]\nbatch_sise = 5\n").unwrap();
+    let err = String::from_utf8_lossy(&h.run(&["stats"]).stderr).into_owned();
+    assert!(err.contains("batch_sise"), "an unknown key is named: {err}");
 }
 
 /// `n` distinct instruction lines tagged `tag`, with a bad line every 5,000.
@@ -284,7 +294,7 @@ fn a_killed_ingest_keeps_whole_batches_and_running_it_again_completes_it() {
     const N: usize = 200_000;
     const BATCH: i64 = 1_000;
     let file = big_file(&h, "big.jsonl", "big", N);
-    let db = h.path().join("store.db");
+    let db = SamHome::new(h.path()).store_db();
     let mut child = h
         .cmd(&["ingest", s(&file), "--batch-size", "1000"])
         .stdout(Stdio::null())

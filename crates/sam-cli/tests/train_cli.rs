@@ -109,7 +109,7 @@ fn a_run_killed_after_a_checkpoint_resumes_to_the_same_losses() {
     let (home, model, data) = setup();
     let (h, model, data) = (home.path(), model.as_str(), data.as_str());
 
-    let twin = h.join("runs/twin");
+    let twin = sam_home::SamHome::new(h).run_dir("twin");
     let out = ok(h, &[&["--json"], &train_args(data, model, twin.to_str().unwrap())[..]].concat());
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["status"], "completed");
@@ -118,7 +118,7 @@ fn a_run_killed_after_a_checkpoint_resumes_to_the_same_losses() {
     assert_eq!(want.len(), 6);
 
     // The same run, killed with SIGKILL once its step-2 checkpoint is on disk.
-    let killed = h.join("runs/killed");
+    let killed = sam_home::SamHome::new(h).run_dir("killed");
     let mut child = cmd(h, &train_args(data, model, killed.to_str().unwrap()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -162,7 +162,7 @@ fn a_run_killed_after_a_checkpoint_resumes_to_the_same_losses() {
 fn sam_runs_stop_ends_a_live_run_with_a_checkpoint_and_sft_dpo_trains_both_phases() {
     let (home, model, data) = setup();
     let (h, model, data) = (home.path(), model.as_str(), data.as_str());
-    let run = h.join("runs/both");
+    let run = sam_home::SamHome::new(h).run_dir("both");
     let mut args = train_args(data, model, run.to_str().unwrap());
     // Long enough that the stop surely lands in the SFT phase.
     let iters = args.iter().position(|a| *a == "--iters").unwrap() + 1;
@@ -200,7 +200,7 @@ fn sam_runs_stop_ends_a_live_run_with_a_checkpoint_and_sft_dpo_trains_both_phase
 fn sigterm_stops_a_run_after_its_step_with_a_checkpoint() {
     let (home, model, data) = setup();
     let (h, model, data) = (home.path(), model.as_str(), data.as_str());
-    let run = h.join("runs/term");
+    let run = sam_home::SamHome::new(h).run_dir("term");
     let mut args = train_args(data, model, run.to_str().unwrap());
     let iters = args.iter().position(|a| *a == "--iters").unwrap() + 1;
     args[iters] = "40";

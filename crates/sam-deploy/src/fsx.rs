@@ -13,9 +13,7 @@ use crate::error::{Result, io_err};
 /// a reader sees the old file or the new one, and after a crash the file is
 /// one of them.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    sam_runs::write_atomic(path, bytes)
-        .map_err(|e| crate::Error::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })?;
-    sync_dir(path.parent().unwrap_or_else(|| Path::new(".")))
+    sam_home::atomic::write(path, bytes).map_err(io_err(path))
 }
 
 /// Writes `value` as pretty JSON, atomically.

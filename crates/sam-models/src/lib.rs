@@ -446,16 +446,10 @@ fn ids_of(v: &Value) -> Vec<u32> {
 /// `$XDG_CACHE_HOME/sam`, else `~/.cache/sam`, then `models/`). The file may
 /// not exist; see [`require_test_model`].
 pub fn default_test_model() -> PathBuf {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(p) = env("SAM_TEST_MODEL") {
+    if let Some(p) = std::env::var_os("SAM_TEST_MODEL").filter(|v| !v.is_empty()) {
         return PathBuf::from(p);
     }
-    let cache = env("SAM_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| env("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("sam")))
-        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".cache").join("sam")))
-        .unwrap_or_else(|| PathBuf::from(".cache/sam"));
-    cache.join("models").join(TEST_MODEL_FILE)
+    sam_home::cached_models_dir().join(TEST_MODEL_FILE)
 }
 
 /// [`default_test_model`], or an error naming `scripts/fetch-test-model.sh`

@@ -247,20 +247,8 @@ pub fn read_preference(path: &Path) -> Result<Vec<TokenizedPair>, CacheError> {
 }
 
 fn write_atomic(path: &Path, body: impl FnOnce(&mut BufWriter<fs::File>) -> io::Result<()>) -> Result<(), CacheError> {
-    let io_err = |source| CacheError::Io { path: path.to_path_buf(), source };
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(io_err)?;
-    }
-    let tmp = path.with_extension("bin.tmp");
-    let file = fs::File::create(&tmp).map_err(io_err)?;
-    let mut w = BufWriter::new(file);
-    let res = body(&mut w).and_then(|()| w.flush()).and_then(|()| w.get_ref().sync_all());
-    if let Err(e) = res {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(e));
-    }
-    drop(w);
-    fs::rename(&tmp, path).map_err(io_err)
+    sam_home::atomic::write_with(path, |e| e, body)
+        .map_err(|source| CacheError::Io { path: path.to_path_buf(), source })
 }
 
 fn read_file<T>(

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sam_models::BaseModel;
@@ -437,9 +437,7 @@ impl Prepared {
         self.manifest.files = files;
         let text = serde_json::to_string_pretty(&self.manifest).expect("manifest serialises");
         let path = dir.join("manifest.json");
-        let tmp = dir.join(".manifest.json.tmp");
-        fs::write(&tmp, text + "\n").map_err(|e| io_err(&tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+        sam_home::atomic::write(&path, (text + "\n").as_bytes()).map_err(|e| io_err(&path, e))?;
         Ok(self.manifest)
     }
 }
@@ -480,16 +478,18 @@ fn write_jsonl<'a>(dir: &Path, name: &str, rows: impl Iterator<Item = &'a Value>
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
     }
-    let tmp = path.with_extension("jsonl.tmp");
-    let file = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-    let mut w = BufWriter::new(file);
-    for row in rows {
-        serde_json::to_writer(&mut w, row).map_err(|e| io_err(&tmp, e.into()))?;
-        w.write_all(b"\n").map_err(|e| io_err(&tmp, e))?;
-    }
-    w.flush().map_err(|e| io_err(&tmp, e))?;
-    drop(w);
-    fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+    sam_home::atomic::write_with(
+        &path,
+        |e| e,
+        |w| {
+            for row in rows {
+                serde_json::to_writer(&mut *w, row)?;
+                w.write_all(b"\n")?;
+            }
+            Ok(())
+        },
+    )
+    .map_err(|e| io_err(&path, e))?;
     Ok(Some(name.to_string()))
 }
 

@@ -44,8 +44,8 @@ pub use eta::{Eta, format_duration};
 pub use memory::{GuardEvent, MemoryGuard, MemoryGuardConfig, MemoryProbe, SystemProbe, current_rss, peak_rss};
 pub use plot::{loss_svg, nice_ticks, tick_label};
 pub use run_dir::{
-    Event, EventKind, MetricRecord, RunDir, RunStatus, StatusFile, new_run_id, process_alive, replace_dir, unix_now,
-    write_atomic, write_json_atomic,
+    Event, EventKind, MetricRecord, RunDir, RunStatus, StatusFile, new_run_id, process_alive, unix_now,
+    write_json_atomic,
 };
 
 /// Errors of run-folder handling.

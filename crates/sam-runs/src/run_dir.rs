@@ -1,7 +1,7 @@
 //! The run folder: status, configuration, metrics and events on disk.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -430,89 +430,6 @@ fn civil_from_unix(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
     (y, m, d, (rem / 3600) as u32, ((rem % 3600) / 60) as u32, (rem % 60) as u32)
 }
 
-/// Write bytes to `path` atomically: a temporary file in the same folder,
-/// fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| RunError::io(dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let res = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = fs::remove_file(&tmp);
-        return Err(RunError::io(path, e));
-    }
-    Ok(())
-}
-
-/// Replace the folder `dest` with the complete folder `tmp` (a sibling on
-/// the same file system) so that readers see either the old folder or the
-/// new one, never a mix: on Linux with one `renameat2(RENAME_EXCHANGE)`,
-/// elsewhere with two renames (a crash between them leaves no `dest`, and the
-/// old folder beside it as `.NAME.old-PID`). `tmp` is gone afterwards.
-pub fn replace_dir(tmp: &Path, dest: &Path) -> Result<(), RunError> {
-    sync_dir(tmp)?;
-    if !dest.exists() {
-        fs::rename(tmp, dest).map_err(|e| RunError::io(dest, e))?;
-    } else if !exchange(tmp, dest)? {
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let old = dest.with_file_name(format!(".{name}.old-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&old);
-        fs::rename(dest, &old).map_err(|e| RunError::io(dest, e))?;
-        fs::rename(tmp, dest).map_err(|e| RunError::io(dest, e))?;
-        let _ = fs::remove_dir_all(&old);
-    } else {
-        // `tmp` now holds the old folder.
-        let _ = fs::remove_dir_all(tmp);
-    }
-    if let Some(parent) = dest.parent() {
-        let _ = File::open(parent).and_then(|d| d.sync_all());
-    }
-    Ok(())
-}
-
-/// fsync every file directly inside `dir`, and `dir` itself.
-fn sync_dir(dir: &Path) -> Result<(), RunError> {
-    for entry in fs::read_dir(dir).map_err(|e| RunError::io(dir, e))? {
-        let p = entry.map_err(|e| RunError::io(dir, e))?.path();
-        if p.is_file() {
-            File::open(&p).and_then(|f| f.sync_all()).map_err(|e| RunError::io(&p, e))?;
-        }
-    }
-    let _ = File::open(dir).and_then(|d| d.sync_all());
-    Ok(())
-}
-
-#[cfg(target_os = "linux")]
-fn exchange(a: &Path, b: &Path) -> Result<bool, RunError> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let ca = CString::new(a.as_os_str().as_bytes()).map_err(|e| RunError::io(a, io::Error::other(e)))?;
-    let cb = CString::new(b.as_os_str().as_bytes()).map_err(|e| RunError::io(b, io::Error::other(e)))?;
-    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
-    let rc =
-        unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        // Not supported by this kernel or file system: fall back to two renames.
-        Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(false),
-        _ => Err(RunError::io(b, err)),
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn exchange(_a: &Path, _b: &Path) -> Result<bool, RunError> {
-    Ok(false)
-}
-
 /// Whether a process with this id exists.
 pub fn process_alive(pid: u32) -> bool {
     #[cfg(unix)]
@@ -528,12 +445,12 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// Serialise to pretty JSON and write atomically.
+/// Serialise to pretty JSON and write atomically ([`sam_home::atomic::write`]).
 pub fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<(), RunError> {
     let mut text =
         serde_json::to_string_pretty(value).map_err(|e| RunError::Json { path: path.to_path_buf(), source: e })?;
     text.push('\n');
-    write_atomic(path, text.as_bytes())
+    sam_home::atomic::write(path, text.as_bytes()).map_err(|e| RunError::io(path, e))
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, RunError> {
@@ -541,12 +458,15 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, RunError> {
     serde_json::from_str(&text).map_err(|e| RunError::Json { path: path.to_path_buf(), source: e })
 }
 
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    sam_home::atomic::write(path, bytes).map_err(|e| RunError::io(path, e))
+}
+
 fn append_json_line(path: &Path, value: &impl Serialize) -> Result<(), RunError> {
     let mut line = serde_json::to_string(value).map_err(|e| RunError::Json { path: path.to_path_buf(), source: e })?;
     line.push('\n');
-    let mut f = OpenOptions::new().create(true).append(true).open(path).map_err(|e| RunError::io(path, e))?;
     // One write call per line: a crash leaves at most a torn last line.
-    f.write_all(line.as_bytes()).map_err(|e| RunError::io(path, e))
+    sam_home::atomic::append_line(path, line.as_bytes()).map_err(|e| RunError::io(path, e))
 }
 
 fn read_json_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, RunError> {
@@ -574,6 +494,9 @@ fn read_json_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, RunError>
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+    use std::io::Write as _;
+
     use super::*;
 
     #[test]

@@ -13,6 +13,7 @@ use sam_capture::code::{CodeConfig, CodeSource};
 use sam_capture::docs::{DocsConfig, DocsSource};
 use sam_capture::git::{GitConfig, GitSource};
 use sam_capture::{DataSource, Pipeline, collect_into};
+use sam_home::SamHome;
 use sam_models::BaseModel;
 use sam_prep::cache::{PreparedData, Split};
 use sam_prep::prepare::{PrepConfig, Preparer, read_inputs};
@@ -38,7 +39,7 @@ use crate::state::{
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     /// `SAM_HOME`: the store, datasets, runs and the pipeline's state live here.
-    pub home: PathBuf,
+    pub home: SamHome,
     /// Git repositories to mine (their history, markdown docs and documented code).
     pub repos: Vec<PathBuf>,
     /// Feed the sample captures shipped with sam ([`crate::samples`]).
@@ -122,7 +123,7 @@ impl PipelineConfig {
             ..TrainConfig::default()
         };
         Self {
-            home: home.into(),
+            home: SamHome::new(home.into()),
             repos: Vec::new(),
             sample_captures: true,
             model: model.into(),
@@ -143,7 +144,7 @@ impl PipelineConfig {
 
     /// The store database.
     pub fn store_path(&self) -> PathBuf {
-        self.home.join("store.db")
+        self.home.store_db()
     }
 }
 
@@ -237,8 +238,8 @@ pub fn run(cfg: &PipelineConfig, progress: &mut dyn Progress) -> Result<Summary>
                 .into(),
         });
     }
-    std::fs::create_dir_all(&cfg.home).map_err(|e| Error::io(&cfg.home, e))?;
-    let mut st = match PipelineState::load(&cfg.home)? {
+    std::fs::create_dir_all(cfg.home.root()).map_err(|e| Error::io(cfg.home.root(), e))?;
+    let mut st = match PipelineState::load(cfg.home.root())? {
         Some(mut s) if s.outcome.is_none() => {
             s.resumed_at = Stage::ALL.into_iter().find(|st| !s.finished(*st));
             if let Some(at) = s.resumed_at {
@@ -258,18 +259,18 @@ pub fn run(cfg: &PipelineConfig, progress: &mut dyn Progress) -> Result<Summary>
     for s in &skipped_stages {
         progress.stage_skipped(*s, "finished by the interrupted run");
     }
-    st.save(&cfg.home)?;
+    st.save(cfg.home.root())?;
     let mut store = SqliteStore::open(cfg.store_path())?;
 
     if !st.finished(Stage::Mine) {
         st.mine = Some(mine(cfg, &mut store, progress)?);
         st.reached = Some(Stage::Mine);
-        st.save(&cfg.home)?;
+        st.save(cfg.home.root())?;
     }
     if !st.finished(Stage::Clean) {
         st.clean = Some(clean(cfg, &mut store, progress)?);
         st.reached = Some(Stage::Clean);
-        st.save(&cfg.home)?;
+        st.save(cfg.home.root())?;
     }
     if !st.finished(Stage::Export) {
         let export = export(cfg, &st.id, &mut store, progress)?;
@@ -283,19 +284,19 @@ pub fn run(cfg: &PipelineConfig, progress: &mut dyn Progress) -> Result<Summary>
             progress.note("nothing new to train on: the export is the same as the last trained run's");
             st.reached = Some(Stage::Report);
             st.outcome = Some(Outcome::NothingNew);
-            st.save(&cfg.home)?;
+            st.save(cfg.home.root())?;
             append_history(&cfg.home, &st)?;
             return Ok(summary(cfg, &st, skipped_stages, t0));
         }
-        st.save(&cfg.home)?;
+        st.save(cfg.home.root())?;
     }
     let export_path = st.export.as_ref().map(|e| e.path.clone()).expect("export finished");
     let base = BaseModel::open(&cfg.model)?;
-    let dataset = cfg.home.join("datasets").join(&st.id);
+    let dataset = cfg.home.dataset_dir(&st.id);
     if !st.finished(Stage::Prep) {
         st.prep = Some(prep(cfg, &base, &export_path, &dataset, progress)?);
         st.reached = Some(Stage::Prep);
-        st.save(&cfg.home)?;
+        st.save(cfg.home.root())?;
     }
     let prep_info = st.prep.clone().expect("prep finished");
     let data = PreparedData::open(&prep_info.dir)?;
@@ -311,14 +312,14 @@ pub fn run(cfg: &PipelineConfig, progress: &mut dyn Progress) -> Result<Summary>
         // An interrupted training continues in its own run folder, from its
         // last checkpoint.
         let run_id = match &st.run_started {
-            Some(old) if cfg.home.join("runs").join(old).join("status.json").is_file() => {
+            Some(old) if cfg.home.run_dir(old).join("status.json").is_file() => {
                 progress.note(&format!("training run {old} was interrupted: continuing it from its last checkpoint"));
                 old.clone()
             }
             _ => {
                 let id = sam_runs::new_run_id();
                 st.run_started = Some(id.clone());
-                st.save(&cfg.home)?;
+                st.save(cfg.home.root())?;
                 id
             }
         };
@@ -326,7 +327,7 @@ pub fn run(cfg: &PipelineConfig, progress: &mut dyn Progress) -> Result<Summary>
         model = m;
         st.train = Some(info);
         st.reached = Some(Stage::Train);
-        st.save(&cfg.home)?;
+        st.save(cfg.home.root())?;
     }
     let train_info = st.train.clone().expect("train finished");
     if !st.finished(Stage::Evaluate) {
@@ -340,11 +341,11 @@ pub fn run(cfg: &PipelineConfig, progress: &mut dyn Progress) -> Result<Summary>
         };
         st.eval = Some(evaluate(cfg, &model, &train_cfg, &data, &train_info, &mut store, &prep_info, progress)?);
         st.reached = Some(Stage::Evaluate);
-        st.save(&cfg.home)?;
+        st.save(cfg.home.root())?;
     }
     st.reached = Some(Stage::Report);
     st.outcome = Some(Outcome::Trained);
-    st.save(&cfg.home)?;
+    st.save(cfg.home.root())?;
     append_history(&cfg.home, &st)?;
     Ok(summary(cfg, &st, skipped_stages, t0))
 }
@@ -363,9 +364,9 @@ fn summary(cfg: &PipelineConfig, st: &PipelineState, skipped_stages: Vec<Stage>,
         train: st.train.clone(),
         eval: st.eval.clone(),
         paths: Paths {
-            home: cfg.home.clone(),
+            home: cfg.home.root().to_path_buf(),
             store: cfg.store_path(),
-            state: PipelineState::path(&cfg.home),
+            state: PipelineState::path(cfg.home.root()),
             export: st.export.as_ref().map(|e| e.path.clone()),
             dataset: st.prep.as_ref().map(|p| p.dir.clone()),
             run: st.train.as_ref().map(|t| t.run_dir.clone()),
@@ -375,9 +376,9 @@ fn summary(cfg: &PipelineConfig, st: &PipelineState, skipped_stages: Vec<Stage>,
     }
 }
 
-fn append_history(home: &Path, st: &PipelineState) -> Result<()> {
+fn append_history(home: &SamHome, st: &PipelineState) -> Result<()> {
     use std::io::Write as _;
-    let path = home.join("pipeline").join("history.jsonl");
+    let path = home.pipeline_history();
     let line = serde_json::to_string(st).map_err(|source| Error::State { path: path.clone(), source })?;
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
     writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
@@ -412,7 +413,7 @@ fn mine(cfg: &PipelineConfig, store: &mut SqliteStore, progress: &mut dyn Progre
         let events = crate::samples::sample_captures()?;
         let capture_cfg = CaptureConfig {
             max_batch: events.len().max(1),
-            spool: Some(cfg.home.join("capture-spool.jsonl")),
+            spool: Some(cfg.home.capture_spool()),
             ..CaptureConfig::default()
         };
         let mut capturer = Capturer::new(SqliteStore::open(cfg.store_path())?, pipeline, capture_cfg);
@@ -471,7 +472,7 @@ fn clean(cfg: &PipelineConfig, store: &mut SqliteStore, progress: &mut dyn Progr
 fn export(cfg: &PipelineConfig, id: &str, store: &mut SqliteStore, progress: &mut dyn Progress) -> Result<ExportInfo> {
     progress.stage_started(Stage::Export, "exporting the quality-filtered examples");
     let filter = Filter::default().tiers(cfg.export_tiers.iter().copied());
-    let path = cfg.home.join("exports").join(format!("pipeline-{id}.jsonl"));
+    let path = cfg.home.pipeline_export(id);
     let rec = store.export(&filter, &path, Default::default())?;
     let total = store.count(&Filter::default())?;
     if rec.rows == 0 {
@@ -605,8 +606,8 @@ fn train(
     run_id: &str,
     progress: &mut dyn Progress,
 ) -> Result<(Option<Decoder>, TrainInfo)> {
-    let runs = cfg.home.join("runs");
-    let run_dir = runs.join(run_id);
+    let runs = cfg.home.runs_dir();
+    let run_dir = cfg.home.run_dir(run_id);
     let pairs = prep.preference[0];
     let job = if run_dir.join("status.json").is_file() {
         Job::open(&run_dir)?

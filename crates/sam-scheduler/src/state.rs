@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sam_capture::redact::RedactionReport;
+use sam_home::SamHome;
 use sam_store::ValidateReport;
 use sam_trainer::EvalReport;
 use serde::{Deserialize, Serialize};
@@ -281,7 +282,7 @@ impl PipelineState {
 
     /// The state file under `home`.
     pub fn path(home: &Path) -> PathBuf {
-        home.join("pipeline").join("state.json")
+        SamHome::new(home).pipeline_state()
     }
 
     /// The state under `home`, if a pipeline ever ran there.

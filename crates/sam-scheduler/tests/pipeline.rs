@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use sam_home::SamHome;
 use sam_scheduler::{NoProgress, Outcome, PipelineConfig, PipelineState, Progress, Stage};
 use sam_store::{SqliteStore, Store};
 
@@ -112,7 +113,7 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
     let adapter = eval.adapter.unwrap();
     assert!(eval.examples > 0 && eval.base.loss.is_finite() && adapter.loss.is_finite(), "{eval:?}");
     assert_ne!(eval.base.loss, adapter.loss, "the adapter changed nothing");
-    let store = SqliteStore::open(home.join("store.db")).unwrap();
+    let store = SqliteStore::open(SamHome::new(&home).store_db()).unwrap();
     let runs = store.training_runs().unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].id, train.run_id);
@@ -125,7 +126,7 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
     assert_eq!(s2.outcome, Outcome::NothingNew);
     assert!(s2.train.is_none() && s2.eval.is_none() && s2.prep.is_none());
     assert_eq!(s2.mine.as_ref().unwrap().inserted(), 0);
-    assert_eq!(std::fs::read_dir(home.join("runs")).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(SamHome::new(&home).runs_dir()).unwrap().count(), 1);
 
     // New data, and a crash during training: the state is left at prep with
     // a training run started.
@@ -166,7 +167,7 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
         .map(|m| m.step)
         .collect();
     assert_eq!(sft_steps, [1, 2], "each step logged once");
-    let store = SqliteStore::open(home.join("store.db")).unwrap();
+    let store = SqliteStore::open(SamHome::new(&home).store_db()).unwrap();
     let runs = store.training_runs().unwrap();
     assert_eq!(runs.len(), 2);
     let status = |id: &str| runs.iter().find(|r| r.id == id).map(|r| r.status.clone());

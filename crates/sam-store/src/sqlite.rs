@@ -569,17 +569,10 @@ impl Store for SqliteStore {
 
     fn export(&mut self, filter: &Filter, path: &Path, format: ExportFormat) -> Result<ExportRecord, StoreError> {
         let io = |source| StoreError::Io { path: path.to_path_buf(), source };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let name =
-            path.file_name().ok_or_else(|| StoreError::Invalid(format!("{}: not a file name", path.display())))?;
-        let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-        let res = (|| {
-            let file = std::fs::File::create(&tmp).map_err(io)?;
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        if path.file_name().is_none() {
+            return Err(StoreError::Invalid(format!("{}: not a file name", path.display())));
+        }
+        let (rows, hash) = sam_home::atomic::write_with(path, io, |out| {
             let mut hasher = blake3::Hasher::new();
             let mut rows = 0u64;
             let mut line = Vec::with_capacity(4096);
@@ -596,18 +589,8 @@ impl Store for SqliteStore {
                 rows += 1;
                 Ok(())
             })?;
-            let file = out.into_inner().map_err(|e| io(e.into_error()))?;
-            file.sync_all().map_err(io)?;
-            std::fs::rename(&tmp, path).map_err(io)?;
             Ok((rows, hasher.finalize().to_hex().to_string()))
-        })();
-        let (rows, hash) = match res {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
+        })?;
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let filter_json = serde_json::to_string(filter).map_err(|e| corrupt("filter", e))?;
         let format_name = match format {

@@ -152,25 +152,26 @@ pub(crate) fn write(
     std::fs::create_dir_all(root).map_err(io_err(root))?;
     let name = Checkpoint::dir_name(&state.phase, state.step);
     let dest = root.join(&name);
-    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    save_adapter(model, &tmp, AdapterFormat::Peft, base_model)?;
-    let names: Vec<String> = model.lora_vars().into_iter().map(|(n, _)| n).collect();
-    let (m, v) = opt.moments();
-    let mut both: Vec<Tensor> = m.to_vec();
-    both.extend_from_slice(v);
-    let mut keys: Vec<String> = names.iter().map(|n| format!("m.{n}")).collect();
-    keys.extend(names.iter().map(|n| format!("v.{n}")));
-    save_named(&tmp.join(OPTIMIZER_FILE), &keys, &both, "")?;
-    if let Some(best) = best {
-        save_named(&tmp.join(BEST_FILE), &names, best, "")?;
-    }
-    let state_path = tmp.join(STATE_FILE);
-    let text = serde_json::to_string_pretty(state).map_err(json_err(&state_path))?;
-    std::fs::write(&state_path, text + "\n").map_err(io_err(&state_path))?;
-    sam_runs::replace_dir(&tmp, &dest)?;
+    sam_home::atomic::write_dir(
+        &dest,
+        |e| Error::Io { path: dest.clone(), source: e },
+        |tmp| {
+            save_adapter(model, tmp, AdapterFormat::Peft, base_model)?;
+            let names: Vec<String> = model.lora_vars().into_iter().map(|(n, _)| n).collect();
+            let (m, v) = opt.moments();
+            let mut both: Vec<Tensor> = m.to_vec();
+            both.extend_from_slice(v);
+            let mut keys: Vec<String> = names.iter().map(|n| format!("m.{n}")).collect();
+            keys.extend(names.iter().map(|n| format!("v.{n}")));
+            save_named(&tmp.join(OPTIMIZER_FILE), &keys, &both, "")?;
+            if let Some(best) = best {
+                save_named(&tmp.join(BEST_FILE), &names, best, "")?;
+            }
+            let state_path = tmp.join(STATE_FILE);
+            let text = serde_json::to_string_pretty(state).map_err(json_err(&state_path))?;
+            std::fs::write(&state_path, text + "\n").map_err(io_err(&state_path))
+        },
+    )?;
     prune(root, &state.phase, keep, state.best_step)?;
     Ok(dest)
 }

@@ -455,12 +455,11 @@ fn cached_reference_logps(
     let map: std::collections::HashMap<String, Tensor> =
         [("train".to_string(), as_tensor(&t)?), ("valid".to_string(), as_tensor(&v)?)].into_iter().collect();
     // A cache that cannot be written only costs time next run.
-    let written = (|| -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
-        let tmp = dir.join(format!(".dpo-reference-{key}.tmp-{}", std::process::id()));
-        candle_core::safetensors::save(&map, &tmp)?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::Io { path: path.clone(), source: e })
-    })();
+    let written = sam_home::atomic::write_via(
+        &path,
+        |e| Error::Io { path: path.clone(), source: e },
+        |tmp| Ok(candle_core::safetensors::save(&map, tmp)?),
+    );
     if let Err(e) = written {
         tracing::warn!("could not cache the DPO reference log-probs: {e}");
     }

@@ -214,13 +214,11 @@ pub(crate) fn fit<O: Objective>(
     let dev = model.device().clone();
     let ckpt_root = cfg.out_dir.as_ref().map(|o| o.join("checkpoints"));
     let save = |model: &Decoder, dir: &Path| -> Result<()> {
-        let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| Error::Io { path: tmp.clone(), source: e })?;
-        }
-        save_adapter(model, &tmp, cfg.adapter_format, cfg.base_model.as_deref())?;
-        Ok(sam_runs::replace_dir(&tmp, dir)?)
+        sam_home::atomic::write_dir(
+            dir,
+            |e| Error::Io { path: dir.to_path_buf(), source: e },
+            |tmp| save_adapter(model, tmp, cfg.adapter_format, cfg.base_model.as_deref()),
+        )
     };
     let snapshot = |vars: &[candle_core::Var]| -> Result<Vec<Tensor>> {
         Ok(vars.iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?)

@@ -15,7 +15,7 @@ use sam_store::{Filter, SqliteStore, Store, ValidateOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("store.db");
+    let db = dir.path().join("assistant.db");
 
     // Live capture: the assistant's events, PII and all.
     let cfg = CaptureConfig { spool: Some(dir.path().join("spool.jsonl")), ..Default::default() };

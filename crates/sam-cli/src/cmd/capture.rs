@@ -187,8 +187,8 @@ fn pipeline(cfg: &Config) -> Pipeline {
 }
 
 fn open_store(ctx: &Ctx, cfg: &Config) -> anyhow::Result<SqliteStore> {
-    std::fs::create_dir_all(&ctx.home).with_context(|| format!("cannot create {}", ctx.home.display()))?;
-    let path = ctx.home.join("store.db");
+    ctx.create_home()?;
+    let path = ctx.home.store_db();
     SqliteStore::open_with(&path, &cfg.store).with_context(|| format!("cannot open the store {}", path.display()))
 }
 
@@ -256,11 +256,7 @@ fn read_events(kind: CaptureKind) -> anyhow::Result<Vec<CaptureEvent>> {
 
 fn capture(ctx: &Ctx, events: Vec<CaptureEvent>) -> anyhow::Result<()> {
     let cfg = Config::load(&ctx.home)?;
-    let spool = match &cfg.capture.spool {
-        Some(p) if p.is_absolute() => p.clone(),
-        Some(p) => ctx.home.join(p),
-        None => ctx.home.join("capture-spool.jsonl"),
-    };
+    let spool = cfg.capture.spool.clone().unwrap_or_else(|| ctx.home.capture_spool());
     let capture_cfg = CaptureConfig { spool: Some(spool.clone()), max_batch: usize::MAX, ..cfg.capture.clone() };
     // Capture must not stall the assistant: a short wait for the lock, then the spool.
     let store_cfg = Config {

@@ -307,7 +307,7 @@ pub fn run(cmd: DeployCommand, ctx: &Ctx) -> anyhow::Result<()> {
     let DeployCommand::Deploy { cmd } = cmd;
     let cfg = Config::load(&ctx.home)?.deploy;
     cfg.validate()?;
-    let env = Env { ctx, cfg, reg: Registry::open(ctx.home.join("registry"))? };
+    let env = Env { ctx, cfg, reg: Registry::open(ctx.home.registry_dir())? };
     match cmd {
         Deploy::Register(a) => register(&env, a),
         Deploy::Gate(a) => gate_cmd(&env, a),
@@ -532,7 +532,7 @@ fn canary_check(env: &Env<'_>, a: SlotArg) -> anyhow::Result<()> {
         bail!("slot {slot} has no canary (start one with `sam deploy canary VERSION`)")
     };
     let production = aliases.production().unwrap_or(BASE).to_string();
-    let db = env.ctx.home.join("store.db");
+    let db = env.ctx.home.store_db();
     let counts = if db.is_file() {
         let store = sam_store::SqliteStore::open(&db)?;
         sam_capture::capture::feedback_by_version(&store, Some(c.since))?

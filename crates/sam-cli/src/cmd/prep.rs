@@ -77,7 +77,7 @@ pub fn run(cmd: PrepCommand, ctx: &Ctx) -> anyhow::Result<()> {
         Some(o) => o,
         None => {
             let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            ctx.home.join("datasets").join(secs.to_string())
+            ctx.home.dataset_dir(&secs.to_string())
         }
     };
 
@@ -171,7 +171,7 @@ fn template_line(m: &Manifest) -> String {
 
 /// The file of the store's most recent export.
 fn latest_export(ctx: &Ctx) -> anyhow::Result<Vec<PathBuf>> {
-    let db = ctx.store_path();
+    let db = ctx.home.store_db();
     if !db.exists() {
         anyhow::bail!(
             "no input: pass --from FILE (JSONL) or export from the store first (no store at {})",

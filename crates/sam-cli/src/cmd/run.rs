@@ -36,24 +36,26 @@ pub struct RunArgs {
     /// Leave out the sample captures shipped with sam
     #[arg(long)]
     no_samples: bool,
-    /// Optimiser steps
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    iters: usize,
-    /// Peak learning rate
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    /// DPO steps on the preference pairs after SFT (0: no DPO)
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    dpo_steps: usize,
-    /// DPO peak learning rate
-    #[arg(long, default_value_t = 5e-4)]
-    dpo_lr: f64,
-    /// LoRA rank
-    #[arg(long, default_value_t = 8)]
-    rank: usize,
-    /// Longest sequence in tokens (prep and training)
-    #[arg(long, default_value_t = 256, value_name = "N")]
-    max_seq_len: usize,
+    /// Optimiser steps [default: [train] steps in sam.toml, 32]
+    #[arg(long, value_name = "N")]
+    iters: Option<usize>,
+    /// Peak learning rate [default: [train] lr, 1e-3]
+    #[arg(long)]
+    lr: Option<f64>,
+    /// DPO steps on the preference pairs after SFT, 0: no DPO [default:
+    /// [train] dpo_steps, 8]
+    #[arg(long, value_name = "N")]
+    dpo_steps: Option<usize>,
+    /// DPO peak learning rate [default: [train] dpo_lr, 5e-4]
+    #[arg(long)]
+    dpo_lr: Option<f64>,
+    /// LoRA rank (alpha becomes 2 x rank) [default: [train] rank, 8]
+    #[arg(long)]
+    rank: Option<usize>,
+    /// Longest sequence in tokens, prep and training [default: [prep]
+    /// max_seq_len, 256]
+    #[arg(long, value_name = "N")]
+    max_seq_len: Option<usize>,
     /// Train even when there is nothing new since the last trained run
     #[arg(long)]
     force: bool,
@@ -66,7 +68,7 @@ pub fn run(cmd: RunCommand, ctx: &Ctx) -> anyhow::Result<()> {
         Some(m) => m,
         None => test_model(ctx.json)?,
     };
-    let mut cfg = PipelineConfig::new(&ctx.home, model);
+    let mut cfg = PipelineConfig::new(ctx.home.root(), model);
     cfg.repos = if a.repos.is_empty() {
         let cwd = std::env::current_dir().context("cannot read the current folder")?;
         match repo_root(&cwd) {
@@ -84,26 +86,29 @@ pub fn run(cmd: RunCommand, ctx: &Ctx) -> anyhow::Result<()> {
     } else {
         a.repos.iter().map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone())).collect()
     };
-    cfg.sample_captures = !a.no_samples;
-    cfg.cleaning = sam_capture::PipelineConfig {
-        redaction: file.redaction.clone(),
-        quality: file.quality.clone(),
-        ..Default::default()
-    };
-    cfg.near_dup = Some(file.dedup.near.clone());
-    cfg.train.duration = sam_trainer::Duration::Iters(a.iters);
-    cfg.train.eval_every = a.iters.max(1);
-    cfg.train.save_every = (a.iters / 4).max(1);
-    cfg.dpo = (a.dpo_steps > 0).then(|| sam_scheduler::pipeline::DpoSettings {
-        lr: a.dpo_lr,
-        steps: a.dpo_steps,
-        ..Default::default()
-    });
-    cfg.train.lr = a.lr;
-    cfg.train.lora.rank = a.rank;
-    cfg.train.lora.alpha = 2.0 * a.rank as f64;
-    cfg.train.max_seq_len = a.max_seq_len;
-    cfg.prep.max_seq_len = a.max_seq_len;
+    let mut sections = file.file.clone();
+    let t = &mut sections.train;
+    if let Some(n) = a.iters {
+        t.steps = n;
+    }
+    if let Some(lr) = a.lr {
+        t.lr = lr;
+    }
+    if let Some(r) = a.rank {
+        t.rank = r;
+        t.alpha = 2.0 * r as f64;
+    }
+    if let Some(n) = a.dpo_steps {
+        t.dpo_steps = n;
+    }
+    if let Some(lr) = a.dpo_lr {
+        t.dpo_lr = lr;
+    }
+    if let Some(n) = a.max_seq_len {
+        sections.prep.max_seq_len = n;
+    }
+    apply_sections(&mut cfg, &file, &sections).with_context(|| format!("{}", ctx.home.config_file().display()))?;
+    cfg.sample_captures &= !a.no_samples;
     cfg.force = a.force;
 
     let show_bars = !ctx.json && std::io::stderr().is_terminal();
@@ -117,6 +122,56 @@ pub fn run(cmd: RunCommand, ctx: &Ctx) -> anyhow::Result<()> {
     } else {
         print_summary(&summary);
     }
+    Ok(())
+}
+
+/// The pipeline's configuration from sam.toml's sections (after the flags).
+fn apply_sections(cfg: &mut PipelineConfig, file: &Config, s: &sam_home::Config) -> anyhow::Result<()> {
+    cfg.cleaning = sam_capture::PipelineConfig {
+        redaction: file.redaction.clone(),
+        quality: file.quality.clone(),
+        ..Default::default()
+    };
+    let p = &s.pipeline;
+    cfg.sample_captures = p.sample_captures;
+    cfg.near_dup = p.near_dup.then(|| file.near_dup.clone());
+    cfg.export_tiers = p
+        .export_tiers
+        .iter()
+        .map(|t| t.parse().map_err(|e| anyhow::anyhow!("[pipeline] export_tiers: {e}")))
+        .collect::<anyhow::Result<_>>()?;
+    cfg.max_valid_examples = Some(p.max_valid_examples);
+    cfg.max_eval_examples = Some(p.max_eval_examples);
+    let prep = &s.prep;
+    cfg.prep.max_seq_len = prep.max_seq_len;
+    cfg.prep.split = prep.split.parse().map_err(|e| anyhow::anyhow!("[prep] split: {e}"))?;
+    cfg.prep.system_prompt = prep.system_prompt.clone();
+    if prep.threads > 0 {
+        cfg.prep.threads = prep.threads;
+    }
+    let t = &s.train;
+    let steps = t.steps.max(1);
+    cfg.train.lora.rank = t.rank;
+    cfg.train.lora.alpha = t.alpha;
+    cfg.train.lora.targets = t
+        .targets
+        .iter()
+        .map(|x| sam_trainer::Target::parse(x).map_err(|e| anyhow::anyhow!("[train] targets: {e}")))
+        .collect::<anyhow::Result<_>>()?;
+    cfg.train.lr = t.lr;
+    cfg.train.warmup_steps = Some(t.warmup_steps);
+    cfg.train.batch_size = t.batch_size.max(1);
+    cfg.train.grad_accum = t.grad_accum.max(1);
+    cfg.train.duration = sam_trainer::Duration::Iters(steps);
+    cfg.train.eval_every = steps;
+    cfg.train.save_every = if t.save_every > 0 { t.save_every } else { (steps / 4).max(1) };
+    cfg.train.checkpoint_every = t.checkpoint_every;
+    cfg.train.max_seq_len = prep.max_seq_len;
+    cfg.dpo = (t.dpo_steps > 0).then(|| sam_scheduler::pipeline::DpoSettings {
+        config: sam_trainer::DpoConfig { beta: t.dpo_beta, ..Default::default() },
+        lr: t.dpo_lr,
+        steps: t.dpo_steps,
+    });
     Ok(())
 }
 

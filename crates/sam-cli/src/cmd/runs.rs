@@ -129,7 +129,7 @@ fn ago(t: u64) -> String {
 }
 
 fn list(ctx: &Ctx) -> anyhow::Result<()> {
-    let root = ctx.home.join("runs");
+    let root = ctx.home.runs_dir();
     let runs = RunDir::list(&root)?;
     let mut rows = Vec::new();
     for run in &runs {

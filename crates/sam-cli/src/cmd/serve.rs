@@ -61,7 +61,7 @@ pub fn run(cmd: ServeCommand, ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn token_path(ctx: &Ctx) -> std::path::PathBuf {
-    ctx.home.join("serve").join("token")
+    ctx.home.serve_token()
 }
 
 fn token(ctx: &Ctx, rotate: bool) -> anyhow::Result<()> {
@@ -84,15 +84,11 @@ fn serve(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<()> {
     if let Some(p) = args.port {
         serve.port = p;
     }
-    std::fs::create_dir_all(&ctx.home).with_context(|| format!("cannot create {}", ctx.home.display()))?;
-    let spool = match &cfg.capture.spool {
-        Some(p) if p.is_absolute() => p.clone(),
-        Some(p) => ctx.home.join(p),
-        None => ctx.home.join("capture-spool.jsonl"),
-    };
+    ctx.create_home()?;
+    let spool = cfg.capture.spool.clone().unwrap_or_else(|| ctx.home.capture_spool());
     let settings = Settings {
         config: serve,
-        store: ctx.home.join("store.db"),
+        store: ctx.home.store_db(),
         store_config: cfg.store.clone(),
         capture: cfg.capture.clone(),
         spool,
@@ -101,8 +97,8 @@ fn serve(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<()> {
             quality: cfg.quality.clone(),
             domains: Default::default(),
         },
-        runs: ctx.home.join("runs"),
-        registry: ctx.home.join("registry"),
+        runs: ctx.home.runs_dir(),
+        registry: ctx.home.registry_dir(),
         token: token_path(ctx),
     };
     let server = Server::bind(settings, args.allow_remote)?;

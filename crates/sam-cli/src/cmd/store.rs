@@ -14,7 +14,7 @@ use sam_schema::{Example, JsonlError, JsonlReader, Kind, LineError, Tier};
 use sam_store::{Batch, ExportFormat, Filter, InsertReport, SqliteStore, Stats, Store, ValidateOptions};
 use serde::Serialize;
 
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::ctx::Ctx;
 
 #[derive(Subcommand, Debug)]
@@ -270,7 +270,7 @@ fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
 /// Open the store under SAM_HOME with the settings of sam.toml.
 fn open_store(ctx: &Ctx) -> anyhow::Result<(Config, SqliteStore)> {
     let cfg = Config::load(&ctx.home)?;
-    let path = ctx.store_path();
+    let path = ctx.home.store_db();
     if !path.exists() {
         bail!("no store at {}: run `sam init` first (or pick another home with --home or SAM_HOME)", path.display());
     }
@@ -295,15 +295,15 @@ fn progress(ctx: &Ctx, len: Option<u64>, template: &str) -> ProgressBar {
 }
 
 fn init(ctx: &Ctx, force: bool) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&ctx.home).with_context(|| format!("cannot create {}", ctx.home.display()))?;
-    let cfg_path = config::path(&ctx.home);
+    ctx.create_home()?;
+    let cfg_path = ctx.home.config_file();
     let wrote_config = force || !cfg_path.exists();
     if wrote_config {
-        std::fs::write(&cfg_path, Config::default_file())
+        sam_home::atomic::write(&cfg_path, sam_home::Config::default_file().as_bytes())
             .with_context(|| format!("cannot write {}", cfg_path.display()))?;
     }
     let cfg = Config::load(&ctx.home)?;
-    let store_path = ctx.store_path();
+    let store_path = ctx.home.store_db();
     let store = SqliteStore::open_with(&store_path, &cfg.store)
         .with_context(|| format!("cannot create the store at {}", store_path.display()))?;
     #[derive(Serialize)]
@@ -315,7 +315,7 @@ fn init(ctx: &Ctx, force: bool) -> anyhow::Result<()> {
         schema_version: i64,
     }
     let out = Out {
-        home: &ctx.home,
+        home: ctx.home.root(),
         config: &cfg_path,
         config_written: wrote_config,
         store: &store_path,
@@ -324,7 +324,7 @@ fn init(ctx: &Ctx, force: bool) -> anyhow::Result<()> {
     if ctx.json {
         return print_json(&out);
     }
-    println!("home    {}", ctx.home.display());
+    println!("home    {}", ctx.home.root().display());
     let note = if wrote_config { "written with every default" } else { "kept (use --force to rewrite it)" };
     println!("config  {} ({note})", cfg_path.display());
     println!("store   {} (schema version {})", store_path.display(), out.schema_version);
@@ -627,7 +627,7 @@ fn dedup(ctx: &Ctx, dry_run: bool, near: bool, remove: bool) -> anyhow::Result<(
     let near = if near {
         let pb = progress(ctx, None, "{spinner} finding near-duplicates ({elapsed})");
         pb.enable_steady_tick(std::time::Duration::from_millis(120));
-        let report = store.dedup_near(&cfg.dedup.near, remove)?;
+        let report = store.dedup_near(&cfg.near_dup, remove)?;
         pb.finish_and_clear();
         Some(report)
     } else {
@@ -661,7 +661,7 @@ fn export(ctx: &Ctx, out: Option<PathBuf>, filter: &Filter, format: ExportFormat
         Some(p) => p,
         None => {
             let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-            ctx.home.join("exports").join(format!("export-{secs}.jsonl"))
+            ctx.home.manual_export(&secs.to_string())
         }
     };
     let pb = progress(ctx, None, "{spinner} exporting {msg}");
@@ -736,8 +736,8 @@ fn stats_table(s: &Stats) -> String {
     let _ = writeln!(o, "{:<12} {}", "kinds", pairs(s.by_kind.iter().map(|(k, n)| (k.to_string(), *n)).collect()));
     let _ = writeln!(o, "{:<12} {}", "domains", pairs(s.by_domain.iter().map(|(d, n)| (name(d), *n)).collect()));
     let _ = writeln!(o, "{:<12} {}", "quarantine", s.quarantined);
-    let _ = writeln!(o, "{:<12} {}", "exports", s.exports);
-    let _ = writeln!(o, "{:<12} {}", "runs", s.training_runs);
+    let _ = writeln!(o, "exports      {}", s.exports);
+    let _ = writeln!(o, "runs         {}", s.training_runs);
     if !s.daily.is_empty() {
         let _ = writeln!(o, "\n{:<12} {:>9}", "day", "examples");
         for d in &s.daily {

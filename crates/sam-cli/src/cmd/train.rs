@@ -424,7 +424,7 @@ pub(crate) fn run_job(job: &Job, ctx: &Ctx) -> anyhow::Result<()> {
 /// has a store. A store that cannot be written is reported, not fatal.
 fn record_in_store(job: &Job, ctx: &Ctx, status: &str, outcome: Option<&JobOutcome>) {
     use sam_store::Store as _;
-    let path = ctx.home.join("store.db");
+    let path = ctx.home.store_db();
     if !path.is_file() {
         return;
     }
@@ -494,13 +494,13 @@ pub(crate) fn resolve_run(arg: &str, ctx: &Ctx) -> anyhow::Result<PathBuf> {
     if p.join("status.json").is_file() {
         return Ok(p);
     }
-    let under = ctx.home.join("runs").join(arg);
+    let under = ctx.home.run_dir(arg);
     if under.join("status.json").is_file() {
         return Ok(under);
     }
     bail!(
         "no run `{arg}`: neither a run folder nor a run id under {} (see `sam runs list`)",
-        ctx.home.join("runs").display()
+        ctx.home.runs_dir().display()
     )
 }
 
@@ -516,7 +516,7 @@ fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let targets = a.targets.iter().map(|t| Target::parse(t)).collect::<Result<Vec<_>, _>>()?;
     let out = match &a.out {
         Some(o) => o.clone(),
-        None => ctx.home.join("runs").join(sam_runs::new_run_id()),
+        None => ctx.home.run_dir(&sam_runs::new_run_id()),
     };
     // Fail early on a folder that is not a prepared dataset, or an unreadable model.
     let data = PreparedData::open(data_dir)?;
