@@ -61,6 +61,9 @@ mod names {
     pub const HISTORY: &str = "history.jsonl";
     pub const EVENTS: &str = "events";
     pub const LOCK: &str = "lock";
+    pub const STATE_LOCK: &str = "state.lock";
+    pub const JOBS: &str = "jobs";
+    pub const DAEMON_LOG: &str = "daemon.log";
     pub const TOKEN: &str = "token";
 }
 
@@ -83,6 +86,8 @@ pub const OWNED_NAMES: &[&str] = &[
     names::LOCKS,
     names::STATE,
     names::HISTORY,
+    names::STATE_LOCK,
+    names::DAEMON_LOG,
 ];
 
 /// The environment variable that names the home folder.
@@ -275,6 +280,21 @@ impl SamHome {
         self.scheduler_dir().join(names::LOCK)
     }
 
+    /// Held while the scheduler's state is read, changed and rewritten.
+    pub fn scheduler_state_lock(&self) -> PathBuf {
+        self.scheduler_dir().join(names::STATE_LOCK)
+    }
+
+    /// The scheduler's per-job lock files (`<job>.lock` in here).
+    pub fn scheduler_job_locks(&self) -> PathBuf {
+        self.scheduler_dir().join(names::JOBS)
+    }
+
+    /// The log of the scheduler daemon when it runs in the background.
+    pub fn scheduler_log(&self) -> PathBuf {
+        self.scheduler_dir().join(names::DAEMON_LOG)
+    }
+
     /// Lock files of work that must not run twice at once.
     pub fn locks_dir(&self) -> PathBuf {
         self.root.join(names::LOCKS)
@@ -357,6 +377,9 @@ mod tests {
             h.scheduler_state(),
             h.scheduler_history(),
             h.scheduler_lock(),
+            h.scheduler_state_lock(),
+            h.scheduler_job_locks(),
+            h.scheduler_log(),
             h.lock_file("pipeline"),
             h.serve_token(),
         ];

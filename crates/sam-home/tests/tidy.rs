@@ -7,12 +7,16 @@
 //! the pipeline, the scheduler). Other tests, and a file's unit tests (from
 //! its `#[cfg(test)]` line on), may name files in their own temporary
 //! folders as they like. Comment lines (doc examples included) are passed
-//! over. A string literal is flagged when it is one of the names, or a
-//! `/`-separated path with one of them as a part. In tests a bare folder
-//! word (`runs`) is also a command name (`sam runs list`) or a JSON key, so
-//! there it counts only as a path: passed to `join`, or with a `/`.
+//! over. A string literal is flagged when it is one of the file names
+//! (`store.db`), a `/`-separated path with one of the names as a part
+//! (`runs/abc`), or a folder name used as a path (`home.join("runs")`,
+//! `PathBuf::from("runs")`): a bare word like `runs` is also a command name
+//! (`sam runs list`), a column header or a JSON key, and those are fine.
 
 use std::path::{Path, PathBuf};
+
+/// Calls whose string argument is a path.
+const PATH_CALLS: &[&str] = &["join(", "from(", "new(", "push(", "with_file_name("];
 
 /// Crates whose integration tests work on a whole SAM_HOME.
 const HOME_TESTS: &[&str] = &["sam-cli", "sam-pipeline", "sam-scheduler"];
@@ -37,9 +41,9 @@ fn only_sam_home_spells_sam_home_names() {
     }
     assert!(files.len() > 50, "the workspace was not found from {}", root.display());
     let mut found = Vec::new();
-    for (file, is_test) in files.iter().map(|f| (f, false)).chain(tests.iter().map(|f| (f, true))) {
+    for file in files.iter().chain(&tests) {
         let text = std::fs::read_to_string(file).unwrap();
-        for (line, name) in offences(&text, is_test) {
+        for (line, name) in offences(&text) {
             found.push(format!("{}:{line}: \"{name}\"", file.strip_prefix(&root).unwrap_or(file).display()));
         }
     }
@@ -52,21 +56,24 @@ fn only_sam_home_spells_sam_home_names() {
 
 #[test]
 fn the_check_finds_what_it_should_and_nothing_else() {
-    let check_as = |text: &str, is_test: bool, want: &[(usize, &str)]| {
-        let got = offences(text, is_test);
+    let check = |text: &str, want: &[(usize, &str)]| {
+        let got = offences(text);
         let got: Vec<(usize, &str)> = got.iter().map(|(l, n)| (*l, n.as_str())).collect();
         assert_eq!(got, want, "{text}");
     };
-    let check = |text: &str, want: &[(usize, &str)]| check_as(text, false, want);
     check("let p = home.join(\"store.db\");", &[(1, "store.db")]);
-    check("let p = home.join(\"runs/abc\");\nlet q = \"pipeline\";", &[(1, "runs/abc"), (2, "pipeline")]);
+    check(
+        "let p = home.join(\"runs/abc\");\nlet q = PathBuf::from(\"pipeline\");",
+        &[(1, "runs/abc"), (2, "pipeline")],
+    );
     check("// home.join(\"store.db\")\n//! \"sam.toml\"", &[]);
     check("let s = \"a \\\"store.db\\\" b\"; let c = '\"'; let t = \"runs of five\";", &[]);
     check("let d = dir.join(\"adapter\").join(\"sft/adapter\");", &[]);
-    check("println!(\"{}\", \"exports\");", &[(1, "exports")]);
+    check("println!(\"{}\", \"exports\");", &[]);
+    check("let p = format!(\"{}/exports/{id}\", h); p.push(\"models\");", &[(1, "{}/exports/{id}"), (1, "models")]);
     check("fn f() {}\n#[cfg(test)]\nmod tests { const P: &str = \"store.db\"; }", &[]);
     let test = "sam(&[\"runs\", \"list\"]); h.join(\"runs\"); h.join(\"runs/x\"); h.join(\"sam.toml\"); j[\"exports\"]";
-    check_as(test, true, &[(1, "runs"), (1, "runs/x"), (1, "sam.toml")]);
+    check(test, &[(1, "runs"), (1, "runs/x"), (1, "sam.toml")]);
 }
 
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -83,7 +90,7 @@ fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// The string literals of `text` that name a SAM_HOME file or folder, with
 /// their 1-based lines.
-fn offences(text: &str, is_test: bool) -> Vec<(usize, String)> {
+fn offences(text: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim_start().starts_with("#[cfg(test)]") {
@@ -95,8 +102,9 @@ fn offences(text: &str, is_test: bool) -> Vec<(usize, String)> {
         }
         for (before, lit) in string_literals(line) {
             let owned = |s: &str| sam_home::OWNED_NAMES.contains(&s);
-            let as_path = before.ends_with("join(") || lit.contains('.');
-            if (owned(&lit) && (as_path || !is_test)) || (lit.contains('/') && lit.split('/').any(owned)) {
+            let before = before.trim_end();
+            let as_path = lit.contains('.') || PATH_CALLS.iter().any(|c| before.ends_with(c));
+            if (owned(&lit) && as_path) || (lit.contains('/') && lit.split('/').any(owned)) {
                 out.push((i + 1, lit));
             }
         }

@@ -31,7 +31,7 @@
 //!
 //! let dir = tempfile::tempdir()?;
 //! let clock = ManualClock::new(1_700_000_000);
-//! let mut s = Scheduler::new(SchedulerFiles::in_dir(dir.path()), clock.clone());
+//! let mut s = Scheduler::new(SchedulerFiles::of(&sam_home::SamHome::new(dir.path())), clock.clone());
 //! s.add("count", Timing::every(3600, 0), Count);
 //! s.start()?;
 //! s.tick()?; // due at once: a job never run before runs on the first start
@@ -117,8 +117,8 @@ impl DaemonError {
     }
 }
 
-/// The scheduler's files. [`SchedulerFiles::in_dir`] puts them in one
-/// folder (the home's `scheduler/`).
+/// The scheduler's files. [`SchedulerFiles::of`] gives a home's (in its
+/// `scheduler/` folder).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchedulerFiles {
     /// Every job's [`JobState`].
@@ -134,15 +134,15 @@ pub struct SchedulerFiles {
 }
 
 impl SchedulerFiles {
-    /// `dir/state.json`, `dir/history.jsonl`, `dir/lock`, `dir/state.lock`, `dir/jobs/`.
-    pub fn in_dir(dir: impl AsRef<Path>) -> Self {
-        let dir = dir.as_ref();
+    /// The scheduler's files under `home` (`SamHome::scheduler_state` and
+    /// its neighbours).
+    pub fn of(home: &sam_home::SamHome) -> Self {
         Self {
-            state: dir.join("state.json"),
-            history: dir.join("history.jsonl"),
-            daemon_lock: dir.join("lock"),
-            state_lock: dir.join("state.lock"),
-            job_locks: dir.join("jobs"),
+            state: home.scheduler_state(),
+            history: home.scheduler_history(),
+            daemon_lock: home.scheduler_lock(),
+            state_lock: home.scheduler_state_lock(),
+            job_locks: home.scheduler_job_locks(),
         }
     }
 
@@ -177,10 +177,7 @@ impl SchedulerFiles {
             let mut text = serde_json::to_string_pretty(&state)
                 .map_err(|source| DaemonError::State { path: self.state.clone(), source })?;
             text.push('\n');
-            sam_runs::write_atomic(&self.state, text.as_bytes()).map_err(|e| match e {
-                sam_runs::RunError::Io { path, source } => DaemonError::Io { path, source },
-                other => DaemonError::io(&self.state, std::io::Error::other(other.to_string())),
-            })?;
+            sam_home::atomic::write(&self.state, text.as_bytes()).map_err(|e| DaemonError::io(&self.state, e))?;
         }
         Ok(r)
     }
@@ -728,7 +725,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
         let c = counters(3);
-        let mut s = Scheduler::new(SchedulerFiles::in_dir(dir.path()), clock.clone());
+        let mut s = Scheduler::new(SchedulerFiles::of(&sam_home::SamHome::new(dir.path())), clock.clone());
         s.add("steady", Timing::every(H as u64, 0), Scripted::new(&c[0]));
         s.add("flaky", Timing::every(24 * H as u64, 0), Scripted { fail_on: vec![1, 2], ..Scripted::new(&c[1]) });
         s.add("crashy", Timing::every(24 * H as u64, 0), Scripted { panic_on: vec![1], ..Scripted::new(&c[2]) });
@@ -772,7 +769,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
         let c = counters(4);
-        let mut s = Scheduler::new(SchedulerFiles::in_dir(dir.path()), clock.clone());
+        let mut s = Scheduler::new(SchedulerFiles::of(&sam_home::SamHome::new(dir.path())), clock.clone());
         for (i, (name, every)) in
             [("mine", 6 * H), ("dedup", 24 * H), ("validate", 12 * H), ("export", 24 * H)].into_iter().enumerate()
         {
@@ -810,13 +807,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
         let c = counters(1);
-        let mut s = Scheduler::new(SchedulerFiles::in_dir(dir.path()), clock.clone());
+        let mut s = Scheduler::new(SchedulerFiles::of(&sam_home::SamHome::new(dir.path())), clock.clone());
         s.add("mine", Timing::every(6 * H as u64, 0), Scripted::new(&c[0]));
         s.start().unwrap();
         step(&mut s);
         drop(s);
         clock.advance(72 * H);
-        let mut s = Scheduler::new(SchedulerFiles::in_dir(dir.path()), clock.clone());
+        let mut s = Scheduler::new(SchedulerFiles::of(&sam_home::SamHome::new(dir.path())), clock.clone());
         s.add("mine", Timing::every(6 * H as u64, 0), Scripted::new(&c[0]));
         s.start().unwrap();
         step(&mut s);
@@ -833,8 +830,8 @@ mod tests {
         let clock = ManualClock::new(T0);
         let c = counters(2);
         let free = Arc::new(AtomicU64::new(200_000_000));
-        let mut s =
-            Scheduler::new(SchedulerFiles::in_dir(dir.path()), clock.clone()).with_probe(Fixed(Arc::clone(&free)));
+        let mut s = Scheduler::new(SchedulerFiles::of(&sam_home::SamHome::new(dir.path())), clock.clone())
+            .with_probe(Fixed(Arc::clone(&free)));
         s.add("mine", Timing::every(6 * H as u64, 0), Scripted { memory: 500_000_000, ..Scripted::new(&c[0]) });
         s.add("export", Timing::every(6 * H as u64, 0), Scripted { memory: 100_000_000, ..Scripted::new(&c[1]) });
         s.start().unwrap();
@@ -859,7 +856,7 @@ mod tests {
     fn a_run_left_behind_by_a_dead_process_is_recorded_as_interrupted_and_runs_again() {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
-        let files = SchedulerFiles::in_dir(dir.path());
+        let files = SchedulerFiles::of(&sam_home::SamHome::new(dir.path()));
         // What a daemon killed during the run leaves: a running marker, a free job lock.
         files
             .update(|st| {
@@ -884,7 +881,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
         let c = counters(1);
-        let mut s = Scheduler::new(SchedulerFiles::in_dir(dir.path()), clock.clone());
+        let mut s = Scheduler::new(SchedulerFiles::of(&sam_home::SamHome::new(dir.path())), clock.clone());
         s.add("mine", Timing::every(60, 0), Scripted::new(&c[0]));
         s.start().unwrap();
         let held = PidLock::acquire(s.files().job_lock("mine")).unwrap();
@@ -910,7 +907,7 @@ mod tests {
             }
         }
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Scheduler::new(SchedulerFiles::in_dir(dir.path()), crate::clock::SystemClock);
+        let mut s = Scheduler::new(SchedulerFiles::of(&sam_home::SamHome::new(dir.path())), crate::clock::SystemClock);
         s.add("train", Timing::every(300, 0), UntilStopped);
         let stop = s.stop_flag();
         let files = s.files().clone();

@@ -291,11 +291,8 @@ pub fn add_standard(s: &mut crate::Scheduler, settings: &ScheduleSettings, pipel
         s.add("validate", every(settings.validate_every_secs), ValidateJob { store: store.clone(), quality });
     }
     if settings.export_every_secs > 0 {
-        let export = ExportJob {
-            store: store.clone(),
-            dir: pipeline.home.join("exports"),
-            tiers: pipeline.export_tiers.clone(),
-        };
+        let export =
+            ExportJob { store: store.clone(), dir: pipeline.home.exports_dir(), tiers: pipeline.export_tiers.clone() };
         s.add("export", every(settings.export_every_secs), export);
     }
     if settings.train_check_every_secs > 0 {

@@ -58,7 +58,7 @@ pub fn last_trained_export(home: &Path) -> Result<Option<PathBuf>, crate::Error>
         return Ok(Some(e.path.clone()));
     }
     // The state file holds the latest run only; the history holds them all.
-    let path = home.join("pipeline").join("history.jsonl");
+    let path = sam_home::SamHome::new(home).pipeline_history();
     let Ok(f) = std::fs::File::open(&path) else { return Ok(None) };
     let mut last = None;
     for line in std::io::BufReader::new(f).lines() {
@@ -165,7 +165,7 @@ impl TrainTrigger {
         if !store_path.is_file() {
             return Ok(Unseen::default());
         }
-        let export = last_trained_export(&self.pipeline.home)?;
+        let export = last_trained_export(self.pipeline.home.root())?;
         let seen = match (&self.seen, export) {
             (Some((p, ids)), Some(e)) if *p == e => ids,
             (_, Some(e)) => {
@@ -187,7 +187,7 @@ impl TrainTrigger {
 
     fn training_bytes(&self) -> u64 {
         let t = &self.pipeline.train;
-        training_bytes(&self.pipeline.model, t.max_seq_len, t.batch_size, false, &self.pipeline.home.join("runs"))
+        training_bytes(&self.pipeline.model, t.max_seq_len, t.batch_size, false, &self.pipeline.home.runs_dir())
     }
 }
 

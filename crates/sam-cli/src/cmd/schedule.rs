@@ -111,11 +111,11 @@ pub fn run(cmd: ScheduleCommand, ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn files(ctx: &Ctx) -> SchedulerFiles {
-    SchedulerFiles::in_dir(ctx.home.join("scheduler"))
+    SchedulerFiles::of(&ctx.home)
 }
 
 fn daemon_log(ctx: &Ctx) -> PathBuf {
-    ctx.home.join("scheduler").join("daemon.log")
+    ctx.home.scheduler_log()
 }
 
 /// The job table from the configuration.
@@ -123,7 +123,7 @@ fn scheduler(ctx: &Ctx) -> anyhow::Result<Scheduler> {
     let settings = ScheduleSettings::default();
     let file = crate::config::Config::load(&ctx.home)?;
     let model = sam_models::default_test_model();
-    let mut pipeline = sam_scheduler::PipelineConfig::new(&ctx.home, model);
+    let mut pipeline = sam_scheduler::PipelineConfig::new(ctx.home.root(), model);
     pipeline.repos = settings.repos.clone();
     pipeline.sample_captures = false;
     pipeline.cleaning = sam_capture::PipelineConfig {
@@ -131,7 +131,7 @@ fn scheduler(ctx: &Ctx) -> anyhow::Result<Scheduler> {
         quality: file.quality.clone(),
         ..Default::default()
     };
-    pipeline.near_dup = Some(file.dedup.near.clone());
+    pipeline.near_dup = Some(file.near_dup.clone());
     let mut s = Scheduler::new(files(ctx), SystemClock).with_policy(settings.policy);
     sam_scheduler::jobs::add_standard(&mut s, &settings, &pipeline);
     Ok(s)
@@ -146,13 +146,13 @@ fn foreground(ctx: &Ctx) -> anyhow::Result<()> {
             "sam scheduler (pid {}) running jobs {} for {}; SIGTERM or Ctrl-C stops it (a training checkpoints first)",
             std::process::id(),
             s.job_names().join(", "),
-            ctx.home.display()
+            ctx.home.root().display()
         );
     }
     s.run().map_err(|e| match e {
         sam_scheduler::DaemonError::Lock(sam_scheduler::lock::LockError::Held { pid, .. }) => anyhow::anyhow!(
             "a sam scheduler is running already for {} (pid {}); `sam schedule stop` stops it",
-            ctx.home.display(),
+            ctx.home.root().display(),
             pid.map_or("unknown".to_string(), |p| p.to_string())
         ),
         e => e.into(),
@@ -168,7 +168,7 @@ fn background(ctx: &Ctx) -> anyhow::Result<()> {
     if let Some(pid) = f.daemon_pid()? {
         bail!(
             "a sam scheduler is running already for {} (pid {pid}); `sam schedule stop` stops it",
-            ctx.home.display()
+            ctx.home.root().display()
         );
     }
     let log_path = daemon_log(ctx);
@@ -180,7 +180,7 @@ fn background(ctx: &Ctx) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the sam binary")?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--home").arg(&ctx.home).args(["schedule", "start", "--foreground"]);
+    cmd.arg("--home").arg(ctx.home.root()).args(["schedule", "start", "--foreground"]);
     cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
     #[cfg(unix)]
     {
@@ -216,7 +216,7 @@ fn stop(ctx: &Ctx, timeout: u64) -> anyhow::Result<()> {
         if ctx.json {
             println!("{}", serde_json::json!({ "stopped": null }));
         } else {
-            println!("no sam scheduler is running for {}", ctx.home.display());
+            println!("no sam scheduler is running for {}", ctx.home.root().display());
         }
         return Ok(());
     };
@@ -388,9 +388,9 @@ fn service(ctx: &Ctx, a: &InstallArgs) -> anyhow::Result<(ServiceFile, PathBuf)>
         Some(Kind::Launchd) => ServiceKind::Launchd,
         None => ServiceKind::native(),
     };
-    let home = std::path::absolute(&ctx.home).unwrap_or_else(|_| ctx.home.clone());
+    let home = std::path::absolute(ctx.home.root()).unwrap_or_else(|_| ctx.home.root().to_path_buf());
     let exe = std::env::current_exe().context("cannot find the sam binary")?;
-    let spec = ServiceSpec { exe, log: home.join("scheduler").join("daemon.log"), home };
+    let spec = ServiceSpec { exe, log: sam_home::SamHome::new(&home).scheduler_log(), home };
     let path = match &a.path {
         Some(p) => p.clone(),
         None => {
