@@ -17,6 +17,7 @@ mod common;
 use common::{cmd, ok, prepared};
 use std::time::{Duration, Instant};
 
+use sam_home::SamHome;
 use sam_runs::{EventKind, MetricRecord, RunDir, RunStatus};
 use serde_json::{Value, json};
 
@@ -145,7 +146,7 @@ fn call(url: String, method: &str, token: Option<&str>, content_type: Option<&st
 /// A fresh home whose `sam.toml` makes limits small and streams quick.
 fn home() -> tempfile::TempDir {
     let home = tempfile::tempdir().unwrap();
-    std::fs::write(home.path().join("sam.toml"), "[serve]\nmax_body_bytes = 8192\nsse_poll_ms = 50\n").unwrap();
+    std::fs::write(SamHome::new(home.path()).config_file(), "[serve]\nmax_body_bytes = 8192\nsse_poll_ms = 50\n").unwrap();
     home
 }
 
@@ -212,7 +213,7 @@ const ROUTES: &[(&str, &str, bool)] = &[
 
 /// A finished run folder with a few metrics, as the trainer writes one.
 fn finished_run(home: &Path, id: &str) {
-    let run = RunDir::create(&home.join("runs"), id, &json!({"mode": "sft", "iters": 4})).unwrap();
+    let run = RunDir::create(&SamHome::new(home).runs_dir(), id, &json!({"mode": "sft", "iters": 4})).unwrap();
     for step in 1..=4u64 {
         let m = MetricRecord {
             step,
@@ -413,7 +414,7 @@ fn read_events(url: &str) -> Vec<(String, Value)> {
 fn runs_are_served_and_a_running_one_streams_live_until_it_ends() {
     let home = home();
     finished_run(home.path(), "20250101-000000-aaaa");
-    let runs = home.path().join("runs");
+    let runs = SamHome::new(home.path()).runs_dir();
     let live = RunDir::create(&runs, "20250102-000000-bbbb", &json!({"iters": 6})).unwrap();
     live.set_status(RunStatus::Running, None, 0, 6).unwrap();
     let s = Served::start(home.path());
@@ -507,13 +508,13 @@ fn an_acknowledged_capture_survives_sigkill_and_sigterm_stops_with_a_stream_open
     drop(s);
 
     // Restarted, the server has every one of them.
-    let runs = home.path().join("runs");
+    let runs = SamHome::new(home.path()).runs_dir();
     let live = RunDir::create(&runs, "20250102-000000-bbbb", &json!({})).unwrap();
     live.set_status(RunStatus::Running, None, 1, 10).unwrap();
     let mut s = Served::start(home.path());
     // (The restarted server drained any spool at start; read the store.)
     assert!(s.get("/v1/stats").json()["total"].as_u64().unwrap() >= acked.len() as u64);
-    let store = sam_store::SqliteStore::open(home.path().join("store.db")).unwrap();
+    let store = sam_store::SqliteStore::open(SamHome::new(home.path()).store_db()).unwrap();
     let stored: BTreeSet<String> = sam_store::Store::query(&store, &sam_store::Filter::default().source("feedback"))
         .unwrap()
         .into_iter()
@@ -642,11 +643,11 @@ fn the_dashboard_renders_its_charts_in_headless_chromium() {
     let home = home();
     let h = home.path();
     // A quick gate: one short generation check.
-    let mut cfg = std::fs::read_to_string(h.join("sam.toml")).unwrap();
+    let mut cfg = std::fs::read_to_string(SamHome::new(h).config_file()).unwrap();
     cfg.push_str(
         "\n[deploy]\ndefault_slot = \"smol\"\nmax_seq_len = 64\n\n[deploy.gate]\nprompts = [\"What is a unit test?\"]\nmax_new_tokens = 8\n",
     );
-    std::fs::write(h.join("sam.toml"), cfg).unwrap();
+    std::fs::write(SamHome::new(h).config_file(), cfg).unwrap();
     // Two finished training runs on the real test model, a few steps each.
     let data = prepared(h, model);
     let data = data.to_str().unwrap();
@@ -685,7 +686,7 @@ fn the_dashboard_renders_its_charts_in_headless_chromium() {
         ];
         ok(h, &args);
     };
-    let first = h.join("runs/20250101-000000-aaaa");
+    let first = SamHome::new(h).run_dir("20250101-000000-aaaa");
     train(&first, "4", "3");
     let trained_id = "20250101-000000-aaaa".to_string();
     assert_eq!(RunDir::open(&first).unwrap().status().unwrap().status, RunStatus::Completed);
@@ -705,7 +706,7 @@ fn the_dashboard_renders_its_charts_in_headless_chromium() {
     assert!(matches!(gate.status.code(), Some(0 | 1)), "{}", String::from_utf8_lossy(&gate.stderr));
     ok(h, &["deploy", "canary", &v2, "--percent", "20", "--force"]);
     // A run that is still going, to be followed live.
-    let live = RunDir::create(&h.join("runs"), "29990101-000000-live", &json!({"iters": 8})).unwrap();
+    let live = RunDir::create(&SamHome::new(h).runs_dir(), "29990101-000000-live", &json!({"iters": 8})).unwrap();
     live.append_metric(&MetricRecord {
         step: 1,
         phase: Some("sft".into()),

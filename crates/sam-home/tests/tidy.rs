@@ -4,8 +4,8 @@
 //!
 //! What is read: every `.rs` file under a crate's or an example's `src/`,
 //! and the tests of the crates that work on a whole `SAM_HOME` (the CLI,
-//! the pipeline, the scheduler). Other tests, and a file's unit tests (from
-//! its `#[cfg(test)]` line on), may name files in their own temporary
+//! the pipeline, the scheduler). Other tests, and unit tests (from a file's
+//! `#[cfg(test)]` line on, and `tests.rs` module files), may name files in their own temporary
 //! folders as they like. Comment lines (doc examples included) are passed
 //! over. A string literal is flagged when it is one of the file names
 //! (`store.db`), a `/`-separated path with one of the names as a part
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 const PATH_CALLS: &[&str] = &["join(", "from(", "new(", "push(", "with_file_name("];
 
 /// Crates whose integration tests work on a whole SAM_HOME.
-const HOME_TESTS: &[&str] = &["sam-cli", "sam-pipeline", "sam-scheduler"];
+const HOME_TESTS: &[&str] = &["sam-cli", "sam-pipeline", "sam-scheduler", "sam-serve"];
 
 #[test]
 fn only_sam_home_spells_sam_home_names() {
@@ -68,7 +68,7 @@ fn the_check_finds_what_it_should_and_nothing_else() {
     );
     check("// home.join(\"store.db\")\n//! \"sam.toml\"", &[]);
     check("let s = \"a \\\"store.db\\\" b\"; let c = '\"'; let t = \"runs of five\";", &[]);
-    check("let d = dir.join(\"adapter\").join(\"sft/adapter\");", &[]);
+    check("let d = dir.join(\"adapter\").join(\"sft/adapter\"); get(\"/v1/runs/{id}\");", &[]);
     check("println!(\"{}\", \"exports\");", &[]);
     check("let p = format!(\"{}/exports/{id}\", h); p.push(\"models\");", &[(1, "{}/exports/{id}"), (1, "models")]);
     check("fn f() {}\n#[cfg(test)]\nmod tests { const P: &str = \"store.db\"; }", &[]);
@@ -82,7 +82,7 @@ fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
         let p = e.unwrap().path();
         if p.is_dir() {
             rs_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
+        } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("tests.rs") {
             out.push(p);
         }
     }
@@ -104,7 +104,9 @@ fn offences(text: &str) -> Vec<(usize, String)> {
             let owned = |s: &str| sam_home::OWNED_NAMES.contains(&s);
             let before = before.trim_end();
             let as_path = lit.contains('.') || PATH_CALLS.iter().any(|c| before.ends_with(c));
-            if (owned(&lit) && as_path) || (lit.contains('/') && lit.split('/').any(owned)) {
+            // A relative path (`runs/abc`), not a URL or absolute path (`/v1/runs`).
+            let relative_path = lit.contains('/') && !lit.starts_with('/') && lit.split('/').any(owned);
+            if (owned(&lit) && as_path) || relative_path {
                 out.push((i + 1, lit));
             }
         }

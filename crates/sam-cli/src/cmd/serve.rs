@@ -3,7 +3,6 @@
 
 use std::io::Write;
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use sam_serve::{Server, Settings, Token};
 
