@@ -57,7 +57,7 @@ fn register_gate_promote_canary_rollback_and_export() {
     let h = home.path();
     // A short generation check keeps the test quick; the file is read as a user writes it.
     std::fs::write(
-        h.join("sam.toml"),
+        sam_home::SamHome::new(h).config_file(),
         "[deploy]\ndefault_slot = \"smol\"\nmax_seq_len = 64\n\n[deploy.gate]\nprompts = [\"What is a unit test?\"]\nmax_new_tokens = 8\n\n[deploy.canary]\nmin_judgements = 4\n",
     )
     .unwrap();
@@ -87,7 +87,7 @@ fn register_gate_promote_canary_rollback_and_export() {
             "80,10,10",
         ],
     );
-    let run = h.join("runs/r1");
+    let run = sam_home::SamHome::new(h).run_dir("r1");
     let run_s = run.to_str().unwrap();
     let train = [
         "train",

@@ -69,7 +69,7 @@ fn new_data_triggers_a_training_and_no_new_data_does_nothing() {
     let cfg = pipeline(&home);
     let clock = ManualClock::new(T0);
     let settings = ScheduleSettings { randomized_delay_secs: 0, ..Default::default() };
-    let files = SchedulerFiles::in_dir(home.join("scheduler"));
+    let files = SchedulerFiles::of(&sam_home::SamHome::new(&home));
     let mut s = Scheduler::new(files.clone(), clock.clone());
     add_standard(&mut s, &settings, &cfg);
     s.start().unwrap();
@@ -116,5 +116,5 @@ fn new_data_triggers_a_training_and_no_new_data_does_nothing() {
     assert_eq!(h.last().unwrap().outcome, JobOutcome::Idle);
     assert_eq!(h.last().unwrap().output["unseen"]["total"], 0);
     assert_eq!(SqliteStore::open(cfg.store_path()).unwrap().training_runs().unwrap().len(), 1);
-    assert_eq!(std::fs::read_dir(home.join("runs")).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(sam_home::SamHome::new(&home).runs_dir()).unwrap().count(), 1);
 }
