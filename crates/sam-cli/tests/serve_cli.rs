@@ -146,7 +146,8 @@ fn call(url: String, method: &str, token: Option<&str>, content_type: Option<&st
 /// A fresh home whose `sam.toml` makes limits small and streams quick.
 fn home() -> tempfile::TempDir {
     let home = tempfile::tempdir().unwrap();
-    std::fs::write(SamHome::new(home.path()).config_file(), "[serve]\nmax_body_bytes = 8192\nsse_poll_ms = 50\n").unwrap();
+    std::fs::write(SamHome::new(home.path()).config_file(), "[serve]\nmax_body_bytes = 8192\nsse_poll_ms = 50\n")
+        .unwrap();
     home
 }
 

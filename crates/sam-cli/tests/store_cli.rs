@@ -437,7 +437,7 @@ fn ingest_stores_no_planted_secret_and_export_needs_no_validate() {
     }
 
     // Nothing in the database, examples or quarantine, holds a planted value.
-    let db = rusqlite::Connection::open(h.path().join("store.db")).unwrap();
+    let db = rusqlite::Connection::open(SamHome::new(h.path()).store_db()).unwrap();
     for sql in ["SELECT content || ifnull(metadata, '') FROM examples", "SELECT raw || reason FROM quarantine"] {
         let mut st = db.prepare(sql).unwrap();
         let rows: Vec<String> = st.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();

@@ -87,7 +87,7 @@ pub enum CaptureCommand {
     /// With --explain, list each finding instead of the text: where it is
     /// (`file:line:column`, end and byte range), the rule that found it, its type
     /// and score, never the value. Use it to see why something was (or was
-    /// not) redacted, then tune [redaction] in sam.toml: `allow` and
+    /// not) redacted, then tune [capture.redaction] in sam.toml: `allow` and
     /// `allow_patterns` for values you know are safe, `disabled` for kinds you
     /// do not want redacted.
     #[command(verbatim_doc_comment)]
@@ -304,7 +304,7 @@ fn capture(ctx: &Ctx, events: Vec<CaptureEvent>) -> anyhow::Result<()> {
 fn redact(ctx: &Ctx, files: &[PathBuf], explain: bool) -> anyhow::Result<()> {
     let cfg = Config::load(&ctx.home)?;
     let redactor = sam_capture::redact::Redactor::try_new(cfg.redaction)
-        .with_context(|| format!("{}: fix the [redaction] section", crate::config::path(&ctx.home).display()))?;
+        .with_context(|| format!("{}: fix the [capture.redaction] section", ctx.home.config_file().display()))?;
     let mut inputs: Vec<(String, String)> = Vec::new();
     if files.is_empty() {
         let mut input = String::new();

@@ -31,7 +31,7 @@ pub enum StoreCommand {
     ///
     /// Reads every form sam knows (instruction, chat, preference, completion,
     /// prompt/completion, and sam's own full form). Every example passes what
-    /// `sam collect` and `sam capture` pass: PII and secret redaction ([redaction]
+    /// `sam collect` and `sam capture` pass: PII and secret redaction ([capture.redaction]
     /// in sam.toml; `sam redact --explain` shows what it finds), then quality
     /// scoring into a tier, so `sam export` exports the good ones at once.
     /// Each line that cannot be read, and each example that fails basic
@@ -398,7 +398,7 @@ fn ingest(ctx: &Ctx, files: &[PathBuf], opts: &IngestOptions) -> anyhow::Result<
         quality: cfg.quality.clone(),
         domains: Default::default(),
     })
-    .with_context(|| format!("{}: fix the [redaction] section", config::path(&ctx.home).display()))?;
+    .with_context(|| format!("{}: fix the [capture.redaction] section", ctx.home.config_file().display()))?;
     let prepare = Arc::new(Prepare { pipeline, redact: opts.redact });
     let mut summaries = Vec::new();
     for file in files {
