@@ -17,7 +17,10 @@
 //! - `sft2`: the DPO step's shape trained as SFT — two sequences of `seq/2`,
 //!   loss on their last `seq/4` tokens — the like-for-like memory baseline.
 //!
-//! Prints one JSON line.
+//! Prints one JSON line. With `SAM_PROFILE=1` in the environment it also
+//! reports where the steps after the first two went (`profile`: wall and
+//! process CPU seconds per step of each span of the fused path, see
+//! `sam_kernels::profile`).
 
 use candle_core::DType;
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -30,6 +33,9 @@ use std::time::Instant;
 
 /// Step times, losses, and the process's CPU seconds per step.
 struct Times(Vec<f64>, Vec<f64>, Vec<f64>, f64);
+
+/// Steps left out of the medians and the profile (warm-up).
+const WARM: usize = 2;
 
 impl Observer for Times {
     fn on_step(&mut self, m: &StepMetrics) {
@@ -50,6 +56,9 @@ impl Observer for Times {
         self.0.push(wall);
         self.1.push(m.loss);
         self.2.push(step_cpu);
+        if self.0.len() == WARM {
+            sam_kernels::profile::take();
+        }
     }
 }
 
@@ -150,6 +159,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         other => return Err(format!("unknown step kind `{other}` (sft, sft2 or dpo)").into()),
     }
+    let profiled = times.0.len().saturating_sub(WARM).max(1) as f64;
+    let profile: Vec<serde_json::Value> = sam_kernels::profile::take()
+        .into_iter()
+        .map(|e| {
+            eprintln!(
+                "{:<22} {:>6.1} calls {:>8.3} s wall {:>8.3} s cpu per step",
+                e.name,
+                e.calls as f64 / profiled,
+                e.wall_s / profiled,
+                e.cpu_s / profiled
+            );
+            let r = |v: f64| (v / profiled * 1000.0).round() / 1000.0;
+            serde_json::json!({"span": e.name, "calls": e.calls as f64 / profiled, "wall_s": r(e.wall_s), "cpu_s": r(e.cpu_s)})
+        })
+        .collect();
     let warm: Vec<f64> = if times.0.len() > 3 { times.0[2..].to_vec() } else { times.0.clone() };
     let mut sorted = warm.clone();
     sorted.sort_by(f64::total_cmp);
@@ -170,6 +194,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "tokens_per_s": ((seq as f64 / step_s) * 10.0).round() / 10.0,
             "peak_rss_mb": peak_rss_mb(),
             "losses": times.1.iter().map(|l| (l * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+            "profile": profile,
         })
     );
     Ok(())

@@ -10,6 +10,7 @@ use super::pool::Pool;
 use super::weights::{Pinned, f32_data};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, bail};
 use rayon::prelude::*;
+use sam_kernels::profile::span;
 use std::sync::{Arc, Mutex};
 
 /// Most bytes of logits the output head holds at once: rows are evaluated
@@ -53,8 +54,10 @@ fn head_nll(
     if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
         bail!("fused head: target {bad} outside the vocabulary of {vocab}");
     }
+    let sp = span("head/norm");
     let mut hn = pool.take(m * h);
     let rstd = rms_norm(x, norm, &mut hn, h, eps);
+    drop(sp);
     let mut nll = vec![0f32; m];
     let mut dh = pool.take(if grad { m * h } else { 0 });
     let rows = (HEAD_BYTES / (4 * vocab)).max(16).min(m);
@@ -63,18 +66,24 @@ fn head_nll(
     for c0 in (0..m).step_by(rows) {
         let c = rows.min(m - c0);
         let lg = &mut logits[..c * vocab];
+        let sp = span("head/logits");
         matmul(lg, 0, vocab, MatRef::strided(&hn, c0 * h, c, h, h), w.t(), false, 1.0, par());
+        drop(sp);
+        let sp = span("head/cross_entropy");
         lg.par_chunks_mut(vocab)
             .zip(nll[c0..c0 + c].par_iter_mut())
             .zip(targets[c0..c0 + c].par_iter())
             .for_each(|((row, out), &tg)| *out = kernels::cross_entropy_row(row, tg as usize, grad));
+        drop(sp);
         if grad {
+            let _sp = span("head/dh");
             matmul(&mut dh, c0 * h, h, MatRef::new(lg, c, vocab), w, false, 1.0, par());
         }
     }
     if !grad {
         return Ok((nll, None));
     }
+    let _sp = span("head/norm");
     let mut dx = vec![0f32; m * h];
     let mut zeros = pool.take(m * h);
     zeros.fill(0.0);
@@ -89,6 +98,7 @@ impl CustomOp1 for HeadNll {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_data(s, l, self.name())?;
+        let _sp = span("head/fwd");
         let (nll, dx) = in_pool(|| -> candle_core::Result<_> {
             let mut p = Pinned::new();
             let ni = p.add(&self.norm)?;

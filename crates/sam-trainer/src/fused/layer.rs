@@ -16,6 +16,7 @@ use crate::layer::Layer;
 use crate::lora::Target;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, bail};
 use rayon::prelude::*;
+use sam_kernels::profile::span;
 use std::sync::{Arc, Mutex};
 
 /// What a layer's backward needs from its forward.
@@ -55,35 +56,52 @@ fn layer_fwd(geo: &Geometry, pool: &Arc<Pool>, lv: &LayerView<'_>, x: &[f32], ke
     let (dq, dkv) = (geo.dq(), geo.dkv());
     let mut xa: Vec<Option<Vec<f32>>> = (0..7).map(|_| None).collect();
 
+    let sp = span("fwd/norm");
     let mut h1 = pool.take(n * hdim);
     let rstd1 = rms_norm(x, lv.norm1, &mut h1, hdim, geo.eps);
+    drop(sp);
+    let sp = span("fwd/qkv");
     let mut q = pool.take(n * dq);
     let mut k = pool.take(n * dkv);
     let mut v = pool.take(n * dkv);
     xa[Target::Q as usize] = lin_fwd(lv.lin(Target::Q), pool, &h1, n, &mut q, false);
     xa[Target::K as usize] = lin_fwd(lv.lin(Target::K), pool, &h1, n, &mut k, false);
     xa[Target::V as usize] = lin_fwd(lv.lin(Target::V), pool, &h1, n, &mut v, false);
+    drop(sp);
+    let sp = span("fwd/rope");
     rope(geo, &mut q, dq, false);
     rope(geo, &mut k, dkv, false);
+    drop(sp);
+    let sp = span("fwd/attn");
 
     let mut p = pool.take(geo.b * geo.heads * geo.t * geo.t);
     let mut ao = pool.take(n * dq);
     attn_fwd(geo, &q, &k, &v, &mut p, &mut ao);
+    drop(sp);
+    let sp = span("fwd/o");
     let mut x1 = pool.take(n * hdim);
     x1.copy_from_slice(x);
     xa[Target::O as usize] = lin_fwd(lv.lin(Target::O), pool, &ao, n, &mut x1, true);
+    drop(sp);
 
+    let sp = span("fwd/norm");
     let mut h2 = pool.take(n * hdim);
     let rstd2 = rms_norm(&x1, lv.norm2, &mut h2, hdim, geo.eps);
+    drop(sp);
+    let sp = span("fwd/gate_up");
     let mut g = pool.take(n * inter);
     let mut u = pool.take(n * inter);
     xa[Target::Gate as usize] = lin_fwd(lv.lin(Target::Gate), pool, &h2, n, &mut g, false);
     xa[Target::Up as usize] = lin_fwd(lv.lin(Target::Up), pool, &h2, n, &mut u, false);
+    drop(sp);
     let mut out = Vec::new();
     if keep != Keep::Saved {
+        let sp = span("fwd/swiglu");
         let mut act = pool.take(n * inter);
         swiglu(&g, &u, &mut act);
         out = x1.to_vec();
+        drop(sp);
+        let _sp = span("fwd/down");
         xa[Target::Down as usize] = lin_fwd(lv.lin(Target::Down), pool, &act, n, &mut out, true);
     }
 
@@ -130,6 +148,7 @@ fn layer_bwd(
     let xa = |s: &Saved, t: Target| s.xa[t as usize].clone();
 
     // MLP.
+    let sp = span("bwd/down");
     let mut dact = pool.take(n * inter);
     let act = if lv.adapted(Target::Down) {
         let mut a = pool.take(n * inter);
@@ -141,11 +160,15 @@ fn layer_bwd(
     grads[Target::Down as usize] =
         lin_bwd(lv.lin(Target::Down), pool, dy, n, &act, xa(&s, Target::Down).as_deref(), Some((&mut dact, false)));
     drop(act);
+    drop(sp);
+    let sp = span("bwd/swiglu");
     s.g.par_chunks_mut(CHUNK)
         .zip(s.u.par_chunks_mut(CHUNK))
         .zip(dact.par_chunks(CHUNK))
         .for_each(|((g, u), d)| kernels::swiglu_bwd(g, u, d));
     drop(dact);
+    drop(sp);
+    let sp = span("bwd/gate_up");
     let (dg, du) = (&s.g, &s.u);
     let attn_adapted = [Target::Q, Target::K, Target::V, Target::O].iter().any(|&t| lv.adapted(t));
     let need_x1 = need_dx || attn_adapted;
@@ -156,12 +179,16 @@ fn layer_bwd(
     let d2 = need_x1.then_some(&mut dh2[..]);
     grads[Target::Up as usize] =
         lin_bwd(lv.lin(Target::Up), pool, du, n, &s.h2, xa(&s, Target::Up).as_deref(), d2.map(|d| (d, true)));
+    drop(sp);
     if !need_x1 {
         return (None, grads);
     }
+    let sp = span("bwd/norm");
     let mut dx1 = pool.take(n * hdim);
     rms_norm_bwd(&s.x1, lv.norm2, &dh2, &s.rstd2, dy, &mut dx1, hdim);
     drop(dh2);
+    drop(sp);
+    let sp = span("bwd/o");
 
     // Attention.
     let want = |t: Target| need_dx || lv.adapted(t);
@@ -178,21 +205,27 @@ fn layer_bwd(
         need_dao.then_some((&mut dao[..], false)),
     );
     drop(ao);
+    drop(sp);
     if !need_dao {
         return (None, grads);
     }
+    let sp = span("bwd/attn");
     let mut dq = want(Target::Q).then(|| pool.take(n * dqw));
     let mut dk = want(Target::K).then(|| pool.take(n * dkvw));
     let mut dv = want(Target::V).then(|| pool.take(n * dkvw));
     attn_bwd(geo, &s.q, &s.k, &s.v, &mut s.p, &dao, dq.as_deref_mut(), dk.as_deref_mut(), dv.as_deref_mut());
     drop(dao);
     s.p = pool.take(0);
+    drop(sp);
+    let sp = span("bwd/rope");
     if let Some(d) = dq.as_deref_mut() {
         rope(geo, d, dqw, true);
     }
     if let Some(d) = dk.as_deref_mut() {
         rope(geo, d, dkvw, true);
     }
+    drop(sp);
+    let sp = span("bwd/qkv");
     let mut dh1 = pool.take(if need_dx { n * hdim } else { 0 });
     let mut first = true;
     for (t, d) in [(Target::Q, &dq), (Target::K, &dk), (Target::V, &dv)] {
@@ -201,9 +234,11 @@ fn layer_bwd(
         first = false;
         grads[t as usize] = lin_bwd(lv.lin(t), pool, d, n, &s.h1, xa(&s, t).as_deref(), dx);
     }
+    drop(sp);
     if !need_dx {
         return (None, grads);
     }
+    let _sp = span("bwd/norm");
     let mut dx = vec![0f32; n * hdim];
     rms_norm_bwd(x, lv.norm1, &dh1, &s.rstd1, &dx1, &mut dx, hdim);
     (Some(dx), grads)
@@ -224,6 +259,7 @@ pub(super) fn forward_no_graph(
     let mut px = Pinned::new();
     let xi = px.add(&x)?;
     let data = px.get(xi);
+    let _sp = span("layer/fwd_no_graph");
     let out = in_pool(|| -> candle_core::Result<Vec<f32>> {
         let pinned = pin_layer(layer, adapter)?;
         let lv = view(&pinned, layer, adapter, geo)?;
@@ -278,6 +314,7 @@ impl CustomOp1 for FusedLayer {
         if x.len() != self.geo.n() * self.geo.hidden {
             bail!("fused layer: input of {} values for a {}x{} batch", x.len(), self.geo.n(), self.geo.hidden);
         }
+        let _sp = span("layer/fwd");
         let (out, saved) = in_pool(|| -> candle_core::Result<_> {
             let pinned = pin_layer(&self.layer, self.adapter)?;
             let lv = view(&pinned, &self.layer, self.adapter, &self.geo)?;
@@ -289,6 +326,7 @@ impl CustomOp1 for FusedLayer {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let _sp = span("layer/bwd");
         let saved = self.saved.lock().map_err(|_| candle_core::Error::Msg("fused layer: poisoned".into()))?.take();
         let grad = grad.contiguous()?;
         let mut pio = Pinned::new();
@@ -299,10 +337,13 @@ impl CustomOp1 for FusedLayer {
             let lv = view(&pinned, &self.layer, self.adapter, &self.geo)?;
             let saved = match saved {
                 Some(s) => s,
-                None => match layer_fwd(&self.geo, &self.pool, &lv, x, Keep::Saved).1 {
-                    Some(s) => s,
-                    None => bail!("fused layer: nothing saved"),
-                },
+                None => {
+                    let _sp = span("layer/recompute");
+                    match layer_fwd(&self.geo, &self.pool, &lv, x, Keep::Saved).1 {
+                        Some(s) => s,
+                        None => bail!("fused layer: nothing saved"),
+                    }
+                }
             };
             Ok(layer_bwd(&self.geo, &self.pool, &lv, x, saved, dy, self.need_dx))
         })?;

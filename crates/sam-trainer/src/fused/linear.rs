@@ -7,6 +7,7 @@ use super::pool::Pool;
 use super::weights::{Lin, widen};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use sam_kernels::profile::span;
 use std::sync::Arc;
 
 /// `out (+)= x · Wᵀ + bias + s · (x · Aᵀ) · Bᵀ`; returns `x · Aᵀ` when the
@@ -19,13 +20,16 @@ pub(super) fn lin_fwd(
     out: &mut [f32],
     acc: bool,
 ) -> Option<Vec<f32>> {
+    let sp = span("product/fwd");
     let w = widen(l.w, pool);
     matmul(out, 0, l.out, MatRef::new(x, n, l.inp), MatRef::new(&w, l.out, l.inp).t(), acc, 1.0, par());
     drop(w);
+    drop(sp);
     if let Some(b) = l.bias {
         out.par_chunks_mut(l.out).with_min_len(16).for_each(|row| kernels::add_assign(row, b));
     }
     let lo = l.lora.as_ref()?;
+    let _sp = span("lora/fwd");
     let mut xa = vec![0f32; n * lo.r];
     matmul(&mut xa, 0, lo.r, MatRef::new(x, n, l.inp), MatRef::new(lo.a, lo.r, l.inp).t(), false, 1.0, small(n));
     matmul(out, 0, l.out, MatRef::new(&xa, n, lo.r), MatRef::new(lo.b, l.out, lo.r).t(), true, lo.s, small(n));
@@ -55,10 +59,12 @@ pub(super) fn lin_bwd(
     mut dx: Option<(&mut [f32], bool)>,
 ) -> Option<LoraGrad> {
     if let Some((d, acc)) = dx.as_mut() {
+        let _sp = span("product/bwd");
         let w = widen(l.w, pool);
         matmul(d, 0, l.inp, MatRef::new(dy, n, l.out), MatRef::new(&w, l.out, l.inp), *acc, 1.0, par());
     }
     let lo = l.lora.as_ref()?;
+    let _sp = span("lora/bwd");
     let own;
     let xa = match xa {
         Some(v) => v,
