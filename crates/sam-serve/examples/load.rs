@@ -68,20 +68,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tmp = tempfile::tempdir()?;
     let dir = a.home.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
-    let settings = Settings {
-        config: ServeConfig { port: 0, ..Default::default() },
-        store: dir.join("store.db"),
-        store_config: Default::default(),
-        capture: sam_capture::capture::CaptureConfig {
-            max_batch: a.max_batch.unwrap_or(sam_capture::capture::CaptureConfig::default().max_batch),
-            ..Default::default()
-        },
-        spool: dir.join("capture-spool.jsonl"),
-        pipeline: Default::default(),
-        runs: dir.join("runs"),
-        registry: dir.join("registry"),
-        token: dir.join("serve").join("token"),
-    };
+    let home = sam_home::SamHome::new(&dir);
+    let mut settings = Settings::new(&home);
+    settings.config = ServeConfig { port: 0, ..Default::default() };
+    if let Some(n) = a.max_batch {
+        settings.capture.max_batch = n;
+    }
     let server = Server::bind(settings, false)?;
     let (url, token) = (server.url(), server.token().secret().to_string());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -141,7 +133,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = stop_tx.send(());
     serving.join().expect("the server thread panicked")?;
 
-    let stored = SqliteStore::open(dir.join("store.db"))?.count(&Filter::default())?;
+    let stored = SqliteStore::open(home.store_db())?.count(&Filter::default())?;
     let mut lat = latencies.lock().unwrap().clone();
     lat.sort();
     let errors = errors.lock().unwrap().clone();

@@ -31,18 +31,9 @@
 //! ```no_run
 //! use sam_serve::{ServeConfig, Server, Settings};
 //!
-//! let dir = std::path::Path::new("/tmp/sam-home");
-//! let settings = Settings {
-//!     config: ServeConfig { port: 0, ..Default::default() }, // any free port
-//!     store: dir.join("store.db"),
-//!     store_config: Default::default(),
-//!     capture: Default::default(),
-//!     spool: dir.join("capture-spool.jsonl"),
-//!     pipeline: Default::default(),
-//!     runs: dir.join("runs"),
-//!     registry: dir.join("registry"),
-//!     token: dir.join("serve/token"),
-//! };
+//! let home = sam_home::SamHome::new("/tmp/sam-home");
+//! let mut settings = Settings::new(&home);
+//! settings.config = ServeConfig { port: 0, ..Default::default() }; // any free port
 //! let server = Server::bind(settings, false)?;
 //! println!("listening on {} (token in {})", server.url(), server.token().path().display());
 //! server.run_blocking(sam_serve::shutdown_signal())?;
@@ -144,6 +135,24 @@ pub struct Settings {
     pub registry: PathBuf,
     /// The token file (created, mode 0600, when missing).
     pub token: PathBuf,
+}
+
+impl Settings {
+    /// The files of `home` (store, spool, runs, registry, token) with every
+    /// setting at its default; callers change what `sam.toml` says.
+    pub fn new(home: &sam_home::SamHome) -> Settings {
+        Settings {
+            config: ServeConfig::default(),
+            store: home.store_db(),
+            store_config: StoreConfig::default(),
+            capture: CaptureConfig::default(),
+            spool: home.capture_spool(),
+            pipeline: PipelineConfig::default(),
+            runs: home.runs_dir(),
+            registry: home.registry_dir(),
+            token: home.serve_token(),
+        }
+    }
 }
 
 /// What every handler shares.

@@ -87,7 +87,6 @@ fn serve(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<()> {
     let spool = cfg.capture.spool.clone().unwrap_or_else(|| ctx.home.capture_spool());
     let settings = Settings {
         config: serve,
-        store: ctx.home.store_db(),
         store_config: cfg.store.clone(),
         capture: cfg.capture.clone(),
         spool,
@@ -96,9 +95,7 @@ fn serve(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<()> {
             quality: cfg.quality.clone(),
             domains: Default::default(),
         },
-        runs: ctx.home.runs_dir(),
-        registry: ctx.home.registry_dir(),
-        token: token_path(ctx),
+        ..Settings::new(&ctx.home)
     };
     let server = Server::bind(settings, args.allow_remote)?;
     let url = server.url();
