@@ -588,7 +588,7 @@ fn chromium() -> PathBuf {
 /// nothing else).
 fn browse(url: &str, args: &[&str]) -> (String, Vec<String>) {
     let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(chromium())
+    let mut child = Command::new(chromium())
         .args([
             "--headless",
             "--no-sandbox",
@@ -605,12 +605,34 @@ fn browse(url: &str, args: &[&str]) -> (String, Vec<String>) {
         .args(args)
         .arg(url)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("cannot run Chromium: {e}"));
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
-    let console =
-        String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains(":CONSOLE")).map(str::to_string).collect();
-    (String::from_utf8_lossy(&out.stdout).into_owned(), console)
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let (stdout, stderr) = (read(Box::new(child.stdout.take().unwrap())), read(Box::new(child.stderr.take().unwrap())));
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish within 90 s: {}", stderr.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    assert!(status.success(), "chromium failed: {stderr}");
+    let console = stderr.lines().filter(|l| l.contains(":CONSOLE")).map(str::to_string).collect();
+    (stdout, console)
 }
 
 /// A copy of a PEFT adapter with every (f32) weight multiplied by `factor`:
