@@ -64,7 +64,7 @@ impl PidLock {
         let mut file = open(&path)?;
         match file.try_lock() {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(LockError::Held { pid: read_pid(&mut file), path }),
+            Err(TryLockError::WouldBlock) => return Err(LockError::Held { pid: holder_pid(&mut file), path }),
             Err(TryLockError::Error(source)) => return Err(LockError::Io { path, source }),
         }
         let io = |source| LockError::Io { path: path.clone(), source };
@@ -87,7 +87,7 @@ impl PidLock {
             // Free: let go at once (dropping the file unlocks it).
             Ok(()) => Ok(None),
             // Held, but the holder may not have written its pid yet.
-            Err(TryLockError::WouldBlock) => Ok(Some(read_pid(&mut file).unwrap_or(0))),
+            Err(TryLockError::WouldBlock) => Ok(Some(holder_pid(&mut file).unwrap_or(0))),
             Err(TryLockError::Error(source)) => Err(LockError::Io { path: path.to_path_buf(), source }),
         }
     }
@@ -104,6 +104,34 @@ fn open(path: &Path) -> Result<File, LockError> {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)
+}
+
+/// The pid a holder wrote, waiting briefly for it: a holder that has just
+/// taken the lock writes its pid a moment later, and until then the file
+/// is empty or still names a previous holder that died (`kill -9`).
+fn holder_pid(file: &mut File) -> Option<u32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let pid = read_pid(file);
+        if pid.is_some_and(alive) || std::time::Instant::now() >= deadline {
+            return pid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Whether process `pid` exists (signal 0 checks without sending anything).
+#[cfg(unix)]
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
+}
+
+/// Whether process `pid` exists (not known on this platform: assumed so).
+#[cfg(not(unix))]
+fn alive(_pid: u32) -> bool {
+    true
 }
 
 fn read_pid(file: &mut File) -> Option<u32> {
