@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -281,38 +280,44 @@ impl Follow {
     }
 }
 
-/// The complete lines appended to a file since the last read.
+/// The complete lines appended to a file since the last read (sam-home's
+/// [`Tail`](sam_home::atomic::Tail)), and whether the file was rewritten
+/// shorter meanwhile (a resume drops the steps it redoes).
 struct Tail {
-    path: PathBuf,
-    offset: u64,
+    tail: sam_home::atomic::Tail,
+    lines: usize,
 }
 
 impl Tail {
     fn new(path: PathBuf) -> Self {
-        Tail { path, offset: 0 }
+        Tail { tail: sam_home::atomic::Tail::new(path), lines: 0 }
     }
 
-    /// New complete lines, and whether the file was rewritten shorter (then
-    /// it is read again from the start).
     fn read(&mut self) -> (Vec<String>, bool) {
-        let Ok(mut f) = std::fs::File::open(&self.path) else { return (Vec::new(), false) };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let reset = len < self.offset;
-        if reset {
-            self.offset = 0;
+        let new = self.tail.read_new().unwrap_or_default();
+        // Line numbers start again at 1 after a rewrite.
+        let reset = new.first().is_some_and(|(n, _)| *n <= self.lines);
+        if let Some((n, _)) = new.last() {
+            self.lines = *n;
         }
-        if len == self.offset || f.seek(SeekFrom::Start(self.offset)).is_err() {
-            return (Vec::new(), reset);
-        }
-        let mut buf = Vec::new();
-        if f.read_to_end(&mut buf).is_err() {
-            return (Vec::new(), reset);
-        }
-        // A line without its newline is still being written (or torn).
-        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else { return (Vec::new(), reset) };
-        self.offset += end as u64 + 1;
-        let lines =
-            String::from_utf8_lossy(&buf[..end]).lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
-        (lines, reset)
+        (new.into_iter().map(|(_, l)| l).collect(), reset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tail_reads_complete_lines_and_sees_a_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut t = Tail::new(path.clone());
+        assert_eq!(t.read(), (vec![], false));
+        std::fs::write(&path, "{\"step\":1}\n{\"step\":2}\n{\"st").unwrap();
+        assert_eq!(t.read(), (vec!["{\"step\":1}".to_string(), "{\"step\":2}".to_string()], false));
+        assert_eq!(t.read(), (vec![], false), "the torn line waits for its newline");
+        std::fs::write(&path, "{\"step\":1}\n").unwrap();
+        assert_eq!(t.read(), (vec!["{\"step\":1}".to_string()], true));
     }
 }
