@@ -223,6 +223,32 @@ fn validate_dedup_export_and_stats_work_together() {
     ] {
         assert!(table.contains(want), "{want:?} missing from:\n{table}");
     }
+
+    // A folder for TRL: one row form per folder, every row with its id, the
+    // snapshot it came from recorded in the export history.
+    let trl = h.path().join("out/trl");
+    let t = h.json(&["export", "--format", "trl", "--out", s(&trl)]);
+    let total = |form: &str| ["train", "valid", "test"].iter().map(|k| t["manifest"][form][k].as_u64().unwrap()).sum();
+    assert_eq!((total("sft"), total("dpo"), total("text")), (2u64, 0, 1), "{t}");
+    let rows: Vec<Value> = t["manifest"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f.as_str().filter(|f| f.starts_with("sft/")))
+        .flat_map(|f| {
+            std::fs::read_to_string(trl.join(f))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["messages"][0]["role"] == "user" && r["id"].is_string()), "{rows:?}");
+    assert!(trl.join("manifest.json").is_file());
+    assert_eq!(h.json(&["export", "--list"]).as_array().unwrap().len(), 4);
+    let (text, _) = h.ok(&["export", "--format", "trl", "--out", s(&trl)]);
+    assert!(text.contains("wrote a TRL dataset of 3 examples") && text.contains("sft "), "{text}");
 }
 
 #[test]

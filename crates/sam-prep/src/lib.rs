@@ -18,6 +18,8 @@
 //! - [`split::SplitRatios`]: the stable id-hash split.
 //! - [`prepare::Preparer`]: the whole pipeline, writing JSONL splits, the
 //!   token [`cache`] and `manifest.json`.
+//! - [`trl::write`]: the same examples and splits in the forms Hugging Face
+//!   TRL's `SFTTrainer` and `DPOTrainer` read (`sam export --format trl`).
 //!
 //! Prep reads exports and files, never the store's database.
 //!
@@ -44,6 +46,7 @@ pub mod fast_bpe;
 pub mod prepare;
 pub mod split;
 pub mod template;
+pub mod trl;
 
 use std::path::PathBuf;
 

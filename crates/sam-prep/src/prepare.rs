@@ -178,7 +178,7 @@ pub struct SplitCounts {
 }
 
 impl SplitCounts {
-    fn add(&mut self, s: Split) {
+    pub(crate) fn add(&mut self, s: Split) {
         match s {
             Split::Train => self.train += 1,
             Split::Valid => self.valid += 1,
@@ -466,7 +466,11 @@ fn remove_previous_outputs(dir: &Path) -> Result<(), Error> {
 /// Write rows to `dir/name`; with no rows, write nothing (and remove a stale
 /// file): mlx-lm reads a file's form from its first row and fails on an
 /// empty file, while it skips a missing one.
-fn write_jsonl<'a>(dir: &Path, name: &str, rows: impl Iterator<Item = &'a Value>) -> Result<Option<String>, Error> {
+pub(crate) fn write_jsonl<'a>(
+    dir: &Path,
+    name: &str,
+    rows: impl Iterator<Item = &'a Value>,
+) -> Result<Option<String>, Error> {
     let path = dir.join(name);
     let mut rows = rows.peekable();
     if rows.peek().is_none() {

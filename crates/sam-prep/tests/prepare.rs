@@ -336,3 +336,48 @@ fn template_errors_unmaskable_examples_and_length_drops_are_counted_apart() {
     assert_eq!((d.errors[1].kind, d.errors[1].count), (DropKind::TemplateError, 2));
     assert_eq!(d.errors[1].reason, "No system role here: Be brief.");
 }
+
+#[test]
+fn a_trl_export_read_back_is_the_same_dataset_with_the_same_splits() {
+    let model = model();
+    let system = Some("You are SAM.".to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let trl_dir = dir.path().join("trl");
+    let cfg = sam_prep::trl::TrlConfig { system_prompt: system.clone(), ..Default::default() };
+    let exs = examples(0..200);
+    let m = sam_prep::trl::write(&input(exs.clone()), &cfg, &trl_dir).unwrap();
+    assert_eq!(m.dpo.train + m.dpo.valid + m.dpo.test, 40);
+    assert_eq!(m.text.train + m.text.valid + m.text.test, 40);
+    assert_eq!(m.sft.train + m.sft.valid + m.sft.test, 120);
+    assert!(m.files.contains(&"sft/test.jsonl".to_string()), "{:?}", m.files);
+
+    // TRL's forms: conversations with the system prompt first; conversational pairs.
+    let sft = read_lines(&trl_dir.join("sft/train.jsonl"));
+    assert!(sft.iter().all(|r| r["messages"][0]["content"] == "You are SAM." && r["id"].is_string()));
+    let pair = &read_lines(&trl_dir.join("dpo/train.jsonl"))[0];
+    assert_eq!(pair["chosen"][0]["role"], "assistant");
+    assert_eq!(pair["prompt"].as_array().unwrap().last().unwrap()["role"], "user");
+
+    // sam reads the folder back: the same ids in the same splits, the same tokens.
+    let prep = Preparer::new(&model, PrepConfig { system_prompt: system, ..PrepConfig::default() }).unwrap();
+    let direct = prep.prepare(&input(exs), |_| {}).unwrap();
+    let back = sam_prep::prepare::read_inputs(&["sft", "dpo", "text"].map(|f| trl_dir.join(f))).unwrap();
+    let round = prep.prepare(&back, |_| {}).unwrap();
+    for split in Split::ALL {
+        let (mut a, mut b) = (direct.ids(split), round.ids(split));
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b, "{split}");
+        let ids = |p: &sam_prep::prepare::Prepared| {
+            let mut t: Vec<(String, Vec<u32>)> =
+                p.sft_tokens(split).into_iter().map(|t| (t.id.clone(), t.input_ids.clone())).collect();
+            t.sort();
+            t
+        };
+        assert_eq!(ids(&direct), ids(&round), "{split}");
+    }
+    // Written again into the same folder: nothing stale survives.
+    let one = sam_prep::trl::write(&input(examples(0..1)), &cfg, &trl_dir).unwrap();
+    assert_eq!(one.files.len(), 2, "{:?}", one.files);
+    assert!(!trl_dir.join("dpo").exists());
+}

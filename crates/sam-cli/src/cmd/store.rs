@@ -112,20 +112,38 @@ pub enum StoreCommand {
         remove: bool,
     },
 
-    /// Write a filtered snapshot of the store to a JSONL file.
+    /// Write a filtered snapshot of the store to a JSONL file, or a dataset
+    /// folder for TRL.
     ///
     /// By default exports validated examples of every passing tier (gold,
     /// silver, bronze) in sam's full form, which `sam prep` reads. Every export
     /// is recorded with its row count and hash (`sam export --list`).
+    ///
+    /// `--format trl --out DIR` writes a folder that Hugging Face TRL's
+    /// SFTTrainer and DPOTrainer read as they are: DIR/sft/*.jsonl
+    /// (conversational `messages`), DIR/dpo/*.jsonl (`prompt`/`chosen`/
+    /// `rejected`), DIR/text/*.jsonl (raw completions, when any), split
+    /// train/valid/test by sam's id-based split, and DIR/manifest.json.
+    /// `sam prep --from DIR/sft --from DIR/dpo` gives the same split, so the
+    /// adapter TRL trains is gated on a test split it never saw
+    /// (docs/scale.md).
     Export {
-        /// Output file [default: SAM_HOME/exports/export-<time>.jsonl]
-        #[arg(short, long, value_name = "FILE")]
+        /// Output file (a folder with --format trl) [default:
+        /// SAM_HOME/exports/export-<time>.jsonl, trl-<time>/ for trl]
+        #[arg(short, long, value_name = "PATH")]
         out: Option<PathBuf>,
         #[command(flatten)]
         filter: FilterArgs,
-        /// Row form: `full` (every field) or `training` (what mlx-lm and TRL read)
+        /// Row form: `full` (every field), `training` (the bare rows mlx-lm
+        /// reads) or `trl` (a dataset folder for TRL)
         #[arg(long, default_value = "full", value_parser = parse_format)]
-        format: ExportFormat,
+        format: Format,
+        /// With --format trl: train,valid,test shares (use the same in `sam prep`)
+        #[arg(long, default_value = "90,5,5", value_name = "T,V,S")]
+        split: sam_prep::split::SplitRatios,
+        /// With --format trl: system prompt for conversations that have none
+        #[arg(long, value_name = "TEXT")]
+        system: Option<String>,
         /// Show the export history instead of exporting
         #[arg(long, conflicts_with = "out")]
         list: bool,
@@ -207,11 +225,21 @@ impl FilterArgs {
     }
 }
 
-fn parse_format(s: &str) -> Result<ExportFormat, String> {
+/// What `sam export` writes: a JSONL file of the store's, or a TRL folder.
+#[derive(Debug, Clone, Copy)]
+pub enum Format {
+    /// One JSONL file in this form.
+    Jsonl(ExportFormat),
+    /// A dataset folder for TRL (`sam_prep::trl`).
+    Trl,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
     match s {
-        "full" => Ok(ExportFormat::Full),
-        "training" => Ok(ExportFormat::Training),
-        _ => Err(format!("unknown format {s:?}: expected full or training")),
+        "full" => Ok(Format::Jsonl(ExportFormat::Full)),
+        "training" => Ok(Format::Jsonl(ExportFormat::Training)),
+        "trl" => Ok(Format::Trl),
+        _ => Err(format!("unknown format {s:?}: expected full, training or trl")),
     }
 }
 
@@ -251,13 +279,13 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> anyhow::Result<()> {
         StoreCommand::Quarantine { action, limit, raw } => quarantine(ctx, action, limit, raw),
         StoreCommand::Validate { all } => validate(ctx, all),
         StoreCommand::Dedup { dry_run, near, remove } => dedup(ctx, dry_run, near, remove),
-        StoreCommand::Export { out, filter, format, list } => {
-            if list {
-                export_list(ctx)
-            } else {
-                export(ctx, out, &filter.to_filter(), format)
+        StoreCommand::Export { out, filter, format, split, system, list } => match (list, format) {
+            (true, _) => export_list(ctx),
+            (false, Format::Jsonl(f)) => export(ctx, out, &filter.to_filter(), f),
+            (false, Format::Trl) => {
+                export_trl(ctx, out, &filter.to_filter(), sam_prep::trl::TrlConfig { split, system_prompt: system })
             }
-        }
+        },
         StoreCommand::Stats => stats(ctx),
     }
 }
@@ -657,22 +685,33 @@ fn dedup(ctx: &Ctx, dry_run: bool, near: bool, remove: bool) -> anyhow::Result<(
 
 fn export(ctx: &Ctx, out: Option<PathBuf>, filter: &Filter, format: ExportFormat) -> anyhow::Result<()> {
     let (_, mut store) = open_store(ctx)?;
-    let out = match out {
-        Some(p) => p,
-        None => {
-            let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-            ctx.home.manual_export(&secs.to_string())
-        }
-    };
-    let pb = progress(ctx, None, "{spinner} exporting {msg}");
-    pb.set_message(out.display().to_string());
-    pb.enable_steady_tick(std::time::Duration::from_millis(120));
-    let rec = store.export(filter, &out, format).with_context(|| format!("exporting to {}", out.display()))?;
-    pb.finish_and_clear();
+    let out = out.unwrap_or_else(|| ctx.home.manual_export(&stamp()));
+    let rec = export_to(ctx, &mut store, filter, &out, format)?;
     if ctx.json {
         return print_json(&rec);
     }
     println!("exported {} examples to {} (blake3 {})", rec.rows, rec.path.display(), rec.hash);
+    Ok(())
+}
+
+/// The Unix time, naming an export.
+fn stamp() -> String {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()).to_string()
+}
+
+/// One recorded export, with a spinner, and a hint when it is empty.
+fn export_to(
+    ctx: &Ctx,
+    store: &mut SqliteStore,
+    filter: &Filter,
+    out: &Path,
+    format: ExportFormat,
+) -> anyhow::Result<sam_store::ExportRecord> {
+    let pb = progress(ctx, None, "{spinner} exporting {msg}");
+    pb.set_message(out.display().to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    let rec = store.export(filter, out, format).with_context(|| format!("exporting to {}", out.display()))?;
+    pb.finish_and_clear();
     if rec.rows == 0 {
         let hint = if store.count(&Filter::default())? == 0 {
             "the store is empty: `sam ingest FILE` first"
@@ -681,7 +720,40 @@ fn export(ctx: &Ctx, out: Option<PathBuf>, filter: &Filter, format: ExportFormat
         };
         eprintln!("{hint}");
     }
+    Ok(rec)
+}
+
+/// `--format trl`: a recorded export in sam's full form, then the TRL
+/// folder written from it by sam-prep.
+fn export_trl(ctx: &Ctx, out: Option<PathBuf>, filter: &Filter, cfg: sam_prep::trl::TrlConfig) -> anyhow::Result<()> {
+    let (_, mut store) = open_store(ctx)?;
+    let stamp = stamp();
+    let dir = out.unwrap_or_else(|| ctx.home.exports_dir().join(format!("trl-{stamp}")));
+    let full = ctx.home.manual_export(&stamp);
+    let rec = export_to(ctx, &mut store, filter, &full, ExportFormat::Full)?;
+    let input = sam_prep::prepare::read_inputs(std::slice::from_ref(&rec.path))?;
+    let m = sam_prep::trl::write(&input, &cfg, &dir).with_context(|| format!("writing {}", dir.display()))?;
+    if ctx.json {
+        return print_json(&serde_json::json!({"dir": dir, "export": rec, "manifest": m}));
+    }
+    println!("wrote a TRL dataset of {} examples to {}", rec.rows, dir.display());
+    let line = |name: &str, c: &sam_prep::prepare::SplitCounts| {
+        if c.train + c.valid + c.test > 0 {
+            println!("  {name:<5} train {:>6}  valid {:>6}  test {:>6}", c.train, c.valid, c.test);
+        }
+    };
+    line("sft", &m.sft);
+    line("dpo", &m.dpo);
+    line("text", &m.text);
+    if m.dropped_no_response + m.duplicate_ids > 0 {
+        println!("  left out: {} without a response, {} duplicate ids", m.dropped_no_response, m.duplicate_ids);
+    }
+    println!("  from export #{} ({}), split {}", rec.id, rec.path.display(), split_text(&m.split_ratios));
     Ok(())
+}
+
+fn split_text(r: &sam_prep::split::SplitRatios) -> String {
+    format!("{}/{}/{}", r.train, r.valid, r.test)
 }
 
 fn export_list(ctx: &Ctx) -> anyhow::Result<()> {
