@@ -145,9 +145,7 @@ pub fn write(input: &Input, cfg: &TrlConfig, dir: &Path) -> Result<TrlManifest, 
     m.files.push("manifest.json".into());
     let text = serde_json::to_string_pretty(&m).expect("manifest serialises");
     let path = dir.join("manifest.json");
-    let tmp = dir.join(".manifest.json.tmp");
-    fs::write(&tmp, text + "\n").map_err(|e| io_err(&tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+    sam_home::atomic::write(&path, (text + "\n").as_bytes()).map_err(|e| io_err(&path, e))?;
     Ok(m)
 }
 
