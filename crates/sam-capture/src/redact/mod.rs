@@ -217,6 +217,9 @@ pub(crate) struct Cand {
     f: Finding,
 }
 
+/// How far rules look along a line from a candidate, in bytes.
+pub(crate) const LINE_WINDOW: usize = 1024;
+
 /// Scores from which a candidate is a finding.
 pub(crate) const THRESHOLD: f32 = 0.5;
 
@@ -583,14 +586,25 @@ impl<'a> Scan<'a> {
         &self.text[pos..hi]
     }
 
-    /// Start of the line holding `pos`.
+    /// Start of the line holding `pos`, looking back at most [`LINE_WINDOW`]
+    /// bytes: rules decide from the text near a candidate, so one long line
+    /// (minified code) costs linear time, not quadratic.
     pub fn line_start(&self, pos: usize) -> usize {
-        memchr::memrchr(b'\n', &self.b[..pos]).map_or(0, |i| i + 1)
+        let mut lo = pos.saturating_sub(LINE_WINDOW);
+        while !self.text.is_char_boundary(lo) {
+            lo += 1;
+        }
+        memchr::memrchr(b'\n', &self.b[lo..pos]).map_or(lo, |i| lo + i + 1)
     }
 
-    /// End of the line holding `pos` (the newline's index, or the text's end).
+    /// End of the line holding `pos` (the newline's index, or the text's
+    /// end), looking ahead at most [`LINE_WINDOW`] bytes.
     pub fn line_end(&self, pos: usize) -> usize {
-        memchr::memchr(b'\n', &self.b[pos..]).map_or(self.b.len(), |i| pos + i)
+        let mut hi = (pos + LINE_WINDOW).min(self.b.len());
+        while !self.text.is_char_boundary(hi) {
+            hi -= 1;
+        }
+        memchr::memchr(b'\n', &self.b[pos..hi]).map_or(hi, |i| pos + i)
     }
 }
 

@@ -256,6 +256,18 @@ fn long_texts_stay_fast() {
 }
 
 #[test]
+fn one_long_line_stays_fast() {
+    // Minified JSON: 1.5 MB on one line, a keyword every few dozen bytes.
+    let item =
+        r#"{"token_type":"bearer","key":"k1","password_min":8,"secret":"Zq8x2pw9Lm3Nv7Kt","url":"https://x.io/a"},"#;
+    let text = format!("[{}]", item.repeat(1_500_000 / item.len()));
+    let t = std::time::Instant::now();
+    let (_, report) = Redactor::default().redact(&text);
+    assert_eq!(report.counts[&SecretKind::Secret], text.matches("Zq8x2pw9Lm3Nv7Kt").count());
+    assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
+}
+
+#[test]
 fn report_has_no_values() {
     let (_, report) = Redactor::default().redact("a@b.example.org and key AKIAZ7Q3L4M5N6P2R3S4");
     let json = serde_json::to_string(&report).unwrap();
