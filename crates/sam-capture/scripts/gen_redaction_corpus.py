@@ -3,6 +3,9 @@
 
     python3 crates/sam-capture/scripts/gen_redaction_corpus.py > crates/sam-capture/tests/data/redaction_corpus.jsonl
 
+`SEED=N` draws another corpus of the same shape (the committed one is the
+default seed): a check that the redactor holds on values it was not tuned on.
+
 Each line is one snippet of code, configuration, log, diff or prose:
 
   {"id": 7, "label": "secret" | "clean", "family": "...", "context": "code" | "config" | "log" | "diff" | "prose",
@@ -22,10 +25,11 @@ so any other finding in a row is a false positive.
 """
 import base64
 import json
+import os
 import random
 import string
 
-R = random.Random(20261201)
+R = random.Random(int(os.environ.get("SEED", "20261201")))
 
 FIRST = ["alice", "bob", "carol", "dmitri", "elena", "farid", "grace", "hiro", "ines", "jamal", "kofi", "lena",
          "marta", "nikhil", "olga", "pedro", "quinn", "rosa", "sven", "tanvi", "umar", "vera", "wei", "ximena",
@@ -608,6 +612,12 @@ T = {
         ("config", "requirepass {v}"),
         ("config", "apiVersion: v1\nkind: Secret\nstringData:\n  password: \"{v_double}\""),
         ("code", "Password: \"{v_double}\","),
+        ("code", "CREATE USER app WITH PASSWORD '{v_single}';"),
+        ("code", "CREATE USER 'app'@'%' IDENTIFIED BY '{v_single}';"),
+        ("config", "machine api.heroku.com\n  login ci-bot\n  password {v}"),
+        ("code", "redis-cli -h cache.internal -a {v} ping"),
+        ("code", "docker run -e POSTGRES_PASSWORD={v} -p 5432:5432 postgres:16"),
+        ("code", "os.environ[\"DB_PASSWORD\"] = \"{v_double}\""),
     ],
     "secret": [
         ("code", "SECRET_KEY = \"{v}\""),

@@ -16,7 +16,9 @@
 use std::ops::Range;
 
 use super::checks::{class_transitions, classes, decodes_to_text, shannon_entropy};
-use super::{Cand, Finding, Redactor, STOPWORDS, Scan, SecretKind, Trigger, is_placeholder};
+use super::{
+    Cand, Finding, Redactor, STOPWORDS, Scan, SecretKind, Trigger, is_placeholder, is_placeholder_single_quoted,
+};
 
 /// Words that name a secret (ASCII case-insensitive; the key's words are
 /// checked afterwards).
@@ -36,6 +38,8 @@ pub(crate) const COMMANDS: &[&str] = &[
     "podman login",
     "requirepass ",
     "masterauth ",
+    "redis-cli",
+    "identified by ",
     "convertto-securestring",
 ];
 
@@ -511,13 +515,42 @@ impl Key {
             }
         }
         let ls = scan.line_start(ks);
-        let prefix = scan.text[ls..ks].trim();
+        let mut prefix = scan.text[ls..ks].trim();
+        // In a diff, a line's first character is the diff's (`+`, `-`, ` `).
+        if scan.diff && ls < ks && matches!(b[ls], b'+' | b'-' | b' ') {
+            prefix = scan.text[ls + 1..ks].trim();
+        }
         let line_start = matches!(
             prefix,
             "" | "-" | "export" | "set" | "setx" | "ENV" | "readonly" | "declare -x" | "local" | "$env" | "{"
         ) || prefix.ends_with("$env");
         Some(Key { range: s..e, class, kind, flag, line_start, env_case })
     }
+}
+
+/// `PASSWORD` in an SQL statement that sets one (`CREATE USER … WITH
+/// PASSWORD '…'`, `ALTER ROLE … PASSWORD '…'`).
+fn sql_password(scan: &Scan<'_>, key: &Key) -> bool {
+    let name = &scan.text[key.range.clone()];
+    if !name.eq_ignore_ascii_case("password") {
+        return false;
+    }
+    let before = scan.text[scan.line_start(key.range.start)..key.range.start].to_ascii_uppercase();
+    ["CREATE USER", "ALTER USER", "CREATE ROLE", "ALTER ROLE"].iter().any(|k| before.contains(k))
+}
+
+/// A `.netrc` entry: `machine HOST login USER password VALUE`, on one line
+/// or several.
+fn netrc_line(scan: &Scan<'_>, key: &Key) -> bool {
+    if &scan.text[key.range.clone()] != "password" {
+        return false;
+    }
+    let mut lo = key.range.start.saturating_sub(200);
+    while !scan.text.is_char_boundary(lo) {
+        lo += 1;
+    }
+    let before = &scan.text[lo..key.range.start];
+    before.contains("machine ") && before.contains("login ")
 }
 
 /// How an unquoted value is delimited and judged.
@@ -620,6 +653,8 @@ fn assignment(scan: &Scan<'_>, key: &Key) -> Option<(Range<usize>, f32)> {
             (Op::Eq, 2)
         } else if rest.starts_with(b"===") || rest.starts_with(b"!==") {
             (Op::Cmp, 3)
+        } else if rest.starts_with(b"==") && !space_before && (key.env_case || key.line_start || key.flag) {
+            (Op::Eq, 1) // `DB_PASSWORD==x9…`: an env value that starts with `=`
         } else if rest.starts_with(b"==") || rest.starts_with(b"!=") {
             (Op::Cmp, 2)
         } else if rest.starts_with(b"=") {
@@ -631,6 +666,12 @@ fn assignment(scan: &Scan<'_>, key: &Key) -> Option<(Range<usize>, f32)> {
         } else if scan.before(key.range.start) == Some(b'<') && rest.starts_with(b">") {
             (Op::Xml, 1)
         } else if key.flag && space_before && !rest.starts_with(b"-") {
+            (Op::Space, 0)
+        } else if space_before && (rest.starts_with(b"'") || rest.starts_with(b"\"")) && sql_password(scan, key) {
+            // SQL: `CREATE USER app WITH PASSWORD 'S3cret!'` (quoted only).
+            (Op::Cmp, 0)
+        } else if space_before && key.class == Class::Password && netrc_line(scan, key) {
+            // `.netrc`: `machine host login me password VALUE`.
             (Op::Space, 0)
         } else if space_before && (rest.starts_with(b"is ") || rest.starts_with(b"was ") || rest.starts_with(b"is: ")) {
             (Op::Is, if rest.starts_with(b"was") || rest.starts_with(b"is:") { 3 } else { 2 })
@@ -733,7 +774,11 @@ fn assignment(scan: &Scan<'_>, key: &Key) -> Option<(Range<usize>, f32)> {
             v.end -= 1;
         }
     }
-    if matches!(style, Style::Flag | Style::Shell) {
+    if style == Style::Shell
+        && !key.line_start
+        && !key.env_case
+        && scan.window_before(key.range.start, 200).contains('(')
+    {
         // `f(password=pw)`: a keyword argument, not a shell assignment.
         let t = &scan.text[v.clone()];
         if (t.ends_with(')') || t.ends_with(',')) && !t.contains('(') {
@@ -779,7 +824,9 @@ fn block_scalar(scan: &Scan<'_>, key: &Key, header_end: usize) -> Option<(Range<
 fn judge(scan: &Scan<'_>, key: &Key, v: Range<usize>, quoted: bool, style: Style) -> Option<(Range<usize>, f32)> {
     let t = &scan.text[v.clone()];
     let lower = t.to_ascii_lowercase();
-    if t.trim().is_empty() || is_placeholder(t) || STOPWORDS.contains(&lower.as_str()) {
+    let single = quoted && scan.before(v.start) == Some(b'\'');
+    let placeholder = if single { is_placeholder_single_quoted(t) } else { is_placeholder(t) };
+    if t.trim().is_empty() || placeholder || STOPWORDS.contains(&lower.as_str()) {
         return None;
     }
     // The value names the key again (`password: password`, `PASSWORD=$PASSWORD`).
@@ -808,7 +855,9 @@ fn judge(scan: &Scan<'_>, key: &Key, v: Range<usize>, quoted: bool, style: Style
     let line = &scan.text[scan.line_start(v.start)..scan.line_end(v.start)];
     let literal = match style {
         Style::Flag | Style::Query | Style::KvList | Style::Xml => true,
-        Style::Shell => !ident || (bare && (key.env_case || looks_like_password(t))),
+        // Env files, properties, `-e KEY=VALUE`: values are literals.
+        Style::Shell if key.env_case || key.line_start => true,
+        Style::Shell => !ident || (bare && looks_like_password(t)),
         Style::Yaml => !TYPES.contains(&lower.as_str()) && !t.ends_with([',', ';']) && (!ident || bare),
         Style::Ini => !ident || (bare && looks_like_password(t)),
         Style::Prose => looks_like_password(t),
@@ -845,15 +894,30 @@ fn is_prose(t: &str) -> bool {
         })
 }
 
+/// A format string (`"%s"`, `"{}"`, `"Password for {0}"`,
+/// `"postgres://%s:%s@%s"`): a marker, and around it words, spaces or URL
+/// punctuation. A random password may hold `%d` by chance (`MVX%d7)KA~`).
 fn is_template(t: &str) -> bool {
-    ["%s", "%d", "%(", "{}", "{0}", "{1}", "#{", "%v", "{{"].iter().any(|p| t.contains(p))
+    const MARKERS: [&str; 9] = ["%s", "%d", "%v", "{}", "{0}", "{1}", "{{", "#{", "%("];
+    if !MARKERS.iter().any(|p| t.contains(p)) {
+        return false;
+    }
+    let rest = MARKERS.iter().fold(t.to_string(), |acc, m| acc.replace(m, ""));
+    t.contains(' ')
+        || rest
+            .bytes()
+            .all(|c| c.is_ascii_alphabetic() || matches!(c, b'_' | b':' | b'/' | b'@' | b'.' | b'-' | b'}' | b')'))
 }
 
 /// A name, not a value: `pw`, `self.password`, `config.db.password`,
 /// `os.environ["X"]`, `params[:password]`, `process.env.DB_PASS`.
 fn is_reference(t: &str) -> bool {
     let b = t.as_bytes();
-    if b.is_empty() || !(b[0].is_ascii_alphabetic() || b[0] == b'_' || b[0] == b'$') {
+    if b.is_empty()
+        || !(b[0].is_ascii_alphabetic() || b[0] == b'_' || b[0] == b'$')
+        || t.ends_with('.')
+        || t.contains("..")
+    {
         return false;
     }
     let mut i = 0;
@@ -892,7 +956,7 @@ fn is_type(t: &str) -> bool {
 /// Code where a value goes: a call, a type, a reference marker, a tag.
 fn is_code(t: &str, style: Style) -> bool {
     let b = t.as_bytes();
-    if matches!(b[0], b'&' | b'*' | b'!') && style != Style::Flag {
+    if matches!(b[0], b'&' | b'*' | b'!') && matches!(style, Style::Yaml | Style::Ini | Style::Inline | Style::Code) {
         return true; // `&str`, `*const`, YAML aliases and tags (`!vault`, `!Ref`)
     }
     // `getpass()`, `os.getenv("X")`, `z.string().min(8)`, `input("Password: ")`.
@@ -902,10 +966,11 @@ fn is_code(t: &str, style: Style) -> bool {
             return true;
         }
     }
-    if t.starts_with("[]") || t.starts_with("Vec<") || t.contains("=>") || t.contains("||") || t.contains("&&") {
+    if t.starts_with("[]") || t.starts_with("Vec<") {
         return true;
     }
-    matches!(style, Style::Inline | Style::Code) && is_type(t)
+    matches!(style, Style::Inline | Style::Code)
+        && (is_type(t) || t.contains("=>") || t.contains("||") || t.contains("&&"))
 }
 
 fn line_is_code(line: &str) -> bool {
@@ -1056,7 +1121,9 @@ fn command(scan: &Scan<'_>, hit: &Range<usize>, out: &mut Vec<Cand>) {
     let line = &scan.text[hit.end..end];
     let mut push = |range: Range<usize>, rule: &'static str| {
         let v = &scan.text[range.clone()];
-        if !v.is_empty() && !is_placeholder(v) && !STOPWORDS.contains(&v.to_ascii_lowercase().as_str()) {
+        let placeholder =
+            if scan.before(range.start) == Some(b'\'') { is_placeholder_single_quoted(v) } else { is_placeholder(v) };
+        if !v.is_empty() && !placeholder && !STOPWORDS.contains(&v.to_ascii_lowercase().as_str()) {
             out.push(Cand { prio: 45, f: Finding { rule, kind: SecretKind::Password, range, score: 0.85 } });
         }
     };
@@ -1104,6 +1171,18 @@ fn command(scan: &Scan<'_>, hit: &Range<usize>, out: &mut Vec<Cand>) {
                 if let Some(c) = cred.find(':') {
                     push(v.start + c + 1..v.end, "curl-user-password");
                 }
+            }
+        }
+    } else if word == "redis-cli" {
+        if let Some(v) = flag_value("-a", false) {
+            push(v, "redis-cli-password");
+        }
+    } else if word == "identified by " {
+        // MySQL: `CREATE USER 'u'@'%' IDENTIFIED BY 'S3cret!'`.
+        let s = hit.end;
+        if s < end && matches!(b[s], b'"' | b'\'') {
+            if let Some(v) = word_at(scan, s, end) {
+                push(v, "sql-password");
             }
         }
     } else if word.starts_with("requirepass") || word.starts_with("masterauth") {

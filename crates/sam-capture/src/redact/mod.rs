@@ -630,25 +630,49 @@ pub(crate) fn is_word_byte(b: u8) -> bool {
 /// A value written where a real one goes: `<YOUR_KEY>`, `${VAR}`, `xxxx`,
 /// `changeme`, `sk-...`.
 pub(crate) fn is_placeholder(v: &str) -> bool {
+    placeholder(v, true, true)
+}
+
+/// [`is_placeholder`] for a value in single quotes, where the shell, PHP,
+/// Perl and dotenv read `$` literally: `'$t8Qh…'` is a password.
+pub(crate) fn is_placeholder_single_quoted(v: &str) -> bool {
+    placeholder(v, false, true)
+}
+
+/// [`is_placeholder`] for a token of a known format, whose alphabet may hold
+/// `.` (three in a row by chance) and `$`.
+pub(crate) fn is_token_placeholder(v: &str) -> bool {
+    placeholder(v, false, false)
+}
+
+fn placeholder(v: &str, dollar_refs: bool, ellipsis: bool) -> bool {
     let v = v.trim_matches(|c| c == '"' || c == '\'' || c == '`');
     if v.is_empty() {
         return true;
     }
     let b = v.as_bytes();
-    if matches!(b[0], b'<' | b'{' | b'%' | b'*' | b'@') && matches!(b[b.len() - 1], b'>' | b'}' | b'%' | b'*' | b'@') {
+    // `<KEY>`, `{key}`, `%KEY%`, `@KEY@`, `*****`.
+    let close = match b[0] {
+        b'<' => Some(b'>'),
+        b'{' => Some(b'}'),
+        b'%' | b'@' | b'*' => Some(b[0]),
+        _ => None,
+    };
+    if b.len() >= 2
+        && close == Some(b[b.len() - 1])
+        && b[1..b.len() - 1].iter().all(|c| is_word_byte(*c) || matches!(c, b'-' | b' ' | b'.' | b'*' | b'|'))
+    {
         return true;
     }
     // `$VAR`, `${VAR}`, `$(cmd)`, `$$(cmd)` (compose's escape), `$env:X`,
     // `$VAR (see .env)`.
-    if b[0] == b'$' && (b.len() == 1 || matches!(b[1], b'{' | b'(' | b'$') || is_word_byte(b[1])) {
+    if dollar_refs && b[0] == b'$' && (b.len() == 1 || is_var_ref(&v[1..])) {
         return true;
     }
     if b.iter().all(|c| *c == b[0])
-        || v.contains("...")
+        || (ellipsis && v.contains("..."))
         || v.contains('…')
-        || v.contains("{{")
-        || v.contains("${")
-        || v.contains("$(")
+        || (dollar_refs && has_reference(v))
     {
         return true;
     }
@@ -662,6 +686,12 @@ pub(crate) fn is_placeholder(v: &str) -> bool {
     {
         return true;
     }
+    // Mostly `x` (`ghp_xxxx…`, `AKIAXXXXXXXX…`): a random string has a
+    // few by chance.
+    let xs = b.iter().filter(|c| matches!(c, b'x' | b'X')).count();
+    if xs >= 4 && xs * 10 >= b.len() * 4 || v.contains("xxxxxxxx") || v.contains("XXXXXXXX") {
+        return true;
+    }
     let lower = v.to_ascii_lowercase();
     [
         "example",
@@ -672,7 +702,6 @@ pub(crate) fn is_placeholder(v: &str) -> bool {
         "yoursecret",
         "yourkey",
         "your ",
-        "xxxx",
         "****",
         "####",
         "placeholder",
@@ -697,6 +726,44 @@ pub(crate) fn is_placeholder(v: &str) -> bool {
     ]
     .iter()
     .any(|p| lower.contains(p))
+}
+
+/// After a `$`: a variable's name (`API_TOKEN`, `apiToken`, `{DB_PASS}`,
+/// `(cat file)`, `$(…)`), not a password that starts with `$` (`$t8QHmXB#…`).
+fn is_var_ref(rest: &str) -> bool {
+    let rest = rest.strip_prefix('$').unwrap_or(rest);
+    if rest.starts_with(['{', '(']) {
+        return true;
+    }
+    let name: &str = &rest[..rest.bytes().take_while(|c| is_word_byte(*c) || *c == b':').count()];
+    let b = name.as_bytes();
+    !name.is_empty()
+        && (b.iter().all(|c| !c.is_ascii_lowercase())
+            || b.iter().all(|c| !c.is_ascii_uppercase())
+            || !b.windows(2).any(|w| w[0].is_ascii_digit() && w[1].is_ascii_alphabetic()))
+}
+
+/// Whether `v` holds a reference to another value: `${NAME}`,
+/// `${NAME:-default}`, `$(command)`, `{{ .Values.x }}`. A random password may
+/// hold `$(` or `${` by chance; a reference is well formed.
+fn has_reference(v: &str) -> bool {
+    let b = v.as_bytes();
+    for (i, w) in b.windows(2).enumerate() {
+        let rest = &v[i + 2..];
+        let ok = match w {
+            b"${" => rest.find('}').is_some_and(|e| {
+                let name = rest[..e].split([':', '-', '?', '=']).next().unwrap_or("");
+                !name.is_empty() && name.bytes().all(|c| is_word_byte(c) || c == b'.')
+            }),
+            b"$(" => rest.find(')').is_some_and(|e| rest[..e].starts_with(|c: char| c.is_ascii_lowercase())),
+            b"{{" => rest.contains("}}"),
+            _ => false,
+        };
+        if ok {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whole values that are words, not secrets.

@@ -275,3 +275,15 @@ fn report_has_no_values() {
     assert_eq!(report.total(), 2);
     assert_eq!(report.to_string(), "2 redacted (email: 1, aws_key: 1)");
 }
+
+#[test]
+fn prose_that_names_a_password_is_left_alone() {
+    for text in [
+        "Users can pass '--color always' to forcefully emit hyperlinks.",
+        "You pass \"--token\" and the token file path.",
+        "the password is required and the token is refreshed hourly",
+    ] {
+        check(text, text);
+    }
+    check("ALTER ROLE app WITH PASSWORD 'S3cret!x';", "ALTER ROLE app WITH PASSWORD '<PASSWORD>';");
+}

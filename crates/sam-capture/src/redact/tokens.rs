@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use super::checks::{jwt_header_ok, shannon_entropy};
-use super::{Cand, Finding, Redactor, Scan, SecretKind, is_placeholder};
+use super::{Cand, Finding, Redactor, Scan, SecretKind, is_token_placeholder};
 
 /// One token rule.
 pub(crate) struct TokenRule {
@@ -296,7 +296,7 @@ pub(crate) fn find(r: &Redactor, scan: &Scan<'_>, out: &mut Vec<Cand>) {
                 continue;
             }
             let value = &scan.text[secret.clone()];
-            if shannon_entropy(value) < rule.entropy || is_placeholder(value) {
+            if shannon_entropy(value) < rule.entropy || is_token_placeholder(value) {
                 continue;
             }
             if rule.check.is_some_and(|c| !c(scan, secret.clone())) {
