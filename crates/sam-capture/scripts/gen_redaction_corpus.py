@@ -5,6 +5,10 @@
 
 `SEED=N` draws another corpus of the same shape (the committed one is the
 default seed): a check that the redactor holds on values it was not tuned on.
+Write it outside the project and point the test at it:
+
+    SEED=7 python3 crates/sam-capture/scripts/gen_redaction_corpus.py > /tmp/corpus-7.jsonl
+    SAM_REDACTION_CORPUS=/tmp/corpus-7.jsonl cargo test -p sam-capture --test redaction_corpus -- --nocapture
 
 Each line is one snippet of code, configuration, log, diff or prose:
 

@@ -890,7 +890,10 @@ fn is_prose(t: &str) -> bool {
     words.len() >= 2
         && words.iter().all(|w| {
             let w = w.trim_matches(|c: char| ".,!?:;'()\"".contains(c));
-            !w.is_empty() && w.chars().all(char::is_alphabetic)
+            // A word is lower case, Capitalised or UPPER case; `tmKiGXmJ` is not one.
+            let capitalised = w.chars().skip(1).all(|c| !c.is_uppercase());
+            let upper = w.chars().all(|c| !c.is_lowercase());
+            !w.is_empty() && w.chars().all(char::is_alphabetic) && (capitalised || upper)
         })
 }
 
@@ -903,10 +906,9 @@ fn is_template(t: &str) -> bool {
         return false;
     }
     let rest = MARKERS.iter().fold(t.to_string(), |acc, m| acc.replace(m, ""));
-    t.contains(' ')
-        || rest
-            .bytes()
-            .all(|c| c.is_ascii_alphabetic() || matches!(c, b'_' | b':' | b'/' | b'@' | b'.' | b'-' | b'}' | b')'))
+    rest.bytes().all(|c| {
+        c.is_ascii_alphabetic() || matches!(c, b' ' | b'_' | b':' | b'/' | b'@' | b'.' | b'-' | b'}' | b')' | b',')
+    })
 }
 
 /// A name, not a value: `pw`, `self.password`, `config.db.password`,

@@ -112,6 +112,8 @@ fn a_name_is_not_a_value() {
         "PASSWORD_MIN_LENGTH = 12\nTOKEN_TTL_SECONDS = 3600",
         "api_key = \"<your-api-key>\"",
         "password: \"Enter your password\"",
+        "password: \"Enter your PIN\"",
+        "password = \"Password for %s, please\"",
         "const user = { name, password: hashedPassword };",
         "interface Login { password: string; token?: string }",
         "def login(username: str, password: str) -> Token:",
@@ -159,6 +161,9 @@ fn passwords_in_every_syntax() {
         ("sshpass -p 'hunter22' ssh deploy@host", "sshpass -p '<PASSWORD>' ssh deploy@host"),
         ("<password>Zq8x2!pw</password>", "<password><PASSWORD></password>"),
         ("spring.datasource.password=Zq8x2pw9", "spring.datasource.password=<PASSWORD>"),
+        // Words of random case are not UI text; a marker among random characters is no template.
+        ("db:\n  password: tmKiGXmJ qwZrT\n", "db:\n  password: <PASSWORD>\n"),
+        ("password = \"x7 %d Q#k9\"", "password = \"<PASSWORD>\""),
     ] {
         check(input, want);
     }
