@@ -653,8 +653,12 @@ fn assignment(scan: &Scan<'_>, key: &Key) -> Option<(Range<usize>, f32)> {
             (Op::Eq, 2)
         } else if rest.starts_with(b"===") || rest.starts_with(b"!==") {
             (Op::Cmp, 3)
-        } else if rest.starts_with(b"==") && !space_before && (key.env_case || key.line_start || key.flag) {
-            (Op::Eq, 1) // `DB_PASSWORD==x9…`: an env value that starts with `=`
+        } else if rest.starts_with(b"==")
+            && !space_before
+            && (key.env_case || key.line_start || key.flag || scan.before(key.range.start) == Some(b';'))
+        {
+            // `DB_PASSWORD==x9…`, `…;Password==x9…;`: an env or connection-string value that starts with `=`
+            (Op::Eq, 1)
         } else if rest.starts_with(b"==") || rest.starts_with(b"!=") {
             (Op::Cmp, 2)
         } else if rest.starts_with(b"=") {
@@ -890,10 +894,11 @@ fn is_prose(t: &str) -> bool {
     words.len() >= 2
         && words.iter().all(|w| {
             let w = w.trim_matches(|c: char| ".,!?:;'()\"".contains(c));
-            // A word is lower case, Capitalised or UPPER case; `tmKiGXmJ` is not one.
-            let capitalised = w.chars().skip(1).all(|c| !c.is_uppercase());
-            let upper = w.chars().all(|c| !c.is_lowercase());
-            !w.is_empty() && w.chars().all(char::is_alphabetic) && (capitalised || upper)
+            // A word changes from lower to upper case at most once (`Enter`,
+            // `PIN`, `GitHub`, `iPhone`); `tmKiGXmJ` does three times.
+            let humps =
+                w.as_bytes().windows(2).filter(|p| p[0].is_ascii_lowercase() && p[1].is_ascii_uppercase()).count();
+            !w.is_empty() && w.chars().all(char::is_alphabetic) && humps <= 1
         })
 }
 

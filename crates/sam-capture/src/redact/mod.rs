@@ -693,39 +693,54 @@ fn placeholder(v: &str, dollar_refs: bool, ellipsis: bool) -> bool {
         return true;
     }
     let lower = v.to_ascii_lowercase();
-    [
-        "example",
-        "your_",
-        "your-",
-        "yourpass",
-        "yourtoken",
-        "yoursecret",
-        "yourkey",
-        "your ",
-        "****",
-        "####",
-        "placeholder",
-        "redacted",
-        "changeme",
-        "changeit",
-        "change_me",
-        "change-me",
-        "dummy",
-        "replace_me",
-        "replace-me",
-        "replaceme",
-        "insert_",
-        "_here",
-        "-here",
-        "notreal",
-        "not_real",
-        "not-a-real",
-        "fake_",
-        "env(",
-        "secret_here",
-    ]
-    .iter()
-    .any(|p| lower.contains(p))
+    PLACEHOLDER_WORDS
+        .iter()
+        .any(|(w, starts)| lower.match_indices(w).any(|(i, _)| written_as_words(&v[i..i + w.len()], starts)))
+}
+
+/// Words that mark a value as a placeholder (`your_api_key`, `CHANGEME`,
+/// `ExampleToken`), each with where a camel-case word may start inside it
+/// (`ChangeMe`).
+const PLACEHOLDER_WORDS: &[(&str, &[usize])] = &[
+    ("example", &[]),
+    ("your_", &[]),
+    ("your-", &[]),
+    ("yourpass", &[4]),
+    ("yourtoken", &[4]),
+    ("yoursecret", &[4]),
+    ("yourkey", &[4]),
+    ("your ", &[]),
+    ("****", &[]),
+    ("####", &[]),
+    ("placeholder", &[5]),
+    ("redacted", &[]),
+    ("changeme", &[6]),
+    ("changeit", &[6]),
+    ("change_me", &[]),
+    ("change-me", &[]),
+    ("dummy", &[]),
+    ("replace_me", &[]),
+    ("replace-me", &[]),
+    ("replaceme", &[7]),
+    ("insert_", &[]),
+    ("_here", &[]),
+    ("-here", &[]),
+    ("notreal", &[3]),
+    ("not_real", &[]),
+    ("not-a-real", &[]),
+    ("fake_", &[]),
+    ("env(", &[]),
+    ("secret_here", &[]),
+];
+
+/// Whether `s`, an occurrence of a placeholder word in any case, is written
+/// as words are: lower case, upper case, or capitalised where a word starts
+/// (`Dummy`, `Change_Me`, `ChangeMe` at `starts`); a random string holds
+/// `dUMMy` by chance.
+fn written_as_words(s: &str, starts: &[usize]) -> bool {
+    let b = s.as_bytes();
+    let word_start = |i: usize| i == 0 || !b[i - 1].is_ascii_alphabetic() || starts.contains(&i);
+    !b.iter().any(u8::is_ascii_lowercase) || b.iter().enumerate().all(|(i, c)| !c.is_ascii_uppercase() || word_start(i))
 }
 
 /// After a `$`: a variable's name (`API_TOKEN`, `apiToken`, `{DB_PASS}`,

@@ -111,8 +111,10 @@ fn a_name_is_not_a_value() {
         "      env:\n        DB_PASSWORD: ${{ secrets.DB_PASSWORD }}",
         "PASSWORD_MIN_LENGTH = 12\nTOKEN_TTL_SECONDS = 3600",
         "api_key = \"<your-api-key>\"",
+        "API_KEY=YOUR_API_KEY\nDB_PASSWORD=ChangeMe\nPASSWORD=Not-A-Real-Pass9\nsecret = \"DummySecretValue1\"",
         "password: \"Enter your password\"",
         "password: \"Enter your PIN\"",
+        "password: Sign in with GitHub",
         "password = \"Password for %s, please\"",
         "const user = { name, password: hashedPassword };",
         "interface Login { password: string; token?: string }",
@@ -156,6 +158,12 @@ fn passwords_in_every_syntax() {
             "Server=db;Database=app;User Id=sa;Password=P@ssw0rd!;",
             "Server=db;Database=app;User Id=sa;Password=<PASSWORD>;",
         ),
+        (
+            "Server=db;User Id=sa;Password==bjDS~cX_Rq;Encrypt=true",
+            "Server=db;User Id=sa;Password=<PASSWORD>;Encrypt=true",
+        ),
+        // A placeholder's word in a random value, by chance, in random case.
+        ("AZURE_CLIENT_SECRET=4cY4Q~Bj4Aa_ePadUMMyVbQ5~ISQetiFHgNZdC0w", "AZURE_CLIENT_SECRET=<AZURE_KEY>"),
         ("The wifi password is Velvet42! btw.", "The wifi password is <PASSWORD> btw."),
         ("curl -u admin:S3cret9 https://x.internal", "curl -u admin:<PASSWORD> https://x.internal"),
         ("sshpass -p 'hunter22' ssh deploy@host", "sshpass -p '<PASSWORD>' ssh deploy@host"),
