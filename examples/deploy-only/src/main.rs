@@ -51,7 +51,7 @@ fn main() -> Res<()> {
     };
 
     // 1. The registry, and a slot for the base model with its golden set.
-    let reg = Registry::open(tmp.path().join("registry"))?;
+    let reg = Registry::open(tmp.path().join("adapters"))?;
     let mut ev = ModelEvaluator::load(&model, EvalOptions { max_seq_len: MAX_SEQ_LEN, ..Default::default() })?;
     let golden = registry::golden_from_dataset(&data)?;
     let slot = reg.create_slot("assistant", BaseRef::of(&model, &mut ev)?, &golden, "the dataset's test split")?;
