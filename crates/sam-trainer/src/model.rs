@@ -221,6 +221,13 @@ impl Decoder {
         self.fused_enabled = on;
     }
 
+    /// Runs the fused path's products with frozen weights in bf16 where the
+    /// CPU has bf16 dot products (tests compare them with f32 products).
+    #[cfg(test)]
+    pub(crate) fn set_bf16_products(&mut self, on: bool) {
+        self.fused.set_bf16_products(on);
+    }
+
     /// What a forward pass over `[b, t]` ids in `mode` runs over.
     fn pass<'a>(&'a self, b: usize, t: usize, mode: Mode<'a>, grad: bool) -> Pass<'a> {
         let lowest = if mode.adapter { self.layers.iter().position(Layer::adapted) } else { None };
@@ -393,9 +400,20 @@ mod tests {
 
     /// The fused path gives the plain candle-op path's loss and gradients,
     /// with f32 and bf16 weights, with and without recomputation, across
-    /// more than one attention block and with padding.
+    /// more than one attention block and with padding, on every product
+    /// backend of `sam-kernels` this build and CPU have (the backend is
+    /// global; the others give the same results, so tests running meanwhile
+    /// are unaffected).
     #[test]
     fn fused_path_matches_plain_ops() {
+        for backend in sam_kernels::Backend::available() {
+            sam_kernels::set_backend(backend);
+            fused_path_matches_plain_ops_on(backend);
+        }
+        sam_kernels::set_backend(sam_kernels::Backend::Gemm);
+    }
+
+    fn fused_path_matches_plain_ops_on(backend: sam_kernels::Backend) {
         let ids: Vec<u32> = (0..150).map(|i| (i * 37 + 5) % 96).collect();
         let mask: Vec<bool> = (0..150).map(|i| i % 3 != 0).collect();
         for dtype in [DType::F32, DType::BF16] {
@@ -408,11 +426,17 @@ mod tests {
             for ckpt in [0, 1, 2] {
                 m.set_recompute_every(ckpt);
                 let (got, got_g) = loss_and_grads(&m, &b);
-                assert!((got - want).abs() < 1e-4 * want.abs(), "{dtype:?} ckpt {ckpt}: loss {got} vs {want}");
+                assert!(
+                    (got - want).abs() < 1e-4 * want.abs(),
+                    "{backend:?} {dtype:?} ckpt {ckpt}: loss {got} vs {want}"
+                );
                 for (i, (g, w)) in got_g.iter().zip(&want_g).enumerate() {
                     let scale = w.iter().fold(0f32, |a, v| a.max(v.abs()));
                     let worst = g.iter().zip(w).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
-                    assert!(scale > 0.0 && worst < 2e-3 * scale, "{dtype:?} ckpt {ckpt} var {i}: {worst} of {scale}");
+                    assert!(
+                        scale > 0.0 && worst < 2e-3 * scale,
+                        "{backend:?} {dtype:?} ckpt {ckpt} var {i}: {worst} of {scale}"
+                    );
                 }
             }
             let rows = |m: &Decoder| -> Vec<f32> { target_nll(m, &b, Mode::INFER).unwrap().to_vec1().unwrap() };
@@ -422,11 +446,47 @@ mod tests {
             m.set_fused(true);
             assert_eq!(fused_rows.len(), b.n_targets);
             for (x, y) in fused_rows.iter().zip(&plain_rows) {
-                assert!((x - y).abs() < 1e-4 * y.abs().max(1.0), "{dtype:?}: row nll {x} vs {y}");
+                assert!((x - y).abs() < 1e-4 * y.abs().max(1.0), "{backend:?} {dtype:?}: row nll {x} vs {y}");
             }
             let (mean, n) = mean_loss(&m, &seqs, 2, 0, Mode::INFER).unwrap();
             assert_eq!(n, b.n_targets);
             assert!((mean * n as f64 - want as f64).abs() < 1e-4 * want as f64, "{mean} vs {want}");
+        }
+    }
+    /// bf16 products with the frozen weights (where the CPU has bf16 dot
+    /// products) keep the test model's held-out loss, over the prompts of the
+    /// logits fixture, within 2% of the f32 products'; without them the
+    /// setting is off and the losses are the same.
+    #[test]
+    fn bf16_products_keep_the_held_out_loss() {
+        let path = match std::env::var_os("SAM_TEST_MODEL").filter(|v| !v.is_empty()) {
+            Some(p) => std::path::PathBuf::from(p),
+            None => std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/sam/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        };
+        assert!(path.is_file(), "test model {} is missing: run scripts/fetch-test-model.sh", path.display());
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_logits.json");
+        let fx: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+        let prompts: Vec<Vec<u32>> = fx["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect())
+            .collect();
+        let masks: Vec<Vec<bool>> = prompts.iter().map(|p| vec![true; p.len()]).collect();
+        let seqs: Vec<Sequence<'_>> = prompts.iter().zip(&masks).map(|(ids, mask)| Sequence { ids, mask }).collect();
+        let mut m = crate::load::load_model(&path, &LoadOptions::default()).unwrap();
+        let (f32_loss, n) = mean_loss(&m, &seqs, 4, 0, Mode::INFER).unwrap();
+        assert!(n > 20 && f32_loss.is_finite() && f32_loss > 0.1, "{n} targets, loss {f32_loss}");
+        m.set_bf16_products(true);
+        let (bf16_loss, _) = mean_loss(&m, &seqs, 4, 0, Mode::INFER).unwrap();
+        let rel = (bf16_loss - f32_loss).abs() / f32_loss;
+        eprintln!("held-out loss: f32 products {f32_loss:.5}, bf16 products {bf16_loss:.5} ({:.3}%)", 100.0 * rel);
+        if sam_kernels::bf16_available() {
+            assert!(bf16_loss != f32_loss, "bf16 products changed nothing");
+            assert!(rel < 0.02, "bf16 products moved the held-out loss by {:.2}%", 100.0 * rel);
+        } else {
+            assert_eq!(bf16_loss, f32_loss);
         }
     }
 }

@@ -15,11 +15,14 @@ pub(crate) struct Geometry {
     /// `[t, head_dim / 2]` cosines and sines of position × frequency.
     pub(super) cos: Vec<f32>,
     pub(super) sin: Vec<f32>,
+    /// How the products with frozen weights round their inputs.
+    pub(super) prec: sam_kernels::Precision,
 }
 
 impl Geometry {
-    /// The geometry of a `[b, t]` batch of `cfg`'s model.
-    pub(super) fn new(cfg: &crate::config::ModelConfig, b: usize, t: usize) -> Self {
+    /// The geometry of a `[b, t]` batch of `cfg`'s model, its frozen
+    /// products in `prec`.
+    pub(super) fn new(cfg: &crate::config::ModelConfig, b: usize, t: usize, prec: sam_kernels::Precision) -> Self {
         let hd = cfg.head_dim;
         let inv: Vec<f32> =
             (0..hd / 2).map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32).collect();
@@ -43,6 +46,7 @@ impl Geometry {
             eps: cfg.rms_norm_eps as f32,
             cos,
             sin,
+            prec,
         }
     }
 

@@ -4,13 +4,14 @@
 //! `[rows × vocab]` logits are never kept.
 
 use super::in_pool;
-use super::kernels::{self, MatRef, matmul, par};
+use super::kernels;
 use super::norm::{rms_norm, rms_norm_bwd};
 use super::pool::Pool;
 use super::weights::{Pinned, f32_data};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, bail};
 use rayon::prelude::*;
 use sam_kernels::profile::span;
+use sam_kernels::{Grad, Precision, Rows, Target, Weight};
 use std::sync::{Arc, Mutex};
 
 /// Most bytes of logits the output head holds at once: rows are evaluated
@@ -28,11 +29,13 @@ struct HeadNll {
     eps: f32,
     grad: bool,
     pool: Arc<Pool>,
+    prec: Precision,
     dx: Mutex<Option<Vec<f32>>>,
 }
 
 /// Per-row NLL of `targets` for last-layer rows `x` (`[m, hidden]`), and,
 /// with `grad`, each row's gradient `d nll_i / d x_i`.
+#[allow(clippy::too_many_arguments)]
 fn head_nll(
     pool: &Arc<Pool>,
     norm: &[f32],
@@ -41,6 +44,7 @@ fn head_nll(
     targets: &[u32],
     eps: f32,
     grad: bool,
+    prec: Precision,
 ) -> candle_core::Result<(Vec<f32>, Option<Vec<f32>>)> {
     let m = targets.len();
     if m == 0 {
@@ -62,12 +66,12 @@ fn head_nll(
     let mut dh = pool.take(if grad { m * h } else { 0 });
     let rows = (HEAD_BYTES / (4 * vocab)).max(16).min(m);
     let mut logits = pool.take(rows * vocab);
-    let w = MatRef::new(head, vocab, h);
+    let w = Weight::f32(head, vocab, h);
     for c0 in (0..m).step_by(rows) {
         let c = rows.min(m - c0);
         let lg = &mut logits[..c * vocab];
         let sp = span("head/logits");
-        matmul(lg, 0, vocab, MatRef::strided(&hn, c0 * h, c, h, h), w.t(), false, 1.0, par());
+        sam_kernels::forward(Rows::new(&hn[c0 * h..], c, h), &mut [Target::new(w, lg, vocab)], prec);
         drop(sp);
         let sp = span("head/cross_entropy");
         lg.par_chunks_mut(vocab)
@@ -77,7 +81,7 @@ fn head_nll(
         drop(sp);
         if grad {
             let _sp = span("head/dh");
-            matmul(&mut dh, c0 * h, h, MatRef::new(lg, c, vocab), w, false, 1.0, par());
+            sam_kernels::backward(&[Grad::new(Rows::new(lg, c, vocab), w)], &mut dh[c0 * h..], h, false, prec);
         }
     }
     if !grad {
@@ -103,7 +107,7 @@ impl CustomOp1 for HeadNll {
             let mut p = Pinned::new();
             let ni = p.add(&self.norm)?;
             let hi = p.add(&self.head)?;
-            head_nll(&self.pool, p.get(ni), p.get(hi), x, &self.targets, self.eps, self.grad)
+            head_nll(&self.pool, p.get(ni), p.get(hi), x, &self.targets, self.eps, self.grad, self.prec)
         })?;
         *self.dx.lock().map_err(|_| candle_core::Error::Msg("fused head: poisoned".into()))? = dx;
         Ok((CpuStorage::F32(nll), Shape::from(self.targets.len())))
@@ -134,6 +138,7 @@ pub(super) fn nll_rows(
     targets: &[u32],
     eps: f64,
     pool: &Arc<Pool>,
+    prec: Precision,
 ) -> candle_core::Result<Tensor> {
     let x = x.contiguous()?;
     let grad = x.track_op();
@@ -144,6 +149,7 @@ pub(super) fn nll_rows(
         eps: eps as f32,
         grad,
         pool: pool.clone(),
+        prec,
         dx: Mutex::new(None),
     };
     if grad {
@@ -156,7 +162,7 @@ pub(super) fn nll_rows(
         let mut p = Pinned::new();
         let ni = p.add(norm)?;
         let hi = p.add(head)?;
-        head_nll(pool, p.get(ni), p.get(hi), data, targets, eps as f32, false)
+        head_nll(pool, p.get(ni), p.get(hi), data, targets, eps as f32, false, prec)
     })?;
     drop(px);
     Tensor::from_vec(nll, targets.len(), x.device())

@@ -24,11 +24,6 @@ impl<'a> MatRef<'a> {
         Self { data, off: 0, rows, cols, rs: cols, cs: 1 }
     }
 
-    /// A row-major matrix at `off` whose rows are `ld` elements apart.
-    pub(crate) fn strided(data: &'a [f32], off: usize, rows: usize, cols: usize, ld: usize) -> Self {
-        Self { data, off, rows, cols, rs: ld, cs: 1 }
-    }
-
     /// The transpose (no copy).
     pub(crate) fn t(self) -> Self {
         Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }

@@ -7,7 +7,7 @@ use super::attention::{attn_bwd, attn_fwd};
 use super::geometry::Geometry;
 use super::in_pool;
 use super::kernels;
-use super::linear::{LoraGrad, lin_bwd, lin_fwd};
+use super::linear::{LoraGrad, frozen_bwd, lin_bwd, lin_fwd, lora_bwd};
 use super::norm::{rms_norm, rms_norm_bwd, rope};
 use super::pool::{Buf, Pool};
 use super::weights::{LayerView, Pinned, f32_data, pin_layer, view};
@@ -54,6 +54,7 @@ enum Keep {
 fn layer_fwd(geo: &Geometry, pool: &Arc<Pool>, lv: &LayerView<'_>, x: &[f32], keep: Keep) -> (Vec<f32>, Option<Saved>) {
     let (n, hdim, inter) = (geo.n(), geo.hidden, geo.inter);
     let (dq, dkv) = (geo.dq(), geo.dkv());
+    let prec = geo.prec;
     let mut xa: Vec<Option<Vec<f32>>> = (0..7).map(|_| None).collect();
 
     let sp = span("fwd/norm");
@@ -64,9 +65,11 @@ fn layer_fwd(geo: &Geometry, pool: &Arc<Pool>, lv: &LayerView<'_>, x: &[f32], ke
     let mut q = pool.take(n * dq);
     let mut k = pool.take(n * dkv);
     let mut v = pool.take(n * dkv);
-    xa[Target::Q as usize] = lin_fwd(lv.lin(Target::Q), pool, &h1, n, &mut q, false);
-    xa[Target::K as usize] = lin_fwd(lv.lin(Target::K), pool, &h1, n, &mut k, false);
-    xa[Target::V as usize] = lin_fwd(lv.lin(Target::V), pool, &h1, n, &mut v, false);
+    let qkv = [lv.lin(Target::Q), lv.lin(Target::K), lv.lin(Target::V)];
+    let xs = lin_fwd(&qkv, prec, &h1, n, &mut [(&mut q, false), (&mut k, false), (&mut v, false)]);
+    for (t, a) in [Target::Q, Target::K, Target::V].into_iter().zip(xs) {
+        xa[t as usize] = a;
+    }
     drop(sp);
     let sp = span("fwd/rope");
     rope(geo, &mut q, dq, false);
@@ -81,7 +84,7 @@ fn layer_fwd(geo: &Geometry, pool: &Arc<Pool>, lv: &LayerView<'_>, x: &[f32], ke
     let sp = span("fwd/o");
     let mut x1 = pool.take(n * hdim);
     x1.copy_from_slice(x);
-    xa[Target::O as usize] = lin_fwd(lv.lin(Target::O), pool, &ao, n, &mut x1, true);
+    xa[Target::O as usize] = lin_fwd(&[lv.lin(Target::O)], prec, &ao, n, &mut [(&mut x1, true)]).pop().flatten();
     drop(sp);
 
     let sp = span("fwd/norm");
@@ -91,8 +94,10 @@ fn layer_fwd(geo: &Geometry, pool: &Arc<Pool>, lv: &LayerView<'_>, x: &[f32], ke
     let sp = span("fwd/gate_up");
     let mut g = pool.take(n * inter);
     let mut u = pool.take(n * inter);
-    xa[Target::Gate as usize] = lin_fwd(lv.lin(Target::Gate), pool, &h2, n, &mut g, false);
-    xa[Target::Up as usize] = lin_fwd(lv.lin(Target::Up), pool, &h2, n, &mut u, false);
+    let gu = [lv.lin(Target::Gate), lv.lin(Target::Up)];
+    let mut xs = lin_fwd(&gu, prec, &h2, n, &mut [(&mut g, false), (&mut u, false)]).into_iter();
+    xa[Target::Gate as usize] = xs.next().flatten();
+    xa[Target::Up as usize] = xs.next().flatten();
     drop(sp);
     let mut out = Vec::new();
     if keep != Keep::Saved {
@@ -102,7 +107,8 @@ fn layer_fwd(geo: &Geometry, pool: &Arc<Pool>, lv: &LayerView<'_>, x: &[f32], ke
         out = x1.to_vec();
         drop(sp);
         let _sp = span("fwd/down");
-        xa[Target::Down as usize] = lin_fwd(lv.lin(Target::Down), pool, &act, n, &mut out, true);
+        xa[Target::Down as usize] =
+            lin_fwd(&[lv.lin(Target::Down)], prec, &act, n, &mut [(&mut out, true)]).pop().flatten();
     }
 
     let saved = (keep != Keep::Output).then(|| Saved {
@@ -144,6 +150,7 @@ fn layer_bwd(
     const CHUNK: usize = 1 << 14;
     let (n, hdim, inter) = (geo.n(), geo.hidden, geo.inter);
     let (dqw, dkvw) = (geo.dq(), geo.dkv());
+    let prec = geo.prec;
     let mut grads: Vec<Option<LoraGrad>> = (0..7).map(|_| None).collect();
     let xa = |s: &Saved, t: Target| s.xa[t as usize].clone();
 
@@ -158,7 +165,7 @@ fn layer_bwd(
         pool.take(0)
     };
     grads[Target::Down as usize] =
-        lin_bwd(lv.lin(Target::Down), pool, dy, n, &act, xa(&s, Target::Down).as_deref(), Some((&mut dact, false)));
+        lin_bwd(lv.lin(Target::Down), prec, dy, n, &act, xa(&s, Target::Down).as_deref(), Some((&mut dact, false)));
     drop(act);
     drop(sp);
     let sp = span("bwd/swiglu");
@@ -173,12 +180,13 @@ fn layer_bwd(
     let attn_adapted = [Target::Q, Target::K, Target::V, Target::O].iter().any(|&t| lv.adapted(t));
     let need_x1 = need_dx || attn_adapted;
     let mut dh2 = pool.take(if need_x1 { n * hdim } else { 0 });
-    let d2 = need_x1.then_some(&mut dh2[..]);
-    grads[Target::Gate as usize] =
-        lin_bwd(lv.lin(Target::Gate), pool, dg, n, &s.h2, xa(&s, Target::Gate).as_deref(), d2.map(|d| (d, false)));
-    let d2 = need_x1.then_some(&mut dh2[..]);
-    grads[Target::Up as usize] =
-        lin_bwd(lv.lin(Target::Up), pool, du, n, &s.h2, xa(&s, Target::Up).as_deref(), d2.map(|d| (d, true)));
+    if need_x1 {
+        frozen_bwd(&[(lv.lin(Target::Gate), dg), (lv.lin(Target::Up), du)], prec, n, &mut dh2, false);
+    }
+    for (t, d) in [(Target::Gate, dg), (Target::Up, du)] {
+        let d2 = need_x1.then_some(&mut dh2[..]);
+        grads[t as usize] = lora_bwd(lv.lin(t), d, n, &s.h2, xa(&s, t).as_deref(), d2);
+    }
     drop(sp);
     if !need_x1 {
         return (None, grads);
@@ -197,7 +205,7 @@ fn layer_bwd(
     let ao = s.ao.take().unwrap_or_else(|| pool.take(0));
     grads[Target::O as usize] = lin_bwd(
         lv.lin(Target::O),
-        pool,
+        prec,
         &dx1,
         n,
         &ao,
@@ -227,12 +235,16 @@ fn layer_bwd(
     drop(sp);
     let sp = span("bwd/qkv");
     let mut dh1 = pool.take(if need_dx { n * hdim } else { 0 });
-    let mut first = true;
-    for (t, d) in [(Target::Q, &dq), (Target::K, &dk), (Target::V, &dv)] {
+    let qkv = [(Target::Q, dq.as_deref()), (Target::K, dk.as_deref()), (Target::V, dv.as_deref())];
+    if need_dx {
+        // Every projection's dy is there when the input's gradient is wanted.
+        let terms: Vec<_> = qkv.iter().filter_map(|&(t, d)| Some((lv.lin(t), d?))).collect();
+        frozen_bwd(&terms, prec, n, &mut dh1, false);
+    }
+    for (t, d) in qkv {
         let Some(d) = d else { continue };
-        let dx = need_dx.then_some((&mut dh1[..], !first));
-        first = false;
-        grads[t as usize] = lin_bwd(lv.lin(t), pool, d, n, &s.h1, xa(&s, t).as_deref(), dx);
+        let dx = need_dx.then_some(&mut dh1[..]);
+        grads[t as usize] = lora_bwd(lv.lin(t), d, n, &s.h1, xa(&s, t).as_deref(), dx);
     }
     drop(sp);
     if !need_dx {

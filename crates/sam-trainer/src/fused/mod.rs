@@ -6,7 +6,7 @@
 //! allocating a fresh tensor, most of them single-pass elementwise work
 //! between the matrix products, and candle's matmul backward computes the
 //! gradients of frozen weights too. Here a layer is a `CustomOp1` on its
-//! input ([`layer`]): the forward runs the products on `gemm` directly
+//! input ([`layer`]): the forward runs the products on `sam-kernels`
 //! (strided views instead of `contiguous()` copies; causal attention in
 //! query blocks that skip the masked half, [`attention`]) with the
 //! elementwise passes fused and vectorised ([`kernels`], [`norm`]), and
@@ -21,8 +21,9 @@
 //! linear in those, it computes each row's gradient `d nll_i / d x_i` in the
 //! forward, chunk by chunk, so the `[rows × vocab]` logits are never kept.
 //!
-//! Frozen matrices are read as stored ([`weights`]: f32, or bf16/f16 widened
-//! per product into buffers of the model's [`pool`]). Used on the CPU
+//! Frozen matrices are read as stored ([`weights`]: f32, bf16 or f16) by the
+//! products of `sam-kernels` ([`linear`]), in f32, or in bf16 where the CPU
+//! has bf16 dot products and `SAM_BF16_PRODUCTS=1` asks for them. Used on the CPU
 //! without a KV cache or dropout; other cases (generation, dropout, GPU
 //! devices) take the plain path ([`crate::plain`]).
 
@@ -41,12 +42,24 @@ use candle_core::{DType, Tensor, Var};
 use geometry::Geometry;
 use layer::{FusedLayer, forward_no_graph};
 use pool::Pool;
+use sam_kernels::Precision;
 use std::sync::Arc;
 
 /// The fused CPU path, with the buffer pool its nodes share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Fused {
     pool: Arc<Pool>,
+    /// How the products with frozen weights round their inputs: in bf16
+    /// when `SAM_BF16_PRODUCTS=1` and the CPU has bf16 dot products
+    /// ([`sam_kernels::bf16_available`]), else in f32.
+    prec: Precision,
+}
+
+impl Default for Fused {
+    fn default() -> Self {
+        let bf16 = std::env::var("SAM_BF16_PRODUCTS").is_ok_and(|v| v == "1") && sam_kernels::bf16_available();
+        Self { pool: Arc::default(), prec: if bf16 { Precision::Bf16 } else { Precision::F32 } }
+    }
 }
 
 impl Fused {
@@ -66,12 +79,20 @@ impl Fused {
     /// takes the plain path, e.g. to generate).
     pub(crate) fn release(&self) {
         self.pool.clear();
+        sam_kernels::release();
+    }
+
+    /// Runs the products with frozen weights in bf16 (where the CPU has
+    /// bf16 dot products) or in f32.
+    #[cfg(test)]
+    pub(crate) fn set_bf16_products(&mut self, on: bool) {
+        self.prec = if on && sam_kernels::bf16_available() { Precision::Bf16 } else { Precision::F32 };
     }
 }
 
 impl Path for Fused {
     fn layers(&self, pass: &Pass<'_>, mut x: Tensor, _cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {
-        let geo = Arc::new(Geometry::new(pass.cfg, pass.batch, pass.seq));
+        let geo = Arc::new(Geometry::new(pass.cfg, pass.batch, pass.seq, self.prec));
         for (li, layer) in pass.layers.iter().enumerate() {
             // Layers below the lowest adapter need no graph at all; from
             // there on, recomputed layers keep only their inputs.
@@ -101,7 +122,7 @@ impl Path for Fused {
     }
 
     fn nll(&self, x: &Tensor, norm: &Tensor, head: &Tensor, targets: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-        head::nll_rows(x, norm, head, &targets.to_vec1::<u32>()?, eps, &self.pool)
+        head::nll_rows(x, norm, head, &targets.to_vec1::<u32>()?, eps, &self.pool, self.prec)
     }
 }
 

@@ -1,16 +1,12 @@
 //! A layer's frozen weights as slices for the kernels: read guards on the
 //! tensors' storages ([`Pinned`]), each matrix as stored ([`WRef`]: f32,
-//! bf16 or f16), widened to f32 per product into a pooled buffer
-//! ([`widen`]), and the whole layer checked against the pass's geometry
-//! ([`view`]).
+//! bf16 or f16, read as such by the products of `sam-kernels`), and the
+//! whole layer checked against the pass's geometry ([`view`]).
 
 use super::geometry::Geometry;
-use super::pool::{Buf, Pool};
 use crate::layer::Layer;
 use crate::lora::Target;
 use candle_core::{CpuStorage, DType, Layout, Storage, StorageRef, Tensor, bail};
-use rayon::prelude::*;
-use std::sync::Arc;
 
 /// Whether a layer's weights can take the fused path: on the CPU, norms and
 /// biases in f32, matrices in f32, bf16 or f16.
@@ -79,42 +75,6 @@ pub(super) enum WRef<'a> {
     F32(&'a [f32]),
     Bf16(&'a [half::bf16]),
     F16(&'a [half::f16]),
-}
-
-/// A weight matrix in f32: the stored one, or a widened copy.
-pub(super) enum Wide<'a> {
-    Borrowed(&'a [f32]),
-    Owned(Buf),
-}
-
-impl std::ops::Deref for Wide<'_> {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        match self {
-            Wide::Borrowed(s) => s,
-            Wide::Owned(b) => b,
-        }
-    }
-}
-
-/// `w` in f32; half-precision weights are widened into a pooled buffer for
-/// the duration of one product.
-pub(super) fn widen<'a>(w: WRef<'a>, pool: &Arc<Pool>) -> Wide<'a> {
-    use half::slice::HalfFloatSliceExt;
-    const CHUNK: usize = 1 << 16;
-    match w {
-        WRef::F32(s) => Wide::Borrowed(s),
-        WRef::Bf16(s) => {
-            let mut b = pool.take(s.len());
-            b.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(o, i)| i.convert_to_f32_slice(o));
-            Wide::Owned(b)
-        }
-        WRef::F16(s) => {
-            let mut b = pool.take(s.len());
-            b.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(o, i)| i.convert_to_f32_slice(o));
-            Wide::Owned(b)
-        }
-    }
 }
 
 pub(super) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
