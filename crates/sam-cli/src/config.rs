@@ -2,12 +2,15 @@
 //! into each library's own configuration.
 //!
 //! `sam_home::Config` holds the file as written; [`Config`] holds what the
-//! commands hand to the libraries. A test holds the two sets of defaults
-//! equal, so a default changed on one side is seen.
+//! commands hand to the libraries. The conversions are
+//! `sam_pipeline::settings`' (the scheduler daemon reads the file the same
+//! way), plus the server's and the deployer's here. Tests hold the two sets
+//! of defaults equal, so a default changed on one side is seen.
 
 use anyhow::Context as _;
 use sam_home::SamHome;
 use sam_home::config as file;
+use sam_pipeline::settings;
 
 /// The libraries' configurations, from `sam.toml`.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,79 +45,19 @@ impl Config {
     /// The libraries' configurations from the file's sections.
     pub fn from_file(home: &SamHome, f: sam_home::Config) -> anyhow::Result<Config> {
         let path = home.config_file();
-        let redaction = redaction(&f.capture.redaction).with_context(|| format!("{}", path.display()))?;
+        let redaction = settings::redaction(&f.capture.redaction).with_context(|| format!("{}", path.display()))?;
         Ok(Config {
-            quality: quality(&f.store.quality),
-            store: store(&f.store),
-            capture: capture(home, &f.capture),
+            quality: settings::quality(&f.store.quality),
+            store: settings::store(&f.store),
+            capture: settings::capture(home, &f.capture),
             redaction,
-            routing: routing(&f.capture.routing),
-            near_dup: near_dup(&f.store.near_dup),
+            routing: settings::routing(&f.capture.routing),
+            near_dup: settings::near_dup(&f.store.near_dup),
             serve: serve(&f.serve),
             deploy: deploy(&f.deploy),
             file: f,
         })
     }
-}
-
-/// `[store.quality]`.
-pub fn quality(s: &file::QualitySection) -> sam_schema::quality::QualityConfig {
-    sam_schema::quality::QualityConfig {
-        min_response_chars: s.min_response_chars,
-        max_total_chars: s.max_total_chars,
-        max_duplicate_line_fraction: s.max_duplicate_line_fraction,
-        max_top_ngram_fraction: s.max_top_ngram_fraction,
-    }
-}
-
-/// `[store]`.
-pub fn store(s: &file::StoreSection) -> sam_store::StoreConfig {
-    sam_store::StoreConfig { busy_timeout_ms: s.busy_timeout_ms, cache_mib: s.cache_mib, batch_size: s.batch_size }
-}
-
-/// `[store.near_dup]`.
-pub fn near_dup(s: &file::NearDupSection) -> sam_store::near_dup::NearDupConfig {
-    sam_store::near_dup::NearDupConfig {
-        threshold: s.threshold,
-        shingle: s.shingle,
-        bands: s.bands,
-        rows: s.rows,
-        seed: s.seed,
-        threads: s.threads,
-    }
-}
-
-/// `[capture]`, with the spool resolved under `home`.
-pub fn capture(home: &SamHome, s: &file::CaptureSection) -> sam_capture::capture::CaptureConfig {
-    let spool = s.spool.as_deref().map_or_else(|| home.capture_spool(), |p| home.resolve_path(p));
-    sam_capture::capture::CaptureConfig {
-        max_batch: s.max_batch,
-        max_age_ms: s.max_age_ms,
-        spool: Some(spool),
-        escalation_as_preference: s.escalation_as_preference,
-        busy_timeout_ms: s.busy_timeout_ms,
-    }
-}
-
-/// `[capture.redaction]`; a kind sam does not know is an error naming it.
-pub fn redaction(s: &file::RedactionSection) -> anyhow::Result<sam_capture::redact::RedactionConfig> {
-    let disabled = s
-        .disabled
-        .iter()
-        .map(|k| {
-            serde_json::from_value(serde_json::Value::String(k.clone()))
-                .map_err(|_| anyhow::anyhow!("[capture.redaction] disabled: unknown kind {k:?}"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    Ok(sam_capture::redact::RedactionConfig {
-        disabled,
-        entropy_threshold: s.entropy_threshold,
-        entropy_min_len: s.entropy_min_len,
-        allow: s.allow.clone(),
-        allow_patterns: s.allow_patterns.clone(),
-        allow_sources: s.allow_sources.clone(),
-        generic_users: s.generic_users.clone(),
-    })
 }
 
 /// `[serve]`.
@@ -149,22 +92,6 @@ pub fn deploy(s: &file::DeploySection) -> sam_deploy::DeployConfig {
             tolerance: c.tolerance,
             rollback_margin: c.rollback_margin,
         },
-    }
-}
-
-/// `[capture.routing]`.
-pub fn routing(s: &file::RoutingSection) -> sam_capture::routing::RoutingConfig {
-    sam_capture::routing::RoutingConfig {
-        routes: s
-            .routes
-            .iter()
-            .map(|r| sam_capture::routing::Route {
-                task: r.task.clone(),
-                model: r.model.clone(),
-                reason: r.reason.clone(),
-                examples: r.examples.clone(),
-            })
-            .collect(),
     }
 }
 

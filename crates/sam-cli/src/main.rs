@@ -8,6 +8,7 @@
 mod cmd;
 mod config;
 mod ctx;
+mod samples;
 
 use clap::{Parser, Subcommand};
 

@@ -205,6 +205,15 @@ pub struct SpecialTokens {
     pub add_eos: bool,
 }
 
+impl SpecialTokens {
+    /// The token id sequences are padded with: the pad token, else eos,
+    /// else 0. The one rule for it: prep writes it into the dataset's
+    /// manifest, and training and evaluation pad with it.
+    pub fn pad_id(&self) -> u32 {
+        self.pad.as_ref().or(self.eos.as_ref()).map_or(0, |t| t.id)
+    }
+}
+
 /// A base model, read: config, tokenizer, chat template and special tokens.
 #[derive(Debug, Clone)]
 pub struct BaseModel {
@@ -319,6 +328,39 @@ impl BaseModel {
             chat_template,
             special,
         })
+    }
+
+    /// A short fingerprint of the model's files: its configuration, and the
+    /// name, size and first MiB of each weight file. It changes when the
+    /// model does, and costs a few reads, not a pass over the weights.
+    pub fn fingerprint(&self) -> Result<String, Error> {
+        use std::io::Read as _;
+        let mut h = blake3::Hasher::new();
+        h.update(serde_json::to_string(&self.config).unwrap_or_default().as_bytes());
+        let mut files = match &self.source {
+            ModelSource::Gguf(p) => vec![p.clone()],
+            ModelSource::HfFolder(dir) => {
+                let mut v: Vec<PathBuf> = fs::read_dir(dir)
+                    .map_err(|e| Error::Io { path: dir.clone(), source: e })?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                    .collect();
+                v.sort();
+                v
+            }
+        };
+        files.dedup();
+        for p in &files {
+            let io = |e| Error::Io { path: p.clone(), source: e };
+            let f = fs::File::open(p).map_err(io)?;
+            let len = f.metadata().map_err(io)?.len();
+            let mut head = Vec::with_capacity(1 << 20);
+            f.take(1 << 20).read_to_end(&mut head).map_err(io)?;
+            h.update(p.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+            h.update(&len.to_le_bytes());
+            h.update(&head);
+        }
+        Ok(h.finalize().to_hex()[..16].to_string())
     }
 
     /// Where the model was read from.

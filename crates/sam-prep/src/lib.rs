@@ -76,4 +76,7 @@ pub enum Error {
     /// Writing the token cache failed.
     #[error(transparent)]
     Cache(#[from] cache::CacheError),
+    /// The model's files could not be read.
+    #[error(transparent)]
+    Model(#[from] sam_models::Error),
 }

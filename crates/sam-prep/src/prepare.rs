@@ -62,7 +62,7 @@ impl Default for PrepConfig {
 }
 
 /// One input file.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceFile {
     /// Its path.
     pub path: PathBuf,
@@ -126,7 +126,7 @@ fn io_err(path: &Path, e: std::io::Error) -> Error {
 }
 
 /// Token statistics over sequences.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TokenStats {
     /// Sequences counted.
     pub count: usize,
@@ -167,7 +167,7 @@ impl TokenStats {
 }
 
 /// Counts of one split.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitCounts {
     /// Train rows.
     pub train: usize,
@@ -249,8 +249,8 @@ pub enum SpanMethod {
     Inferred,
 }
 
-/// `manifest.json` of a prepared dataset.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `manifest.json` of a prepared dataset; [`read_manifest`] reads one back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Format version of this manifest.
     pub version: u32,
@@ -260,6 +260,14 @@ pub struct Manifest {
     pub sources: Vec<SourceFile>,
     /// The model: name and path.
     pub model: Value,
+    /// The model's fingerprint (`BaseModel::fingerprint`): a dataset is
+    /// for the model it was prepared with.
+    #[serde(default)]
+    pub model_fingerprint: String,
+    /// The token id that pads sequences (`SpecialTokens::pad_id`: the pad
+    /// token, else eos, else 0); the trainer and evaluation pad with it.
+    #[serde(default)]
+    pub pad_id: u32,
     /// `model` or `estimate-4-chars-per-token`.
     pub tokenizer: String,
     /// blake3 of the tokenizer's JSON form (none without a tokenizer).
@@ -442,6 +450,25 @@ impl Prepared {
     }
 }
 
+/// A dataset's `manifest.json`, read back, with the BLAKE3 of its bytes
+/// (what records of a training run name the dataset by).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestFile {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// BLAKE3 of the file, 64 hex digits.
+    pub hash: String,
+}
+
+/// Read the manifest of the dataset folder `dir`.
+pub fn read_manifest(dir: &Path) -> Result<ManifestFile, Error> {
+    let path = dir.join("manifest.json");
+    let bytes = fs::read(&path).map_err(|e| io_err(&path, e))?;
+    let manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| io_err(&path, std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    Ok(ManifestFile { manifest, hash: blake3::hash(&bytes).to_hex().to_string() })
+}
+
 fn remove_previous_outputs(dir: &Path) -> Result<(), Error> {
     let mut paths = vec![dir.join("manifest.json")];
     for split in Split::ALL {
@@ -518,6 +545,8 @@ pub struct Preparer<'m> {
     eot: Option<String>,
     stops: Vec<String>,
     model_info: Value,
+    model_fingerprint: String,
+    pad_id: u32,
     cfg: PrepConfig,
 }
 
@@ -554,6 +583,8 @@ impl<'m> Preparer<'m> {
                 "name": model.name(),
                 "path": model.source().path(),
             }),
+            model_fingerprint: model.fingerprint()?,
+            pad_id: model.special_tokens().pad_id(),
             cfg,
         })
     }
@@ -647,6 +678,8 @@ impl<'m> Preparer<'m> {
             created_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             sources: input.sources.clone(),
             model: self.model_info.clone(),
+            model_fingerprint: self.model_fingerprint.clone(),
+            pad_id: self.pad_id,
             tokenizer: if self.tokenizer.is_some() { "model".into() } else { "estimate-4-chars-per-token".into() },
             tokenizer_hash,
             template: if self.builtin_template { "builtin-chatml".into() } else { "model".into() },

@@ -55,20 +55,9 @@ pub enum Error {
     /// There is nothing to train on at all.
     #[error("nothing to train on: {0}")]
     NoData(String),
-    /// A sample capture shipped with sam does not parse (a bug in sam).
-    #[error("sample capture line {line}: {source}")]
-    SampleCapture {
-        /// 1-based line.
-        line: usize,
-        /// The cause.
-        source: serde_json::Error,
-    },
-}
-
-impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
-    }
+    /// The pipeline failed.
+    #[error("pipeline: {0}")]
+    Pipeline(#[from] sam_pipeline::Error),
 }
 
 /// The result type of this crate.

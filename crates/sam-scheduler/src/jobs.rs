@@ -267,9 +267,9 @@ pub const JOBS: [&str; 5] = ["mine", "dedup", "validate", "export", "train"];
 /// and `train` (the trigger over `pipeline`), each with its interval from
 /// `settings` (an interval of 0 leaves the job out). The store, the
 /// cleaning rules and the eligible tiers are the pipeline's.
-pub fn add_standard(s: &mut crate::Scheduler, settings: &ScheduleSettings, pipeline: &crate::PipelineConfig) {
+pub fn add_standard(s: &mut crate::Scheduler, settings: &ScheduleSettings, pipeline: &sam_pipeline::PipelineConfig) {
     let delay = settings.randomized_delay_secs;
-    let store = pipeline.store_path();
+    let store = pipeline.home.store_db();
     let every = |secs| crate::Timing::every(secs, delay);
     if settings.mine_every_secs > 0 {
         let mut mine = MineJob::new(&store, settings.repos.clone(), settings.folders.clone());

@@ -23,8 +23,10 @@ use sam_store::{Filter, SqliteStore, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::pipeline::{PipelineConfig, Progress};
-use crate::state::{Outcome, PipelineState, Stage};
+use sam_home::SamHome;
+use sam_pipeline::event::{Event, EventSink};
+use sam_pipeline::{Outcome, PipelineConfig, PipelineState};
+
 use crate::task::{Done, Step, StepStatus, Task, TaskContext, TaskError, TaskReport};
 
 /// Eligible examples no training run has seen.
@@ -50,24 +52,23 @@ pub fn unseen(store: &SqliteStore, tiers: &[Tier], seen: &HashSet<String>) -> Re
 }
 
 /// The export the last trained pipeline run under `home` trained on.
-pub fn last_trained_export(home: &Path) -> Result<Option<PathBuf>, crate::Error> {
-    let state = PipelineState::load(home)?;
-    if let Some(s) = state.as_ref().filter(|s| s.outcome == Some(Outcome::Trained))
-        && let Some(e) = &s.export
+pub fn last_trained_export(home: &SamHome) -> Result<Option<PathBuf>, crate::Error> {
+    let trained = |s: &PipelineState| -> Result<Option<PathBuf>, crate::Error> {
+        if s.outcome != Some(Outcome::Trained) {
+            return Ok(None);
+        }
+        Ok(s.export()?.map(|e| e.path))
+    };
+    if let Some(s) = PipelineState::load(home)?
+        && let Some(p) = trained(&s)?
     {
-        return Ok(Some(e.path.clone()));
+        return Ok(Some(p));
     }
     // The state file holds the latest run only; the history holds them all.
-    let path = sam_home::SamHome::new(home).pipeline_history();
-    let Ok(f) = std::fs::File::open(&path) else { return Ok(None) };
     let mut last = None;
-    for line in std::io::BufReader::new(f).lines() {
-        let line = line.map_err(|e| crate::Error::Io { path: path.clone(), source: e })?;
-        if let Ok(s) = serde_json::from_str::<PipelineState>(&line)
-            && s.outcome == Some(Outcome::Trained)
-            && let Some(e) = s.export
-        {
-            last = Some(e.path);
+    for s in PipelineState::history(home)? {
+        if let Some(p) = trained(&s)? {
+            last = Some(p);
         }
     }
     Ok(last)
@@ -161,11 +162,11 @@ impl TrainTrigger {
 
     /// Counts the unseen eligible examples now.
     pub fn check(&mut self) -> Result<Unseen, TaskError> {
-        let store_path = self.pipeline.store_path();
+        let store_path = self.pipeline.home.store_db();
         if !store_path.is_file() {
             return Ok(Unseen::default());
         }
-        let export = last_trained_export(self.pipeline.home.root())?;
+        let export = last_trained_export(&self.pipeline.home)?;
         let seen = match (&self.seen, export) {
             (Some((p, ids)), Some(e)) if *p == e => ids,
             (_, Some(e)) => {
@@ -215,27 +216,27 @@ impl Task for TrainTrigger {
         let mut cfg = self.pipeline.clone();
         cfg.force = ctx.force;
         let mut steps = StepRecorder::default();
-        let summary = crate::pipeline::run(&cfg, &mut steps)?;
+        let summary = sam_pipeline::run(&cfg, &mut steps)?;
         // The export just trained on is the new "seen" set.
         self.seen = None;
         let done = match summary.outcome {
             Outcome::Trained => Done::Succeeded,
-            Outcome::NothingNew => Done::Idle,
+            _ => Done::Idle,
         };
         let output = json!({ "unseen": u, "threshold": self.threshold, "pipeline": summary });
         Ok(TaskReport { done, steps: steps.finish(), output })
     }
 }
 
-/// Times the pipeline's stages into [`Step`]s.
+/// Times the pipeline's stages into [`Step`]s, from its events.
 #[derive(Default)]
 struct StepRecorder {
     steps: Vec<Step>,
-    open: Option<(Stage, Instant)>,
+    open: Option<(String, Instant)>,
 }
 
 impl StepRecorder {
-    fn close(&mut self, stage: Stage, status: StepStatus) {
+    fn close(&mut self, stage: &str, status: StepStatus) {
         let seconds = match self.open.take() {
             Some((s, t0)) if s == stage => t0.elapsed().as_secs_f64(),
             other => {
@@ -243,31 +244,30 @@ impl StepRecorder {
                 0.0
             }
         };
-        self.steps.push(Step { name: stage.as_str().to_string(), seconds, status, output: serde_json::Value::Null });
+        self.steps.push(Step { name: stage.to_string(), seconds, status, output: serde_json::Value::Null });
     }
 
     fn finish(mut self) -> Vec<Step> {
-        if let Some((s, _)) = self.open {
-            self.close(s, StepStatus::Unfinished);
+        if let Some((s, _)) = self.open.clone() {
+            self.close(&s, StepStatus::Unfinished);
         }
         self.steps
     }
 }
 
-impl Progress for StepRecorder {
-    fn stage_started(&mut self, stage: Stage, _what: &str) {
-        self.open = Some((stage, Instant::now()));
-    }
-    fn stage_finished(&mut self, stage: Stage, _line: &str) {
-        self.close(stage, StepStatus::Finished);
-    }
-    fn stage_skipped(&mut self, stage: Stage, _why: &str) {
-        self.steps.push(Step {
-            name: stage.as_str().to_string(),
-            seconds: 0.0,
-            status: StepStatus::Skipped,
-            output: serde_json::Value::Null,
-        });
+impl EventSink for StepRecorder {
+    fn event(&mut self, e: &Event) {
+        match e {
+            Event::StageStarted { stage, .. } => self.open = Some((stage.clone(), Instant::now())),
+            Event::StageFinished { stage, .. } => self.close(stage, StepStatus::Finished),
+            Event::StageSkipped { stage, .. } => self.steps.push(Step {
+                name: stage.clone(),
+                seconds: 0.0,
+                status: StepStatus::Skipped,
+                output: serde_json::Value::Null,
+            }),
+            _ => {}
+        }
     }
 }
 

@@ -42,7 +42,6 @@ fn ingest(store: &Path, from: usize, n: usize) {
 fn pipeline(home: &Path) -> PipelineConfig {
     let model = sam_models::require_test_model().expect("the test model (scripts/fetch-test-model.sh)");
     let mut cfg = PipelineConfig::new(home, model);
-    cfg.sample_captures = false;
     cfg.train.duration = sam_trainer::Duration::Iters(2);
     cfg.train.eval_every = 2;
     cfg.train.save_every = 1;
@@ -80,7 +79,7 @@ fn new_data_triggers_a_training_and_no_new_data_does_nothing() {
     assert_eq!(st.jobs["train"].last_outcome, Some(JobOutcome::Idle));
 
     // 99 new examples: below the threshold.
-    ingest(&cfg.store_path(), 0, 99);
+    ingest(&cfg.home.store_db(), 0, 99);
     clock.advance(300);
     assert_eq!(step(&mut s), ["train"]);
     let h = files.history().unwrap();
@@ -89,7 +88,7 @@ fn new_data_triggers_a_training_and_no_new_data_does_nothing() {
     assert_eq!(last.output["unseen"]["total"], 99);
 
     // The 100th: the trigger fires and runs the pipeline.
-    ingest(&cfg.store_path(), 99, 1);
+    ingest(&cfg.home.store_db(), 99, 1);
     clock.advance(300);
     assert_eq!(step(&mut s), ["train"]);
     let h = files.history().unwrap();
@@ -101,10 +100,10 @@ fn new_data_triggers_a_training_and_no_new_data_does_nothing() {
     assert!(run.steps.iter().all(|s| s.status == StepStatus::Finished), "{run:?}");
     assert!(run.steps.iter().any(|s| s.name == "train" && s.seconds > 0.0), "{run:?}");
     assert!(run.seconds >= run.steps.iter().map(|s| s.seconds).sum::<f64>());
-    let store = SqliteStore::open(cfg.store_path()).unwrap();
+    let store = SqliteStore::open(cfg.home.store_db()).unwrap();
     let runs = store.training_runs().unwrap();
     assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0].status, "succeeded");
+    assert_eq!(runs[0].status, sam_store::RunState::Evaluated);
     drop(store);
 
     // A second tick with no new data: nothing.
@@ -115,6 +114,6 @@ fn new_data_triggers_a_training_and_no_new_data_does_nothing() {
     assert_eq!(h.len(), before + 1);
     assert_eq!(h.last().unwrap().outcome, JobOutcome::Idle);
     assert_eq!(h.last().unwrap().output["unseen"]["total"], 0);
-    assert_eq!(SqliteStore::open(cfg.store_path()).unwrap().training_runs().unwrap().len(), 1);
+    assert_eq!(SqliteStore::open(cfg.home.store_db()).unwrap().training_runs().unwrap().len(), 1);
     assert_eq!(std::fs::read_dir(sam_home::SamHome::new(&home).runs_dir()).unwrap().count(), 1);
 }

@@ -67,7 +67,8 @@ pub use error::StoreError;
 pub use sqlite::SqliteStore;
 pub use types::{
     Batch, DailyCount, DedupReport, ExportFormat, ExportRecord, Filter, InsertReport, QuarantineEntry, Rejection,
-    SourceHealth, Stats, StoreConfig, TrainingRun, ValidateOptions, ValidateReport, ValidationEntry,
+    RunState, RunUpdate, SourceHealth, Stats, StoreConfig, TrainingRun, ValidateOptions, ValidateReport,
+    ValidationEntry,
 };
 
 /// Where sam keeps its examples and what it did with them.
@@ -169,6 +170,27 @@ pub trait Store {
 
     /// Recorded training runs, oldest first.
     fn training_runs(&self) -> Result<Vec<TrainingRun>, StoreError>;
+
+    /// Move training run `update.id` to its new state: the one way `sam
+    /// train` and the pipeline record a run. A new run starts now; a known
+    /// one keeps its start and whatever `update` leaves `None`; a finished
+    /// state sets the finish time. Returns the record as stored.
+    fn record_run(&mut self, update: RunUpdate) -> Result<TrainingRun, StoreError> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let old = self.training_runs()?.into_iter().find(|r| r.id == update.id);
+        let run = TrainingRun {
+            started: old.as_ref().map_or(now, |o| o.started),
+            finished: update.state.is_finished().then_some(now),
+            status: update.state,
+            dataset_path: update.dataset_path.or_else(|| old.as_ref().and_then(|o| o.dataset_path.clone())),
+            manifest_hash: update.manifest_hash.or_else(|| old.as_ref().and_then(|o| o.manifest_hash.clone())),
+            adapter_path: update.adapter_path.or_else(|| old.as_ref().and_then(|o| o.adapter_path.clone())),
+            metrics: update.metrics.or_else(|| old.map(|o| o.metrics)).unwrap_or_else(|| serde_json::json!({})),
+            id: update.id,
+        };
+        self.record_training_run(&run)?;
+        Ok(run)
+    }
 
     /// Counts, daily trend and per-source health.
     fn stats(&self) -> Result<Stats, StoreError>;

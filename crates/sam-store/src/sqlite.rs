@@ -645,7 +645,7 @@ impl Store for SqliteStore {
                 run.id,
                 run.started,
                 run.finished,
-                run.status,
+                run.status.as_str(),
                 run.dataset_path.as_deref().map(path_text),
                 run.manifest_hash,
                 run.adapter_path.as_deref().map(path_text),
@@ -666,11 +666,14 @@ impl Store for SqliteStore {
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             let metrics: String = r.get(7)?;
+            let status: String = r.get(3)?;
+            let status = RunState::parse(&status)
+                .ok_or_else(|| StoreError::Invalid(format!("training run with an unknown state {status:?}")))?;
             out.push(TrainingRun {
                 id: r.get(0)?,
                 started: r.get(1)?,
                 finished: r.get(2)?,
-                status: r.get(3)?,
+                status,
                 dataset_path: r.get::<_, Option<String>>(4)?.map(PathBuf::from),
                 manifest_hash: r.get(5)?,
                 adapter_path: r.get::<_, Option<String>>(6)?.map(PathBuf::from),

@@ -282,6 +282,87 @@ pub struct ExportRecord {
     pub hash: String,
 }
 
+/// Where a recorded training run is. Stored as its name (`running`,
+/// `trained`, ...); the names older versions wrote (`succeeded`,
+/// `completed`) read as [`RunState::Trained`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RunState {
+    /// Training.
+    Running,
+    /// Stopped on request; resumable.
+    Stopped,
+    /// Stopped by an error.
+    Failed,
+    /// Training finished; the adapter is final.
+    Trained,
+    /// Trained, then scored on the held-out split (the pipeline's report stage).
+    Evaluated,
+}
+
+impl RunState {
+    /// The state's name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Stopped => "stopped",
+            RunState::Failed => "failed",
+            RunState::Trained => "trained",
+            RunState::Evaluated => "evaluated",
+        }
+    }
+
+    /// The state a stored name means (older names included).
+    pub fn parse(name: &str) -> Option<RunState> {
+        Some(match name {
+            "running" => RunState::Running,
+            "stopped" | "paused" => RunState::Stopped,
+            "failed" => RunState::Failed,
+            "trained" | "succeeded" | "completed" => RunState::Trained,
+            "evaluated" => RunState::Evaluated,
+            _ => return None,
+        })
+    }
+
+    /// Whether the run is over (not running).
+    pub fn is_finished(self) -> bool {
+        self != RunState::Running
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A change to a training run's record ([`crate::Store::record_run`]): its
+/// new state, and whatever else is known now. Fields left `None` keep what
+/// the record holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunUpdate {
+    /// The run's id (its folder name under `runs/`).
+    pub id: String,
+    /// Its new state.
+    pub state: RunState,
+    /// The prepared dataset it trains on.
+    pub dataset_path: Option<PathBuf>,
+    /// The hash of that dataset's manifest.
+    pub manifest_hash: Option<String>,
+    /// The adapter it wrote.
+    pub adapter_path: Option<PathBuf>,
+    /// Its figures.
+    pub metrics: Option<serde_json::Value>,
+}
+
+impl RunUpdate {
+    /// Run `id` is now in `state`; nothing else changes.
+    pub fn new(id: &str, state: RunState) -> Self {
+        Self { id: id.to_string(), state, dataset_path: None, manifest_hash: None, adapter_path: None, metrics: None }
+    }
+}
+
 /// A training run as the orchestrator records it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingRun {
@@ -291,8 +372,8 @@ pub struct TrainingRun {
     pub started: i64,
     /// When it finished, once it has.
     pub finished: Option<i64>,
-    /// `running`, `succeeded`, `failed`, `paused`, … (free text).
-    pub status: String,
+    /// Where it is.
+    pub status: RunState,
     /// The prepared dataset it trained on.
     pub dataset_path: Option<PathBuf>,
     /// The hash of that dataset's manifest.

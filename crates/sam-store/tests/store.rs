@@ -1,7 +1,9 @@
 //! The store's behaviour, through the `Store` trait.
 
 use sam_schema::{Content, Example, Kind, LineError, Message, Prompt, Tier, parse_line};
-use sam_store::{Batch, ExportFormat, Filter, SqliteStore, Store, StoreError, TrainingRun, ValidateOptions};
+use sam_store::{
+    Batch, ExportFormat, Filter, RunState, RunUpdate, SqliteStore, Store, StoreError, TrainingRun, ValidateOptions,
+};
 
 fn open() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -304,7 +306,7 @@ fn training_runs_are_recorded_and_updated() {
         id: "run-1".into(),
         started: 100,
         finished: None,
-        status: "running".into(),
+        status: RunState::Running,
         dataset_path: Some("/data/ds-1".into()),
         manifest_hash: Some("ab".repeat(32)),
         adapter_path: None,
@@ -312,7 +314,7 @@ fn training_runs_are_recorded_and_updated() {
     };
     store.record_training_run(&run).unwrap();
     run.finished = Some(200);
-    run.status = "succeeded".into();
+    run.status = RunState::Trained;
     run.adapter_path = Some("/runs/run-1/adapter".into());
     run.metrics = serde_json::json!({"val_loss": 1.25});
     store.record_training_run(&run).unwrap();
@@ -321,6 +323,25 @@ fn training_runs_are_recorded_and_updated() {
     assert_eq!(store.training_runs().unwrap(), vec![run, second]);
     let nameless = TrainingRun { id: " ".into(), ..store.training_runs().unwrap()[0].clone() };
     assert!(matches!(store.record_training_run(&nameless), Err(StoreError::Invalid(_))));
+
+    // record_run: a new run starts now; an update keeps what it does not change.
+    let rec = store
+        .record_run(RunUpdate { dataset_path: Some("/data/ds-3".into()), ..RunUpdate::new("run-3", RunState::Running) })
+        .unwrap();
+    assert!(rec.started > 1_600_000_000 && rec.finished.is_none());
+    let done = store
+        .record_run(RunUpdate {
+            metrics: Some(serde_json::json!({"loss": 1})),
+            ..RunUpdate::new("run-3", RunState::Evaluated)
+        })
+        .unwrap();
+    assert_eq!(
+        (done.started, done.dataset_path.clone(), done.status),
+        (rec.started, rec.dataset_path, RunState::Evaluated)
+    );
+    assert!(done.finished.is_some());
+    assert_eq!(store.training_runs().unwrap().last(), Some(&done));
+    assert_eq!(RunState::parse("succeeded"), Some(RunState::Trained), "what older versions wrote");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Metrics of one optimiser step.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
     /// Step number, from 1.
     pub step: usize,
@@ -29,7 +29,7 @@ pub struct StepMetrics {
 }
 
 /// A validation result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalMetrics {
     /// Step after which it ran (0: before training).
     pub step: usize,

@@ -29,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let data = PreparedData::open(&data_dir)?;
     let info = sam_models::BaseModel::open(&model_path)?;
-    let pad_id = info.special_tokens().eos.as_ref().map_or(0, |t| t.id);
+    let pad_id = info.special_tokens().pad_id();
 
     let mut model = sam_trainer::load_model(&model_path, &LoadOptions::default())?;
     let cfg = TrainConfig {

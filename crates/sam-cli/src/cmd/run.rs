@@ -1,5 +1,7 @@
 //! `sam run`: the whole pipeline as one command — mine, clean, export, prep,
-//! train, evaluate, report — through `sam_scheduler::run`.
+//! train, evaluate, report — through `sam_pipeline::run`. The pipeline emits
+//! typed events; this module turns them into progress bars and lines, and
+//! the summary into text (or, with `--json`, prints the summary as JSON).
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -8,10 +10,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use sam_scheduler::{Outcome, PipelineConfig, Progress, Stage, Summary};
-use sam_trainer::{EvalMetrics, StepMetrics};
+use sam_pipeline::event::{Event, EventSink, SkipReason, Warning};
+use sam_pipeline::stages::{CleanReport, DpoOutcome, ExportInfo, MineReport, PrepInfo, ReportInfo, TrainInfo};
+use sam_pipeline::{Outcome, PipelineConfig, Summary};
+use sam_trainer::EvalReport;
 
-use crate::config::Config;
 use crate::ctx::Ctx;
 
 #[derive(Subcommand, Debug)]
@@ -63,13 +66,12 @@ pub struct RunArgs {
 
 pub fn run(cmd: RunCommand, ctx: &Ctx) -> anyhow::Result<()> {
     let RunCommand::Run(a) = cmd;
-    let file = Config::load(&ctx.home)?;
+    let mut file = ctx.home.load_config()?;
     let model = match a.model {
         Some(m) => m,
         None => test_model(ctx.json)?,
     };
-    let mut cfg = PipelineConfig::new(ctx.home.root(), model);
-    cfg.repos = if a.repos.is_empty() {
+    let repos = if a.repos.is_empty() {
         let cwd = std::env::current_dir().context("cannot read the current folder")?;
         match repo_root(&cwd) {
             Some(r) => vec![r],
@@ -86,8 +88,8 @@ pub fn run(cmd: RunCommand, ctx: &Ctx) -> anyhow::Result<()> {
     } else {
         a.repos.iter().map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone())).collect()
     };
-    let mut sections = file.file.clone();
-    let t = &mut sections.train;
+    // The flags override sam.toml's [train] and [prep].
+    let t = &mut file.train;
     if let Some(n) = a.iters {
         t.steps = n;
     }
@@ -105,73 +107,24 @@ pub fn run(cmd: RunCommand, ctx: &Ctx) -> anyhow::Result<()> {
         t.dpo_lr = lr;
     }
     if let Some(n) = a.max_seq_len {
-        sections.prep.max_seq_len = n;
+        file.prep.max_seq_len = n;
     }
-    apply_sections(&mut cfg, &file, &sections).with_context(|| format!("{}", ctx.home.config_file().display()))?;
-    cfg.sample_captures &= !a.no_samples;
+    let mut cfg = PipelineConfig::from_config(ctx.home.clone(), &file, model)?;
+    cfg.repos = repos;
+    if file.pipeline.sample_captures && !a.no_samples {
+        cfg.captures = crate::samples::sample_captures()?;
+    }
     cfg.force = a.force;
 
     let show_bars = !ctx.json && std::io::stderr().is_terminal();
-    let mut progress = CliProgress { bar: None, show_bars, quiet: ctx.json, last_val: None };
-    let summary = sam_scheduler::run(&cfg, &mut progress)?;
-    if let Some(b) = progress.bar.take() {
-        b.finish_and_clear();
-    }
+    let mut events = CliEvents { bar: None, show_bars, quiet: ctx.json, last_val: None, dpo: cfg.dpo.is_some() };
+    let summary = sam_pipeline::run(&cfg, &mut events)?;
+    events.clear_bar();
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print_summary(&summary);
     }
-    Ok(())
-}
-
-/// The pipeline's configuration from sam.toml's sections (after the flags).
-fn apply_sections(cfg: &mut PipelineConfig, file: &Config, s: &sam_home::Config) -> anyhow::Result<()> {
-    cfg.cleaning = sam_capture::PipelineConfig {
-        redaction: file.redaction.clone(),
-        quality: file.quality.clone(),
-        ..Default::default()
-    };
-    let p = &s.pipeline;
-    cfg.sample_captures = p.sample_captures;
-    cfg.near_dup = p.near_dup.then(|| file.near_dup.clone());
-    cfg.export_tiers = p
-        .export_tiers
-        .iter()
-        .map(|t| t.parse().map_err(|e| anyhow::anyhow!("[pipeline] export_tiers: {e}")))
-        .collect::<anyhow::Result<_>>()?;
-    cfg.max_valid_examples = Some(p.max_valid_examples);
-    cfg.max_eval_examples = Some(p.max_eval_examples);
-    let prep = &s.prep;
-    cfg.prep.max_seq_len = prep.max_seq_len;
-    cfg.prep.split = prep.split.parse().map_err(|e| anyhow::anyhow!("[prep] split: {e}"))?;
-    cfg.prep.system_prompt = prep.system_prompt.clone();
-    if prep.threads > 0 {
-        cfg.prep.threads = prep.threads;
-    }
-    let t = &s.train;
-    let steps = t.steps.max(1);
-    cfg.train.lora.rank = t.rank;
-    cfg.train.lora.alpha = t.alpha;
-    cfg.train.lora.targets = t
-        .targets
-        .iter()
-        .map(|x| sam_trainer::Target::parse(x).map_err(|e| anyhow::anyhow!("[train] targets: {e}")))
-        .collect::<anyhow::Result<_>>()?;
-    cfg.train.lr = t.lr;
-    cfg.train.warmup_steps = Some(t.warmup_steps);
-    cfg.train.batch_size = t.batch_size.max(1);
-    cfg.train.grad_accum = t.grad_accum.max(1);
-    cfg.train.duration = sam_trainer::Duration::Iters(steps);
-    cfg.train.eval_every = steps;
-    cfg.train.save_every = if t.save_every > 0 { t.save_every } else { (steps / 4).max(1) };
-    cfg.train.checkpoint_every = t.checkpoint_every;
-    cfg.train.max_seq_len = prep.max_seq_len;
-    cfg.dpo = (t.dpo_steps > 0).then(|| sam_scheduler::pipeline::DpoSettings {
-        config: sam_trainer::DpoConfig { beta: t.dpo_beta, ..Default::default() },
-        lr: t.dpo_lr,
-        steps: t.dpo_steps,
-    });
     Ok(())
 }
 
@@ -222,55 +175,23 @@ fn repo_root(dir: &Path) -> Option<PathBuf> {
 
 /// Progress bars per stage on a terminal; plain stage lines otherwise;
 /// nothing with --json.
-struct CliProgress {
+struct CliEvents {
     bar: Option<ProgressBar>,
     show_bars: bool,
     quiet: bool,
     last_val: Option<f64>,
+    /// Whether DPO follows SFT (DPO on, and the dataset has preference pairs).
+    dpo: bool,
 }
 
-fn number(stage: Stage) -> usize {
-    Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0) + 1
-}
-
-impl Progress for CliProgress {
-    fn stage_started(&mut self, stage: Stage, what: &str) {
+impl CliEvents {
+    fn clear_bar(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
-        if self.show_bars {
-            let bar = ProgressBar::new_spinner();
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} [{prefix}] {msg} [{elapsed}]").expect("valid template"),
-            );
-            bar.set_prefix(format!("{}/{} {stage}", number(stage), Stage::ALL.len()));
-            bar.set_message(what.to_string());
-            bar.enable_steady_tick(Duration::from_millis(120));
-            self.bar = Some(bar);
-        }
     }
-    fn advance(&mut self, done: u64, total: u64) {
-        if let Some(b) = &self.bar
-            && total > 0
-        {
-            b.set_length(total);
-            b.set_position(done);
-        }
-    }
-    fn stage_finished(&mut self, stage: Stage, line: &str) {
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
-        if !self.quiet {
-            eprintln!("[{}/{}] {stage:<8} {line}", number(stage), Stage::ALL.len());
-        }
-    }
-    fn stage_skipped(&mut self, stage: Stage, why: &str) {
-        if !self.quiet {
-            eprintln!("[{}/{}] {stage:<8} skipped: {why}", number(stage), Stage::ALL.len());
-        }
-    }
-    fn note(&mut self, msg: &str) {
+
+    fn note(&self, msg: &str) {
         if self.quiet {
             return;
         }
@@ -279,17 +200,38 @@ impl Progress for CliProgress {
             None => eprintln!("note: {msg}"),
         }
     }
-    fn train_phase(&mut self, phase: &str, total_steps: usize) {
-        self.last_val = None;
-        if let Some(b) = &self.bar {
-            b.set_prefix(format!("{}/{} train: {phase}", number(Stage::Train), Stage::ALL.len()));
-            b.set_length(total_steps as u64);
-            b.set_position(0);
-        } else if !self.quiet {
-            eprintln!("         {phase}: {total_steps} steps");
+
+    fn stage_started(&mut self, stage: &str, index: usize, total: usize) {
+        self.clear_bar();
+        if self.show_bars {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{prefix}] {msg} [{elapsed}]").expect("valid template"),
+            );
+            bar.set_prefix(format!("{}/{total} {stage}", index + 1));
+            bar.set_message(self.describe(stage));
+            bar.enable_steady_tick(Duration::from_millis(120));
+            self.bar = Some(bar);
         }
     }
-    fn train_step(&mut self, m: &StepMetrics) {
+
+    /// What a stage does, for its progress line.
+    fn describe(&self, stage: &str) -> String {
+        match stage {
+            "mine" => "mining git history, markdown docs and documented code",
+            "clean" => "validating into tiers and removing duplicates",
+            "export" => "exporting the quality-filtered examples",
+            "prep" => "rendering, tokenising and splitting for the base model",
+            "train" if self.dpo => "training the LoRA adapter (SFT, then DPO on the preference pairs)",
+            "train" => "training the LoRA adapter (SFT)",
+            "evaluate" => "scoring base and adapter on the held-out test split",
+            "report" => "recording the training run",
+            other => other,
+        }
+        .to_string()
+    }
+
+    fn train_step(&mut self, m: &sam_trainer::StepMetrics) {
         if let Some(b) = &self.bar {
             if b.length().is_none() {
                 b.set_style(
@@ -303,10 +245,157 @@ impl Progress for CliProgress {
             b.set_message(format!("loss {:.3}{val} · {:.0} tok/s", m.loss, m.tokens_per_s));
         }
     }
-    fn train_eval(&mut self, m: &EvalMetrics) {
-        self.last_val = Some(m.loss);
-        if !self.quiet && !self.show_bars {
-            eprintln!("         step {:>4}: validation loss {:.4}", m.step, m.loss);
+}
+
+impl EventSink for CliEvents {
+    fn event(&mut self, e: &Event) {
+        match e {
+            Event::RunStarted { id, resumed_at: Some(at), .. } => {
+                self.note(&format!("continuing interrupted pipeline run {id} at the {at} stage"))
+            }
+            Event::StageStarted { stage, index, total } => self.stage_started(stage, *index, *total),
+            Event::Progress { done, total, .. } => {
+                if let Some(b) = &self.bar
+                    && *total > 0
+                {
+                    b.set_length(*total);
+                    b.set_position(*done);
+                }
+            }
+            Event::StageFinished { stage, index, total, output, .. } => {
+                self.clear_bar();
+                if stage == "prep"
+                    && let Ok(p) = serde_json::from_value::<PrepInfo>(output.clone())
+                {
+                    self.dpo &= p.preference[0] > 0;
+                }
+                if !self.quiet {
+                    eprintln!("[{}/{total}] {stage:<8} {}", index + 1, stage_line(stage, output));
+                }
+            }
+            Event::StageSkipped { stage, index, total, reason } => {
+                if self.quiet {
+                    return;
+                }
+                let why = match reason {
+                    SkipReason::FinishedEarlier => "finished by the interrupted run",
+                    SkipReason::RunEnded { outcome: Outcome::NothingNew } => "nothing new to train on",
+                    _ => "the run ended before it",
+                };
+                eprintln!("[{}/{total}] {stage:<8} skipped: {why}", index + 1);
+            }
+            Event::StageFailed { .. } => self.clear_bar(),
+            Event::TrainPhase { phase, total_steps } => {
+                self.last_val = None;
+                if let Some(b) = &self.bar {
+                    b.set_prefix(format!("train: {phase}"));
+                    b.set_length(*total_steps as u64);
+                    b.set_position(0);
+                } else if !self.quiet {
+                    eprintln!("         {phase}: {total_steps} steps");
+                }
+            }
+            Event::TrainStep { metrics, .. } => self.train_step(metrics),
+            Event::Validation { metrics, .. } => {
+                self.last_val = Some(metrics.loss);
+                if !self.quiet && !self.show_bars {
+                    eprintln!("         step {:>4}: validation loss {:.4}", metrics.step, metrics.loss);
+                }
+            }
+            Event::Warning(w) => self.note(&warning_line(w)),
+            Event::Finished(s) if s.outcome == Outcome::NothingNew => {
+                self.note("nothing new to train on: the export is the same as the last trained run's")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A warning as a sentence.
+fn warning_line(w: &Warning) -> String {
+    match w {
+        Warning::TrainingContinued { run_id } => {
+            format!("training run {run_id} was interrupted: continuing it from its last checkpoint")
+        }
+        Warning::MemoryPaused { available_bytes } => {
+            format!("training paused: {:.2} GB of memory available", *available_bytes as f64 / 1e9)
+        }
+        Warning::MemoryResumed { available_bytes } => {
+            format!("training resumed: {:.2} GB available", *available_bytes as f64 / 1e9)
+        }
+        Warning::EvaluatedOn { split } => format!("the test split is empty: evaluating on the {split} split instead"),
+        Warning::EventsNotWritten { path, error } => {
+            format!("cannot write the run's events to {} ({error}); the run goes on", path.display())
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// One line about a finished stage, from its output.
+fn stage_line(stage: &str, output: &serde_json::Value) -> String {
+    fn get<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Option<T> {
+        serde_json::from_value(v.clone()).ok()
+    }
+    let line = match stage {
+        "mine" => get::<MineReport>(output).map(|m| {
+            let each: Vec<String> =
+                m.sources.iter().map(|s| format!("{} {} new/{}", s.source, s.inserted, s.collected)).collect();
+            format!("{}; {} redactions", each.join(", "), m.redacted.total())
+        }),
+        "clean" => get::<CleanReport>(output).map(|r| {
+            format!(
+                "{} validated; removed {} same-question and {} near duplicates; {} in the store",
+                r.validation.examples, r.same_question_removed, r.near_duplicates_removed, r.store_total
+            )
+        }),
+        "export" => get::<ExportInfo>(output)
+            .map(|e| format!("{} rows ({} left out as unverified)", e.rows, e.left_out_low_quality)),
+        "prep" => get::<PrepInfo>(output).map(|p| {
+            format!(
+                "sft {}/{}/{} (train/valid/test), {} preference pairs, {} tokens",
+                p.sft[0],
+                p.sft[1],
+                p.sft[2],
+                p.preference.iter().sum::<u64>(),
+                p.tokens
+            )
+        }),
+        "train" => get::<TrainInfo>(output).map(|t| {
+            let val = match (t.initial_val_loss, t.best_val_loss) {
+                (Some(a), Some(b)) => format!(", validation loss {a:.3} → {b:.3}"),
+                _ => String::new(),
+            };
+            let dpo = t.dpo.phase().map(|d| format!("; DPO {} steps", d.steps)).unwrap_or_default();
+            format!("{} SFT steps in {:.0}s, {:.0} tokens/s{val}{dpo}", t.steps, t.seconds, t.tokens_per_s)
+        }),
+        "evaluate" => get::<EvalReport>(output).map(|r| {
+            let ad =
+                r.adapter.map(|a| format!(" → adapter {:.4} (ppl {:.2})", a.loss, a.perplexity)).unwrap_or_default();
+            format!("{} {} examples: base {:.4} (ppl {:.2}){ad}", r.examples, r.split, r.base.loss, r.base.perplexity)
+        }),
+        "report" => get::<ReportInfo>(output).map(|r| format!("training run {} recorded as {}", r.run_id, r.state)),
+        _ => None,
+    };
+    line.unwrap_or_else(|| "done".into())
+}
+
+/// What became of the preference pairs, as the summary says it.
+fn dpo_line(t: &TrainInfo) -> String {
+    let pairs = t.preference_pairs;
+    match &t.dpo {
+        DpoOutcome::NoPairs => "no preference pairs".to_string(),
+        DpoOutcome::Off => format!("{pairs} preference pairs left for DPO (turned off in this configuration)"),
+        DpoOutcome::Trained(d) => {
+            let figures = match (d.val_reward_accuracy, d.val_reward_margin) {
+                (Some(a), Some(m)) => format!(", validation reward accuracy {a:.2}, margin {m:+.3}"),
+                _ => match (d.last_step_reward_accuracy, d.last_step_reward_margin) {
+                    (Some(a), Some(m)) => {
+                        format!(" (no validation pairs; last step: reward accuracy {a:.2}, margin {m:+.3})")
+                    }
+                    _ => String::new(),
+                },
+            };
+            format!("{} steps on {pairs} preference pairs from the SFT adapter{figures}", d.steps)
         }
     }
 }
@@ -319,8 +408,9 @@ fn print_summary(s: &Summary) {
             println!("sam run: nothing new to train on — the export is the same as the last trained run's ({mins})");
         }
         Outcome::Trained => println!("sam run: trained and evaluated an adapter in {mins} (pipeline run {})", s.id),
+        other => println!("sam run: ended with {other:?} in {mins} (pipeline run {})", s.id),
     }
-    if let Some(at) = s.resumed_at {
+    if let Some(at) = &s.resumed_at {
         println!("  resumed     at the {at} stage of an interrupted run");
     }
     if let Some(m) = &s.mine {
@@ -405,8 +495,8 @@ fn print_summary(s: &Summary) {
                 .map(|(p, s)| format!(" (continued from the {p} checkpoint at step {s})"))
                 .unwrap_or_default()
         );
-        println!("  dpo         {}", t.dpo);
-        if let Some(d) = &t.dpo_phase
+        println!("  dpo         {}", dpo_line(t));
+        if let Some(d) = t.dpo.phase()
             && let (Some(a), Some(b)) = (d.initial_val_loss, d.best_val_loss)
         {
             println!("  dpo loss    validation {a:.4} → {b:.4}");

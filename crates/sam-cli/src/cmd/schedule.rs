@@ -121,17 +121,10 @@ fn daemon_log(ctx: &Ctx) -> PathBuf {
 /// The job table from the configuration.
 fn scheduler(ctx: &Ctx) -> anyhow::Result<Scheduler> {
     let settings = ScheduleSettings::default();
-    let file = crate::config::Config::load(&ctx.home)?;
+    let file = ctx.home.load_config()?;
     let model = sam_models::default_test_model();
-    let mut pipeline = sam_scheduler::PipelineConfig::new(ctx.home.root(), model);
+    let mut pipeline = sam_pipeline::PipelineConfig::from_config(ctx.home.clone(), &file, model)?;
     pipeline.repos = settings.repos.clone();
-    pipeline.sample_captures = false;
-    pipeline.cleaning = sam_capture::PipelineConfig {
-        redaction: file.redaction.clone(),
-        quality: file.quality.clone(),
-        ..Default::default()
-    };
-    pipeline.near_dup = Some(file.near_dup.clone());
     let mut s = Scheduler::new(files(ctx), SystemClock).with_policy(settings.policy);
     sam_scheduler::jobs::add_standard(&mut s, &settings, &pipeline);
     Ok(s)

@@ -15,6 +15,8 @@ use sam_trainer::{
     Target, TrainConfig,
 };
 
+use sam_store::RunState;
+
 use crate::ctx::Ctx;
 
 #[derive(Subcommand, Debug)]
@@ -285,8 +287,7 @@ fn load(path: &Path, weights: WeightType) -> anyhow::Result<sam_trainer::Decoder
 }
 
 fn pad_id(model: &BaseModel) -> u32 {
-    let sp = model.special_tokens();
-    sp.pad.as_ref().or(sp.eos.as_ref()).map(|t| t.id).unwrap_or(0)
+    model.special_tokens().pad_id()
 }
 
 /// Draws the progress bar of a training job (the job itself writes the run
@@ -405,13 +406,13 @@ pub(crate) fn run_job(job: &Job, ctx: &Ctx) -> anyhow::Result<()> {
             job.run_dir().path().display()
         );
     }
-    record_in_store(job, ctx, "running", None);
+    record_in_store(job, ctx, RunState::Running, None);
     let res = job.run(&mut progress, JobControl { stop: Some(&flag), probe: None });
     progress.finish();
     match &res {
-        Ok(o) if o.status == sam_runs::RunStatus::Stopped => record_in_store(job, ctx, "stopped", Some(o)),
-        Ok(o) => record_in_store(job, ctx, "succeeded", Some(o)),
-        Err(_) => record_in_store(job, ctx, "failed", None),
+        Ok(o) if o.status == sam_runs::RunStatus::Stopped => record_in_store(job, ctx, RunState::Stopped, Some(o)),
+        Ok(o) => record_in_store(job, ctx, RunState::Trained, Some(o)),
+        Err(_) => record_in_store(job, ctx, RunState::Failed, None),
     }
     let outcome = res.with_context(|| {
         format!("run {} failed (see {})", job.run_dir().id(), job.run_dir().events_path().display())
@@ -422,32 +423,22 @@ pub(crate) fn run_job(job: &Job, ctx: &Ctx) -> anyhow::Result<()> {
 /// Records the run in the store's training runs (with the hash of the
 /// dataset's manifest, so it is known what was trained on), when SAM_HOME
 /// has a store. A store that cannot be written is reported, not fatal.
-fn record_in_store(job: &Job, ctx: &Ctx, status: &str, outcome: Option<&JobOutcome>) {
+fn record_in_store(job: &Job, ctx: &Ctx, state: RunState, outcome: Option<&JobOutcome>) {
     use sam_store::Store as _;
     let path = ctx.home.store_db();
     if !path.is_file() {
         return;
     }
     let spec = job.spec();
-    let manifest_hash =
-        std::fs::read(spec.data.join("manifest.json")).ok().map(|b| blake3::hash(&b).to_hex().to_string());
     let res = (|| -> anyhow::Result<()> {
+        let manifest = sam_prep::prepare::read_manifest(&spec.data)?;
         let mut store = sam_store::SqliteStore::open(&path)?;
-        let started = store
-            .training_runs()?
-            .into_iter()
-            .find(|r| r.id == job.run_dir().id())
-            .map_or(sam_runs::unix_now() as i64, |r| r.started);
-        let finished = (status != "running").then(|| sam_runs::unix_now() as i64);
-        store.record_training_run(&sam_store::TrainingRun {
-            id: job.run_dir().id().to_string(),
-            started,
-            finished,
-            status: status.to_string(),
+        store.record_run(sam_store::RunUpdate {
             dataset_path: Some(spec.data.clone()),
-            manifest_hash,
+            manifest_hash: Some(manifest.hash),
             adapter_path: outcome.map(|o| o.adapter_dir.clone()),
-            metrics: outcome.map(|o| serde_json::to_value(o).unwrap_or_default()).unwrap_or_default(),
+            metrics: outcome.map(|o| serde_json::to_value(o).unwrap_or_default()),
+            ..sam_store::RunUpdate::new(job.run_dir().id(), state)
         })?;
         Ok(())
     })();

@@ -2,29 +2,23 @@
 //! data to show: escalations, corrections, preferences, feedback and
 //! distillations, several with PII and secrets in them (emails, phone
 //! numbers, an OpenAI-style key, a GitHub token, home paths) so that the
-//! redaction every capture passes is exercised on the first run.
+//! redaction every capture passes is exercised on the first `sam run`.
+//! The pipeline takes them as values (`PipelineConfig::captures`).
 
+use anyhow::Context as _;
 use sam_capture::capture::Capture;
-
-use crate::error::{Error, Result};
 
 /// The sample captures as shipped: one [`Capture`] per line, in its serde
 /// form (`{"type":"correction","prompt":…,"wrong":…,"correction":…}`).
-pub const SAMPLE_CAPTURES_JSONL: &str = include_str!("../assets/sample-captures.jsonl");
+const SAMPLE_CAPTURES_JSONL: &str = include_str!("../assets/sample-captures.jsonl");
 
 /// The sample captures, parsed.
-///
-/// ```
-/// let events = sam_scheduler::samples::sample_captures()?;
-/// assert!(events.iter().any(|e| e.kind() == "correction"));
-/// # Ok::<(), sam_scheduler::Error>(())
-/// ```
-pub fn sample_captures() -> Result<Vec<Capture>> {
+pub fn sample_captures() -> anyhow::Result<Vec<Capture>> {
     SAMPLE_CAPTURES_JSONL
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|source| Error::SampleCapture { line: i + 1, source }))
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("sample capture line {} (a bug in sam)", i + 1)))
         .collect()
 }
 

@@ -1,13 +1,16 @@
 //! The whole pipeline on a small real git repository plus the sample
 //! captures, with the real test model and a few optimiser steps: the summary,
-//! a second run that finds nothing new, and a run killed during training
-//! that the next run resumes.
+//! the events (as the caller got them, and replayed from the run's events
+//! file), a second run that finds nothing new, and a run killed during
+//! training that the next run resumes.
 
 use std::path::Path;
 
+use sam_capture::capture::Capture;
 use sam_home::SamHome;
-use sam_scheduler::{NoProgress, Outcome, PipelineConfig, PipelineState, Progress, Stage};
-use sam_store::{SqliteStore, Store};
+use sam_pipeline::event::{Event, EventReader, Recorder, SkipReason};
+use sam_pipeline::{NoEvents, Outcome, PipelineConfig, PipelineState};
+use sam_store::{RunState, SqliteStore, Store};
 
 const README: &str = "# Cachey\n\nA small in-memory cache with expiry.\n\n## Install\n\nAdd `cachey = \"0.3\"` to the `[dependencies]` of your Cargo.toml and run `cargo build`; there are no other requirements.\n\n## Expiry\n\nEvery entry has a time to live. `Cache::get` returns `None` for an entry whose time has passed and removes it on the way, so memory is reclaimed lazily.\n\n## Contributing\n\nRun `cargo test` before sending a patch; write to maintainer@cachey.example with questions.\n";
 
@@ -41,14 +44,26 @@ fn make_repo(dir: &Path) -> git2::Repository {
     repo
 }
 
+/// The sample captures `sam run` feeds (shipped with the CLI).
+fn sample_captures() -> Vec<Capture> {
+    include_str!("../../sam-cli/assets/sample-captures.jsonl")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn config(home: &Path, repo: &Path) -> PipelineConfig {
     let model = sam_models::require_test_model().expect("the test model (scripts/fetch-test-model.sh)");
     let mut cfg = PipelineConfig::new(home, model);
     cfg.repos = vec![repo.to_path_buf()];
+    cfg.captures = sample_captures();
     cfg.train.duration = sam_trainer::Duration::Iters(2);
     cfg.train.eval_every = 2;
     cfg.train.save_every = 1;
-    cfg.dpo = Some(sam_scheduler::pipeline::DpoSettings { steps: 2, ..Default::default() });
+    if let Some(d) = &mut cfg.dpo {
+        d.steps = 2;
+    }
     cfg.train.max_seq_len = 128;
     cfg.prep.max_seq_len = 128;
     cfg.prep.split = "60,20,20".parse().unwrap();
@@ -61,12 +76,31 @@ fn config(home: &Path, repo: &Path) -> PipelineConfig {
 /// killed process would.
 struct CrashInTraining;
 
-impl Progress for CrashInTraining {
-    fn train_step(&mut self, m: &sam_trainer::StepMetrics) {
-        if m.step == 2 {
+impl sam_pipeline::EventSink for CrashInTraining {
+    fn event(&mut self, e: &Event) {
+        if let Event::TrainStep { metrics, .. } = e
+            && metrics.step == 2
+        {
             panic!("simulated crash during training");
         }
     }
+}
+
+/// The stage and step sequence of a run's events, in order: one entry per
+/// stage event, `phase:step` per training step.
+fn outline(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RunStarted { .. } => Some("run".to_string()),
+            Event::StageStarted { stage, .. } => Some(format!("start {stage}")),
+            Event::StageFinished { stage, .. } => Some(format!("end {stage}")),
+            Event::StageSkipped { stage, .. } => Some(format!("skip {stage}")),
+            Event::TrainStep { phase, metrics } => Some(format!("{phase}:{}", metrics.step)),
+            Event::Finished(_) => Some("finished".to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -78,7 +112,8 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
     let cfg = config(&home, &repo_dir);
 
     // First run: every stage.
-    let s = sam_scheduler::run(&cfg, &mut NoProgress).unwrap();
+    let mut seen = Recorder::default();
+    let s = sam_pipeline::run(&cfg, &mut seen).unwrap();
     assert_eq!(s.outcome, Outcome::Trained);
     assert_eq!(s.resumed_at, None);
     let mine = s.mine.as_ref().unwrap();
@@ -102,7 +137,7 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
     let train = s.train.as_ref().unwrap();
     assert_eq!(train.steps, 2);
     assert_eq!(train.resumed_from, None);
-    let dpo = train.dpo_phase.as_ref().expect("the preference pairs were trained with DPO");
+    let dpo = train.dpo.phase().expect("the preference pairs were trained with DPO");
     assert_eq!(dpo.steps, 2);
     assert!(dpo.pairs > 0 && dpo.val_reward_accuracy.is_some(), "{dpo:?}");
     assert!(train.run_dir.join("sft/adapter/adapter_model.safetensors").exists());
@@ -117,13 +152,63 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
     let runs = store.training_runs().unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].id, train.run_id);
-    assert_eq!(runs[0].status, "succeeded");
+    assert_eq!(runs[0].status, RunState::Evaluated);
     assert_eq!(runs[0].manifest_hash.as_deref(), Some(prep.manifest_hash.as_str()));
     drop(store);
 
+    // The events: every stage started and finished in order, the training
+    // steps within the train stage, the summary last; the events file
+    // replays exactly what the caller got.
+    let want = [
+        "run",
+        "start mine",
+        "end mine",
+        "start clean",
+        "end clean",
+        "start export",
+        "end export",
+        "start prep",
+        "end prep",
+        "start train",
+        "sft:1",
+        "sft:2",
+        "dpo:1",
+        "dpo:2",
+        "end train",
+        "start evaluate",
+        "end evaluate",
+        "start report",
+        "end report",
+        "finished",
+    ];
+    assert_eq!(outline(&seen.events), want);
+    let replayed = EventReader::for_run(&SamHome::new(&home), &s.id).read_new().unwrap();
+    assert_eq!(replayed, seen.events);
+    assert_eq!(s.paths.events, SamHome::new(&home).pipeline_events(&s.id));
+    let Some(Event::Finished(last)) = replayed.last() else { panic!("no summary at the end") };
+    assert_eq!(**last, s);
+    // Stage outputs in events are data: the train stage's output reads back typed.
+    let train_out = replayed.iter().find_map(|e| match e {
+        Event::StageFinished { stage, output, .. } if stage == "train" => Some(output.clone()),
+        _ => None,
+    });
+    let back: sam_pipeline::stages::TrainInfo = serde_json::from_value(train_out.unwrap()).unwrap();
+    assert_eq!(&back, train);
+
     // Second run, nothing new: trains nothing and says so.
-    let s2 = sam_scheduler::run(&cfg, &mut NoProgress).unwrap();
+    let mut seen2 = Recorder::default();
+    let s2 = sam_pipeline::run(&cfg, &mut seen2).unwrap();
     assert_eq!(s2.outcome, Outcome::NothingNew);
+    let nothing_new = SkipReason::RunEnded { outcome: Outcome::NothingNew };
+    let skipped: Vec<&str> = seen2
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StageSkipped { stage, reason, .. } if *reason == nothing_new => Some(stage.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(skipped, ["prep", "train", "evaluate", "report"]);
     assert!(s2.train.is_none() && s2.eval.is_none() && s2.prep.is_none());
     assert_eq!(s2.mine.as_ref().unwrap().inserted(), 0);
     assert_eq!(std::fs::read_dir(SamHome::new(&home).runs_dir()).unwrap().count(), 1);
@@ -139,19 +224,20 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
         "Write the changelog for 0.3",
     );
     let crashed =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sam_scheduler::run(&cfg, &mut CrashInTraining)));
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sam_pipeline::run(&cfg, &mut CrashInTraining)));
     assert!(crashed.is_err());
-    let st = PipelineState::load(&home).unwrap().unwrap();
-    assert_eq!(st.reached, Some(Stage::Prep));
-    assert!(st.run_started.is_some() && st.outcome.is_none());
-    let interrupted = st.run_started.clone().unwrap();
+    let st = PipelineState::load(&SamHome::new(&home)).unwrap().unwrap();
+    let finished: Vec<&str> = st.stages.iter().map(|r| r.stage.as_str()).collect();
+    assert_eq!(finished, ["mine", "clean", "export", "prep"]);
+    assert!(st.outcome.is_none());
+    let interrupted: String = serde_json::from_value(st.marks["train.run_id"].clone()).unwrap();
 
     // The next run continues at the train stage, in the same training run,
     // from its step-1 checkpoint.
-    let s3 = sam_scheduler::run(&cfg, &mut NoProgress).unwrap();
+    let s3 = sam_pipeline::run(&cfg, &mut NoEvents).unwrap();
     assert_eq!(s3.outcome, Outcome::Trained);
-    assert_eq!(s3.resumed_at, Some(Stage::Train));
-    assert_eq!(s3.skipped_stages, vec![Stage::Mine, Stage::Clean, Stage::Export, Stage::Prep]);
+    assert_eq!(s3.resumed_at.as_deref(), Some("train"));
+    assert_eq!(s3.skipped_stages, ["mine", "clean", "export", "prep"]);
     assert_eq!(s3.id, st.id);
     let t3 = s3.train.as_ref().unwrap();
     assert_eq!(t3.run_id, interrupted);
@@ -170,6 +256,6 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
     let store = SqliteStore::open(SamHome::new(&home).store_db()).unwrap();
     let runs = store.training_runs().unwrap();
     assert_eq!(runs.len(), 2);
-    let status = |id: &str| runs.iter().find(|r| r.id == id).map(|r| r.status.clone());
-    assert_eq!(status(&interrupted).as_deref(), Some("succeeded"));
+    let status = |id: &str| runs.iter().find(|r| r.id == id).map(|r| r.status);
+    assert_eq!(status(&interrupted), Some(RunState::Evaluated));
 }

@@ -1,0 +1,93 @@
+//! The error type of the pipeline.
+
+use std::path::PathBuf;
+
+/// Errors of the pipeline. Each says which stage failed and, where there is
+/// one, what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] sam_store::StoreError),
+    /// Mining or capture failed.
+    #[error("mining: {0}")]
+    Capture(#[from] sam_capture::CaptureError),
+    /// The base model could not be read.
+    #[error("model: {0}")]
+    Model(#[from] sam_models::Error),
+    /// Dataset preparation failed.
+    #[error("prep: {0}")]
+    Prep(#[from] sam_prep::Error),
+    /// The prepared dataset could not be read.
+    #[error("dataset: {0}")]
+    Dataset(#[from] sam_prep::cache::CacheError),
+    /// Training or evaluation failed.
+    #[error("trainer: {0}")]
+    Trainer(#[from] sam_trainer::Error),
+    /// The run folder could not be written.
+    #[error("run folder: {0}")]
+    Run(#[from] sam_runs::RunError),
+    /// A file of the pipeline could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The pipeline's state file does not parse.
+    #[error("{}: {source} (move it away to start the pipeline over)", path.display())]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// The base model is not where the configuration says.
+    #[error("no base model at {}: pass a Hugging Face folder or a .gguf file", path.display())]
+    ModelMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// There is nothing to train on at all.
+    #[error("nothing to train on: {0}")]
+    NoData(String),
+    /// A value of `sam.toml` that the pipeline cannot use (the section and
+    /// key are named).
+    #[error("sam.toml: {0}")]
+    Config(String),
+    /// A stage's output could not be written or read back as its type.
+    #[error("output of the {stage} stage: {source}")]
+    Output {
+        /// The stage.
+        stage: String,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// A stage needs the output of a stage that has not run.
+    #[error("the {0} stage has not run (a stage before it in the pipeline must produce its output)")]
+    MissingOutput(String),
+    /// No stage of this name in the pipeline.
+    #[error("no stage named {0:?} in the pipeline")]
+    NoSuchStage(String),
+    /// A line of an events or history file does not parse.
+    #[error("{}:{line}: {source}", path.display())]
+    EventLine {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

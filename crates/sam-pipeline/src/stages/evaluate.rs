@@ -1,0 +1,58 @@
+//! Evaluate: test loss and perplexity of the base model and of the adapter
+//! on the held-out test split (the validation split when the test split is
+//! empty), written to the run folder's `eval.json`.
+
+use sam_prep::cache::{PreparedData, Split};
+use sam_runs::RunDir;
+use sam_trainer::{EvalReport, LoadOptions};
+
+use crate::error::Result;
+use crate::event::Warning;
+use crate::stage::{Context, Flow, Stage};
+use crate::stages::train::TrainedModel;
+use crate::stages::{PrepInfo, PrepStage, TrainInfo, TrainStage};
+
+/// The evaluate stage; its output is the trainer's [`EvalReport`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EvaluateStage;
+
+impl EvaluateStage {
+    /// Its name.
+    pub const NAME: &'static str = "evaluate";
+}
+
+impl Stage for EvaluateStage {
+    type Output = EvalReport;
+
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn run(&mut self, cx: &mut Context<'_>) -> Result<Flow<EvalReport>> {
+        let cfg = cx.config();
+        let prep: PrepInfo = cx.output(PrepStage::NAME)?;
+        let train: TrainInfo = cx.output(TrainStage::NAME)?;
+        let model = match cx.take_shared::<TrainedModel>() {
+            Some(TrainedModel(m)) => m,
+            None => {
+                let mut m = sam_trainer::load_model(&cfg.model, &LoadOptions::default())?;
+                sam_trainer::load_adapter(&mut m, &train.adapter_dir)?;
+                m
+            }
+        };
+        let data = PreparedData::open(&prep.dir)?;
+        let mut examples = data.sft(Split::Test)?;
+        let mut split = Split::Test;
+        if examples.is_empty() {
+            split = Split::Valid;
+            cx.events().warn(Warning::EvaluatedOn { split: split.name().to_string() });
+            examples = data.sft(split)?;
+        }
+        if let Some(n) = cfg.max_eval_examples {
+            examples.truncate(n);
+        }
+        let report = sam_trainer::evaluate(&model, split.name(), &examples, cfg.train.max_seq_len, 1, prep.pad_id)?;
+        report.write(&RunDir::open(&train.run_dir)?.eval_path())?;
+        Ok(Flow::Next(report))
+    }
+}

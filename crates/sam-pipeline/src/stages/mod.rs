@@ -1,0 +1,21 @@
+//! The stages of sam's pipeline, each in its own module, each a call into
+//! the crate that owns the work: [`MineStage`] (sam-capture), [`CleanStage`]
+//! and [`ExportStage`] (sam-store), [`PrepStage`] (sam-prep),
+//! [`TrainStage`] and [`EvaluateStage`] (sam-trainer), [`ReportStage`]
+//! (the run record in the store).
+
+mod clean;
+mod evaluate;
+mod export;
+mod mine;
+mod prep;
+mod report;
+mod train;
+
+pub use clean::{CleanReport, CleanStage};
+pub use evaluate::EvaluateStage;
+pub use export::{ExportInfo, ExportStage};
+pub use mine::{MineReport, MineStage, SourceReport};
+pub use prep::{PrepInfo, PrepStage};
+pub use report::{ReportInfo, ReportStage};
+pub use train::{DpoInfo, DpoOutcome, TrainInfo, TrainStage};
