@@ -5,6 +5,7 @@
 
 use super::in_pool;
 use super::kernels;
+use super::linear::stored;
 use super::norm::{rms_norm, rms_norm_bwd};
 use super::pool::Pool;
 use super::weights::{Pinned, f32_data};
@@ -39,7 +40,7 @@ struct HeadNll {
 fn head_nll(
     pool: &Arc<Pool>,
     norm: &[f32],
-    head: &[f32],
+    head: Weight<'_>,
     x: &[f32],
     targets: &[u32],
     eps: f32,
@@ -51,10 +52,10 @@ fn head_nll(
         return Ok((Vec::new(), grad.then(Vec::new)));
     }
     let h = x.len() / m;
-    if h == 0 || norm.len() != h || head.len() % h != 0 {
+    if h == 0 || norm.len() != h || head.cols() != h {
         bail!("fused head: inconsistent shapes");
     }
-    let vocab = head.len() / h;
+    let vocab = head.rows();
     if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
         bail!("fused head: target {bad} outside the vocabulary of {vocab}");
     }
@@ -66,7 +67,7 @@ fn head_nll(
     let mut dh = pool.take(if grad { m * h } else { 0 });
     let rows = (HEAD_BYTES / (4 * vocab)).max(16).min(m);
     let mut logits = pool.take(rows * vocab);
-    let w = Weight::f32(head, vocab, h);
+    let w = head;
     for c0 in (0..m).step_by(rows) {
         let c = rows.min(m - c0);
         let lg = &mut logits[..c * vocab];
@@ -106,8 +107,10 @@ impl CustomOp1 for HeadNll {
         let (nll, dx) = in_pool(|| -> candle_core::Result<_> {
             let mut p = Pinned::new();
             let ni = p.add(&self.norm)?;
-            let hi = p.add(&self.head)?;
-            head_nll(&self.pool, p.get(ni), p.get(hi), x, &self.targets, self.eps, self.grad, self.prec)
+            let hi = p.add_matrix(&self.head)?;
+            let (vocab, h) = self.head.dims2()?;
+            let w = stored(p.get_matrix(hi), vocab, h);
+            head_nll(&self.pool, p.get(ni), w, x, &self.targets, self.eps, self.grad, self.prec)
         })?;
         *self.dx.lock().map_err(|_| candle_core::Error::Msg("fused head: poisoned".into()))? = dx;
         Ok((CpuStorage::F32(nll), Shape::from(self.targets.len())))
@@ -129,7 +132,7 @@ impl CustomOp1 for HeadNll {
 
 /// Per-row negative log-likelihood (`[m]`) of `targets` given last-layer
 /// rows `x` (`[m, hidden]`, before the final norm), through the final norm
-/// `norm` and the output head `head` (`[vocab, hidden]`, f32). Differentiable
+/// `norm` and the output head `head` (`[vocab, hidden]`, f32, bf16 or f16). Differentiable
 /// in `x` when `x` is part of a graph.
 pub(super) fn nll_rows(
     x: &Tensor,
@@ -161,8 +164,10 @@ pub(super) fn nll_rows(
     let (nll, _) = in_pool(|| -> candle_core::Result<_> {
         let mut p = Pinned::new();
         let ni = p.add(norm)?;
-        let hi = p.add(head)?;
-        head_nll(pool, p.get(ni), p.get(hi), data, targets, eps as f32, false, prec)
+        let hi = p.add_matrix(head)?;
+        let (vocab, h) = head.dims2()?;
+        let w = stored(p.get_matrix(hi), vocab, h);
+        head_nll(pool, p.get(ni), w, data, targets, eps as f32, false, prec)
     })?;
     drop(px);
     Tensor::from_vec(nll, targets.len(), x.device())

@@ -15,12 +15,20 @@ use sam_kernels::{Data, Grad, Precision, Rows, Target, Weight};
 
 /// A projection's frozen weight as `sam-kernels` reads it (as stored).
 pub(super) fn weight<'a>(l: &Lin<'a>) -> Weight<'a> {
-    let data = match l.w {
+    stored(l.w, l.out, l.inp)
+}
+
+/// A frozen `rows × cols` matrix as `sam-kernels` reads it.
+///
+/// # Panics
+/// If it does not hold `rows · cols` values.
+pub(super) fn stored(w: WRef<'_>, rows: usize, cols: usize) -> Weight<'_> {
+    let data = match w {
         WRef::F32(v) => Data::F32(v),
         WRef::Bf16(v) => Data::Bf16(v),
         WRef::F16(v) => Data::F16(v),
     };
-    Weight::new(data, l.out, l.inp)
+    Weight::new(data, rows, cols)
 }
 
 /// `out_i (+)= x · W_iᵀ + bias_i + s_i · (x · A_iᵀ) · B_iᵀ` for projections

@@ -69,10 +69,12 @@ impl Fused {
         layers.iter().all(weights::supported)
     }
 
-    /// Whether the output head can take the fused loss: an f32 norm and
-    /// head on the CPU.
+    /// Whether the output head can take the fused loss: an f32 norm and an
+    /// f32, bf16 or f16 head on the CPU.
     pub(crate) fn supports_head(norm: &Tensor, head: &Tensor) -> bool {
-        [norm, head].iter().all(|t| t.dtype() == DType::F32 && t.device().is_cpu())
+        norm.dtype() == DType::F32
+            && matches!(head.dtype(), DType::F32 | DType::BF16 | DType::F16)
+            && [norm, head].iter().all(|t| t.device().is_cpu())
     }
 
     /// Frees the pooled buffers (the decoder calls it when a forward pass
