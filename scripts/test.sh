@@ -22,6 +22,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
 
+# The products' BLAS backend (sam-kernels' `blas` feature, the system's OpenBLAS): its
+# products against naive sums, and the fused training path against the plain one on it.
+scripts/setup-openblas.sh
+cargo test --locked -p sam-kernels --features blas
+cargo test --locked -p sam-trainer --features blas --lib fused_path_matches_plain_ops
+
 # Every example in examples/ embeds one crate on its own; build and run each.
 for dir in examples/*/; do
   name="example-$(basename "$dir")"
