@@ -17,6 +17,9 @@
 //! - `sft2`: the DPO step's shape trained as SFT — two sequences of `seq/2`,
 //!   loss on their last `seq/4` tokens — the like-for-like memory baseline.
 //!
+//! `SAM_BENCH_LAYERS=N` puts the adapters on the last N layers only (`sam
+//! train --layers N`; default all).
+//!
 //! Prints one JSON line. With `SAM_PROFILE=1` in the environment it also
 //! reports where the steps after the first two went (`profile`: wall and
 //! process CPU seconds per step of each span of the fused path, see
@@ -26,7 +29,7 @@ use candle_core::DType;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use sam_prep::cache::{TokenizedExample, TokenizedPair};
 use sam_trainer::{
-    DpoConfig, Duration, LoadOptions, LoraConfig, ModelConfig, Observer, StepMetrics, Target, TrainConfig, load_model,
+    DpoConfig, Duration, Layers, LoadOptions, LoraConfig, ModelConfig, Observer, StepMetrics, Target, TrainConfig, load_model,
     random_model, train_dpo, train_sft,
 };
 use std::time::Instant;
@@ -110,7 +113,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ex =
         TokenizedExample { id: "bench".into(), domain: "bench".into(), loss_mask: vec![true; seq], input_ids: ids };
     let cfg = TrainConfig {
-        lora: LoraConfig { rank, alpha: 2.0 * rank as f64, targets: vec![Target::Q, Target::V], ..Default::default() },
+        lora: LoraConfig {
+            rank,
+            alpha: 2.0 * rank as f64,
+            targets: vec![Target::Q, Target::V],
+            layers: match std::env::var("SAM_BENCH_LAYERS").ok().and_then(|v| v.parse().ok()) {
+                Some(n) => Layers::Last(n),
+                None => Layers::All,
+            },
+            ..Default::default()
+        },
         lr: 1e-4,
         weight_decay: 0.0,
         max_grad_norm: 0.0,
@@ -188,6 +200,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "threads": candle_core::utils::get_num_threads(),
             "kind": kind, "seq": seq, "rank": rank, "dtype": format!("{dtype:?}"),
             "checkpoint_every": cfg.checkpoint_every,
+            "lora_layers": format!("{:?}", cfg.lora.layers),
             "load_s": (load_s * 100.0).round() / 100.0,
             "median_step_s": (step_s * 1000.0).round() / 1000.0,
             "median_step_cpu_s": (cpu_s * 100.0).round() / 100.0,
