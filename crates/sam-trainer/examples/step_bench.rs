@@ -29,8 +29,8 @@ use candle_core::DType;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use sam_prep::cache::{TokenizedExample, TokenizedPair};
 use sam_trainer::{
-    DpoConfig, Duration, Layers, LoadOptions, LoraConfig, ModelConfig, Observer, StepMetrics, Target, TrainConfig, load_model,
-    random_model, train_dpo, train_sft,
+    DpoConfig, Duration, Layers, LoadOptions, LoraConfig, ModelConfig, Observer, StepMetrics, Target, TrainConfig,
+    load_model, random_model, train_dpo, train_sft,
 };
 use std::time::Instant;
 
