@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sam_schema::{Content, Example, Message, Prompt};
-use sam_store::Store;
+use sam_store::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CaptureError, Result};
@@ -323,7 +323,8 @@ pub struct FlushReport {
 ///
 /// ```
 /// use sam_capture::capture::{Capture, CaptureConfig, Capturer};
-/// use sam_store::{SqliteStore, Store, Filter};
+/// use sam_store::prelude::*;
+/// use sam_store::{SqliteStore, Filter};
 ///
 /// let dir = tempfile::tempdir()?;
 /// let store = SqliteStore::open(dir.path().join("store.db"))?;
@@ -543,7 +544,8 @@ pub fn spooled(path: &Path) -> Result<usize> {
 ///
 /// ```
 /// use sam_capture::capture::{BackgroundCapturer, Capture, CaptureConfig, Capturer};
-/// use sam_store::{Filter, SqliteStore, Store};
+/// use sam_store::prelude::*;
+/// use sam_store::{Filter, SqliteStore};
 ///
 /// let dir = tempfile::tempdir()?;
 /// let db = dir.path().join("store.db");

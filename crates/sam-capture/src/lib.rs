@@ -22,7 +22,8 @@
 //!
 //! ```
 //! use sam_capture::{collect_into, docs::DocsSource, Pipeline};
-//! use sam_store::{SqliteStore, Store};
+//! use sam_store::prelude::*;
+//! use sam_store::SqliteStore;
 //!
 //! let dir = tempfile::tempdir()?;
 //! std::fs::write(

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use sam_schema::Example;
-use sam_store::Store;
+use sam_store::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;

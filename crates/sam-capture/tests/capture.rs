@@ -6,7 +6,8 @@ use std::time::Duration;
 use sam_capture::Pipeline;
 use sam_capture::capture::{Capture, CaptureConfig, Capturer, spooled};
 use sam_schema::{Content, Kind, Prompt};
-use sam_store::{Filter, SqliteStore, Store, StoreConfig};
+use sam_store::prelude::*;
+use sam_store::{Filter, SqliteStore, StoreConfig};
 
 fn events() -> Vec<Capture> {
     vec![

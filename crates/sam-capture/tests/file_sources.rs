@@ -8,7 +8,8 @@ use sam_capture::code::{CodeConfig, CodeSource};
 use sam_capture::docs::{DocsConfig, DocsSource};
 use sam_capture::{Pipeline, collect_into};
 use sam_schema::Content;
-use sam_store::{Filter, SqliteStore, Store};
+use sam_store::prelude::*;
+use sam_store::{Filter, SqliteStore};
 
 fn write(root: &Path, path: &str, text: &str) {
     let p = root.join(path);

@@ -7,7 +7,8 @@ use git2::{Repository, Signature, Time};
 use sam_capture::git::{GitConfig, GitSource};
 use sam_capture::{DataSource, Pipeline, collect_into};
 use sam_schema::Content;
-use sam_store::{Filter, SqliteStore, Store};
+use sam_store::prelude::*;
+use sam_store::{Filter, SqliteStore};
 
 /// Write `files` into the work tree and commit them on HEAD.
 fn commit(repo: &Repository, author: (&str, &str), msg: &str, files: &[(&str, &[u8])], t: i64) -> git2::Oid {

@@ -6,7 +6,8 @@ use proptest::prelude::*;
 use sam_capture::capture::{Capture, CaptureConfig, Capturer};
 use sam_capture::{Batch, Cursor, DataSource, Pipeline, collect_into};
 use sam_schema::{Content, Example, Message};
-use sam_store::{ExportFormat, Filter, SqliteStore, Store};
+use sam_store::prelude::*;
+use sam_store::{ExportFormat, Filter, SqliteStore};
 
 /// A planted secret: the text to plant, and the pieces that must not survive.
 #[derive(Debug, Clone)]

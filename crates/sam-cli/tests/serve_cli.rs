@@ -516,7 +516,7 @@ fn an_acknowledged_capture_survives_sigkill_and_sigterm_stops_with_a_stream_open
     // (The restarted server drained any spool at start; read the store.)
     assert!(s.get("/v1/stats").json()["total"].as_u64().unwrap() >= acked.len() as u64);
     let store = sam_store::SqliteStore::open(SamHome::new(home.path()).store_db()).unwrap();
-    let stored: BTreeSet<String> = sam_store::Store::query(&store, &sam_store::Filter::default().source("feedback"))
+    let stored: BTreeSet<String> = sam_store::Examples::query(&store, &sam_store::Filter::default().source("feedback"))
         .unwrap()
         .into_iter()
         .filter_map(|ex| match ex.content {

@@ -22,7 +22,7 @@
 //!         "count"
 //!     }
 //!     fn run(&mut self, cx: &mut Context<'_>) -> sam_pipeline::Result<Flow<u64>> {
-//!         use sam_store::Store as _;
+//!         use sam_store::prelude::*;
 //!         Ok(Flow::Next(cx.store().count(&Default::default())?))
 //!     }
 //! }
@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use sam_home::SamHome;
-use sam_store::SqliteStore;
+use sam_store::{SqliteStore, Store};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -140,7 +140,7 @@ impl Emit for Events<'_> {
 /// ones within one invocation (a loaded model).
 pub struct Context<'a> {
     cfg: &'a PipelineConfig,
-    store: &'a mut SqliteStore,
+    store: &'a mut dyn Store,
     state: &'a mut PipelineState,
     events: &'a mut (dyn Emit + 'a),
     shared: &'a mut BTreeMap<std::any::TypeId, Box<dyn Any>>,
@@ -163,8 +163,8 @@ impl<'a> Context<'a> {
     }
 
     /// The store.
-    pub fn store(&mut self) -> &mut SqliteStore {
-        self.store
+    pub fn store(&mut self) -> &mut dyn Store {
+        &mut *self.store
     }
 
     /// The events.
@@ -173,7 +173,7 @@ impl<'a> Context<'a> {
     }
 
     /// The store and the events at once (to report progress from a store call).
-    pub fn store_and_events(&mut self) -> (&mut SqliteStore, &mut (dyn Emit + 'a)) {
+    pub fn store_and_events(&mut self) -> (&mut dyn Store, &mut (dyn Emit + 'a)) {
         (&mut *self.store, &mut *self.events)
     }
 
@@ -290,9 +290,19 @@ impl Pipeline {
         self.stages.iter().position(|s| s.name() == name).ok_or_else(|| Error::NoSuchStage(name.to_string()))
     }
 
-    /// Run the pipeline, continuing an interrupted run when the state file
-    /// holds one. Events go to `sink` and to the run's events file.
+    /// Run the pipeline on the store at `SamHome::store_db`, continuing an
+    /// interrupted run when the state file holds one. Events go to `sink`
+    /// and to the run's events file.
     pub fn run(&mut self, cfg: &PipelineConfig, sink: &mut dyn EventSink) -> Result<Summary> {
+        let home = &cfg.home;
+        std::fs::create_dir_all(home.root()).map_err(|e| Error::io(home.root(), e))?;
+        let mut store = SqliteStore::open(home.store_db())?;
+        self.run_on(cfg, &mut store, sink)
+    }
+
+    /// [`Pipeline::run`] on another store (one in memory, say: the state,
+    /// events, datasets and runs still go under `cfg.home`).
+    pub fn run_on(&mut self, cfg: &PipelineConfig, store: &mut dyn Store, sink: &mut dyn EventSink) -> Result<Summary> {
         let t0 = Instant::now();
         if !cfg.model.exists() {
             return Err(Error::ModelMissing { path: cfg.model.clone() });
@@ -324,7 +334,6 @@ impl Pipeline {
             events.emit(Event::StageSkipped { stage: name.to_string(), index, total, reason });
         }
         st.save(home)?;
-        let mut store = SqliteStore::open(home.store_db())?;
         let mut shared = BTreeMap::new();
         let mut outcome = self.completed;
         let mut ended_at = None;
@@ -338,7 +347,7 @@ impl Pipeline {
             let t = Instant::now();
             let flow = {
                 let mut cx =
-                    Context { cfg, store: &mut store, state: &mut st, events: &mut events, shared: &mut shared };
+                    Context { cfg, store: &mut *store, state: &mut st, events: &mut events, shared: &mut shared };
                 stage.run(&mut cx)
             };
             let (output, end) = match flow {

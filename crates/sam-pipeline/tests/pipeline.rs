@@ -9,8 +9,11 @@ use std::path::Path;
 use sam_capture::capture::Capture;
 use sam_home::SamHome;
 use sam_pipeline::event::{Event, EventReader, Recorder, SkipReason};
-use sam_pipeline::{NoEvents, Outcome, PipelineConfig, PipelineState};
-use sam_store::{RunState, SqliteStore, Store};
+use sam_pipeline::stage::Context;
+use sam_pipeline::{Flow, NoEvents, Outcome, Pipeline, PipelineConfig, PipelineState, Stage};
+use sam_schema::{Content, Example};
+use sam_store::prelude::*;
+use sam_store::{Filter, RunState, SqliteStore};
 
 const README: &str = "# Cachey\n\nA small in-memory cache with expiry.\n\n## Install\n\nAdd `cachey = \"0.3\"` to the `[dependencies]` of your Cargo.toml and run `cargo build`; there are no other requirements.\n\n## Expiry\n\nEvery entry has a time to live. `Cache::get` returns `None` for an entry whose time has passed and removes it on the way, so memory is reclaimed lazily.\n\n## Contributing\n\nRun `cargo test` before sending a patch; write to maintainer@cachey.example with questions.\n";
 
@@ -258,4 +261,133 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
     assert_eq!(runs.len(), 2);
     let status = |id: &str| runs.iter().find(|r| r.id == id).map(|r| r.status);
     assert_eq!(status(&interrupted), Some(RunState::Evaluated));
+}
+
+/// Stores `n` new examples (numbered from `from`) in the run's store.
+struct Insert {
+    from: usize,
+    n: usize,
+}
+
+impl Stage for Insert {
+    type Output = u64;
+    fn name(&self) -> &'static str {
+        "insert"
+    }
+    fn run(&mut self, cx: &mut Context<'_>) -> sam_pipeline::Result<Flow<u64>> {
+        let examples: Vec<Example> = (self.from..self.from + self.n)
+            .map(|i| {
+                Example::new(Content::Instruction {
+                    instruction: format!("What does step {i} of the release checklist do?"),
+                    input: String::new(),
+                    output: format!("Step {i} tags the release commit and pushes the tag to the remote."),
+                })
+            })
+            .collect();
+        Ok(Flow::Next(cx.store().insert(&examples)?.inserted))
+    }
+}
+
+/// Counts the store's examples; ends the run with "nothing new" when the
+/// count is the one the last complete run saw.
+struct Count;
+
+impl Stage for Count {
+    type Output = u64;
+    fn name(&self) -> &'static str {
+        "count"
+    }
+    fn run(&mut self, cx: &mut Context<'_>) -> sam_pipeline::Result<Flow<u64>> {
+        let n = cx.store().count(&Filter::default())?;
+        Ok(if cx.baseline::<u64>("count") == Some(n) { Flow::End(n, Outcome::NothingNew) } else { Flow::Next(n) })
+    }
+}
+
+/// Fails while `fail` is set (a stage that crashes), else reads the
+/// count stage's output.
+struct Flaky {
+    fail: bool,
+}
+
+impl Stage for Flaky {
+    type Output = String;
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    fn run(&mut self, cx: &mut Context<'_>) -> sam_pipeline::Result<Flow<String>> {
+        if self.fail {
+            return Err(sam_pipeline::Error::NoData("flaky failed".into()));
+        }
+        let n: u64 = cx.output("count")?;
+        cx.events().progress(1, 1);
+        Ok(Flow::Next(format!("{n} counted")))
+    }
+}
+
+fn toy(from: usize, n: usize, fail: bool) -> Pipeline {
+    Pipeline::empty(Outcome::Trained).push(Insert { from, n }).push(Count).push(Flaky { fail })
+}
+
+/// The stages skipped for `why`, in order.
+fn skipped_for(events: &[Event], why: SkipReason) -> Vec<&str> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StageSkipped { stage, reason, .. } if *reason == why => Some(stage.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The driver alone, with stages of its caller's on a store in memory: a
+/// stage that fails stops the run; the next invocation resumes at it (the
+/// stages before are not run again); a stage ends a run with "nothing
+/// new"; the events file replays each invocation's events in order.
+#[test]
+fn the_driver_resumes_skips_and_ends_runs_on_a_store_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model.gguf");
+    std::fs::write(&model, b"only its presence is checked").unwrap();
+    let cfg = PipelineConfig::new(tmp.path().join("home"), &model);
+    let home = SamHome::new(tmp.path().join("home"));
+    let mut store = SqliteStore::open_in_memory().unwrap();
+
+    let mut pipeline = toy(0, 3, true);
+    assert!(matches!(pipeline.insert_before("nope", Count), Err(sam_pipeline::Error::NoSuchStage(_))));
+    let mut seen = Recorder::default();
+    let err = pipeline.run_on(&cfg, &mut store, &mut seen).unwrap_err();
+    assert!(err.to_string().contains("flaky failed"), "{err}");
+    assert!(matches!(seen.events.last(), Some(Event::StageFailed { stage, .. }) if stage == "flaky"));
+    let st = PipelineState::load(&home).unwrap().unwrap();
+    assert_eq!(st.stages.iter().map(|r| r.stage.as_str()).collect::<Vec<_>>(), ["insert", "count"]);
+
+    // Resumed at the stage that failed: the insert stage is not run again.
+    let mut seen = Recorder::default();
+    let s = toy(100, 3, false).run_on(&cfg, &mut store, &mut seen).unwrap();
+    assert_eq!((s.outcome, s.resumed_at.as_deref(), s.id.as_str()), (Outcome::Trained, Some("flaky"), st.id.as_str()));
+    assert_eq!(s.skipped_stages, ["insert", "count"]);
+    assert_eq!(store.count(&Filter::default()).unwrap(), 3);
+    assert_eq!(skipped_for(&seen.events, SkipReason::FinishedEarlier), ["insert", "count"]);
+    let replayed = EventReader::for_run(&home, &s.id).read_new().unwrap();
+    // The file holds both invocations of the run, in order.
+    assert_eq!(replayed[replayed.len() - seen.events.len()..], seen.events[..]);
+    assert!(matches!(&replayed[0], Event::RunStarted { resumed_at: None, .. }));
+    let output = |e: &Event| match e {
+        Event::StageFinished { stage, output, .. } if stage == "flaky" => Some(output.clone()),
+        _ => None,
+    };
+    assert_eq!(replayed.iter().find_map(output), Some(serde_json::json!("3 counted")));
+
+    // A new run with nothing new: the count stage ends it, flaky is skipped.
+    let mut seen = Recorder::default();
+    let s2 = toy(0, 3, true).run_on(&cfg, &mut store, &mut seen).unwrap();
+    assert_eq!(s2.outcome, Outcome::NothingNew);
+    assert_ne!(s2.id, s.id);
+    assert_eq!(skipped_for(&seen.events, SkipReason::RunEnded { outcome: Outcome::NothingNew }), ["flaky"]);
+    assert_eq!(EventReader::for_run(&home, &s2.id).read_new().unwrap(), seen.events);
+
+    // New examples: the run goes through again.
+    let s3 = toy(200, 2, false).run_on(&cfg, &mut store, &mut NoEvents).unwrap();
+    assert_eq!((s3.outcome, s3.resumed_at.as_deref()), (Outcome::Trained, None));
+    assert_eq!(store.count(&Filter::default()).unwrap(), 5);
 }

@@ -16,7 +16,8 @@ use sam_capture::{DataSource, Pipeline, collect_into};
 use sam_schema::Tier;
 use sam_schema::quality::QualityConfig;
 use sam_store::near_dup::NearDupConfig;
-use sam_store::{Filter, SqliteStore, Store, ValidateOptions};
+use sam_store::prelude::*;
+use sam_store::{Filter, SqliteStore, ValidateOptions};
 use serde_json::json;
 
 use crate::task::{Done, Step, StepStatus, Task, TaskContext, TaskError, TaskReport};

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use sam_schema::Tier;
-use sam_store::{Filter, SqliteStore, Store};
+use sam_store::prelude::*;
+use sam_store::{Filter, SqliteStore};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

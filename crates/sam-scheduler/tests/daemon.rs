@@ -10,7 +10,8 @@ use sam_scheduler::jobs::{ScheduleSettings, add_standard};
 use sam_scheduler::task::StepStatus;
 use sam_scheduler::{JobOutcome, PipelineConfig, Scheduler, SchedulerFiles};
 use sam_schema::{Content, Example};
-use sam_store::{SqliteStore, Store};
+use sam_store::SqliteStore;
+use sam_store::prelude::*;
 
 const T0: i64 = 1_800_000_000;
 

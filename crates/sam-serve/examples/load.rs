@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sam_serve::{CaptureAck, ServeConfig, Server, Settings};
-use sam_store::{Filter, SqliteStore, Store};
+use sam_store::prelude::*;
+use sam_store::{Filter, SqliteStore};
 
 struct Args {
     captures: usize,

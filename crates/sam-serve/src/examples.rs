@@ -7,7 +7,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Query, State};
 use sam_schema::{Kind, Tier};
-use sam_store::{Filter, Store};
+use sam_store::Filter;
+use sam_store::prelude::*;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
-use sam_store::{Stats, Store};
+use sam_store::Stats;
+use sam_store::prelude::*;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

@@ -24,7 +24,8 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sam_schema::{Content, Example, JsonlReader};
-use sam_store::{Batch, SqliteStore, Store};
+use sam_store::prelude::*;
+use sam_store::{Batch, SqliteStore};
 
 /// Examples per transaction: what `sam ingest` uses by default.
 fn batch_size() -> usize {

@@ -17,7 +17,7 @@
 //!    joined into groups (union-find), and each group keeps its best item.
 //!
 //! [`find`] is the pure function over `(id, text, quality)` items that any
-//! store can reuse; [`SqliteStore::dedup_near`] applies it to the store,
+//! store can reuse; [`crate::Examples::dedup_near`] applies it to the store,
 //! marking (`metadata.near_duplicate_of`) or removing the others.
 
 use std::collections::HashMap;
@@ -73,7 +73,7 @@ pub struct Group {
     pub duplicates: Vec<usize>,
 }
 
-/// What [`SqliteStore::dedup_near`] did.
+/// What [`crate::Examples::dedup_near`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NearDupReport {
     /// Examples compared (preference pairs are left out: several pairs for
@@ -260,11 +260,8 @@ pub fn find(items: &[Item<'_>], cfg: &NearDupConfig) -> Vec<Group> {
 }
 
 impl SqliteStore {
-    /// Find near-duplicate examples (preference pairs aside) and, in each
-    /// group, keep the best one — highest tier, then highest quality, then
-    /// the oldest — and remove the others (`remove`) or mark them with
-    /// `metadata.near_duplicate_of = <id of the one kept>`.
-    pub fn dedup_near(&mut self, cfg: &NearDupConfig, remove: bool) -> Result<NearDupReport, StoreError> {
+    /// `Examples::dedup_near` for the SQLite store.
+    pub(crate) fn dedup_near_impl(&mut self, cfg: &NearDupConfig, remove: bool) -> Result<NearDupReport, StoreError> {
         let mut rows: Vec<(i64, String, String, f64)> = Vec::new();
         {
             let mut stmt = self.conn().prepare(
@@ -323,7 +320,8 @@ impl SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Filter, Store};
+    use crate::Filter;
+    use crate::prelude::*;
     use sam_schema::{Content, Example};
 
     fn sentence(seed: u64, words: usize) -> Vec<String> {

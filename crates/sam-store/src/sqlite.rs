@@ -9,8 +9,9 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
 use sam_schema::{Content, ContentHash, Example, Kind, Role, Tier, normalize, quality};
 
+use crate::near_dup::{NearDupConfig, NearDupReport};
 use crate::types::*;
-use crate::{Store, StoreError, schema};
+use crate::{Bookkeeping, Examples, Quarantine, StoreError, StoreStats, schema};
 
 /// The [`Store`] on one SQLite file (see the crate docs for its guarantees).
 pub struct SqliteStore {
@@ -84,7 +85,17 @@ impl SqliteStore {
         Ok(Self { conn, path, cfg: cfg.clone() })
     }
 
-    /// The database file.
+    /// A store in memory: the same SQLite schema and queries, gone when it
+    /// is dropped (tests, throwaway work). Only this handle sees it.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let mut conn = Connection::open_in_memory()?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.set_prepared_statement_cache_capacity(32);
+        schema::migrate(&mut conn)?;
+        Ok(Self { conn, path: PathBuf::from(":memory:"), cfg: StoreConfig::default() })
+    }
+
+    /// The database file (`:memory:` for [`SqliteStore::open_in_memory`]).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -142,7 +153,7 @@ pub(crate) fn now() -> i64 {
 
 /// Why an example cannot be stored at all, if it cannot. These are the
 /// checks of [`quality::assess`] that reject outright, done cheaply: the full
-/// assessment runs in [`Store::validate`].
+/// assessment runs in [`crate::Examples::validate`].
 fn basic_problem(ex: &Example) -> Option<String> {
     if ex.id.trim().is_empty() {
         return Some("the id is empty".into());
@@ -257,7 +268,7 @@ fn path_text(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-impl Store for SqliteStore {
+impl Examples for SqliteStore {
     fn insert_batch(&mut self, batch: &Batch<'_>) -> Result<InsertReport, StoreError> {
         if !batch.lines.is_empty() && batch.lines.len() != batch.examples.len() {
             return Err(StoreError::Invalid(format!(
@@ -355,45 +366,6 @@ impl Store for SqliteStore {
 
     fn cursor(&self, source: &str) -> Result<Option<String>, StoreError> {
         Ok(self.conn.query_row("SELECT cursor FROM cursors WHERE source = ?1", [source], |r| r.get(0)).optional()?)
-    }
-
-    fn quarantined(&self, limit: Option<u64>) -> Result<Vec<QuarantineEntry>, StoreError> {
-        let mut stmt =
-            self.conn.prepare("SELECT id, origin, line, reason, raw, at FROM quarantine ORDER BY id LIMIT ?1")?;
-        let limit = limit.map(|l| l.min(i64::MAX as u64) as i64).unwrap_or(-1);
-        let rows = stmt.query_map([limit], |r| {
-            Ok(QuarantineEntry {
-                id: r.get(0)?,
-                origin: r.get(1)?,
-                line: r.get(2)?,
-                reason: r.get(3)?,
-                raw: r.get(4)?,
-                at: r.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn quarantine_len(&self) -> Result<u64, StoreError> {
-        Ok(self.conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?)
-    }
-
-    fn clear_quarantine(&mut self, ids: Option<&[i64]>) -> Result<u64, StoreError> {
-        let tx = self.write_tx()?;
-        let n = match ids {
-            None => tx.execute("DELETE FROM quarantine", [])?,
-            Some(ids) => {
-                let mut stmt = tx.prepare("DELETE FROM quarantine WHERE id = ?1")?;
-                let mut n = 0;
-                for id in ids {
-                    n += stmt.execute([id])?;
-                }
-                n
-            }
-        };
-        bump_generation(&tx)?;
-        tx.commit()?;
-        Ok(n as u64)
     }
 
     fn scan(
@@ -567,6 +539,53 @@ impl Store for SqliteStore {
         Ok(DedupReport { input_groups, removed, dry_run })
     }
 
+    fn dedup_near(&mut self, cfg: &NearDupConfig, remove: bool) -> Result<NearDupReport, StoreError> {
+        self.dedup_near_impl(cfg, remove)
+    }
+}
+
+impl Quarantine for SqliteStore {
+    fn quarantined(&self, limit: Option<u64>) -> Result<Vec<QuarantineEntry>, StoreError> {
+        let mut stmt =
+            self.conn.prepare("SELECT id, origin, line, reason, raw, at FROM quarantine ORDER BY id LIMIT ?1")?;
+        let limit = limit.map(|l| l.min(i64::MAX as u64) as i64).unwrap_or(-1);
+        let rows = stmt.query_map([limit], |r| {
+            Ok(QuarantineEntry {
+                id: r.get(0)?,
+                origin: r.get(1)?,
+                line: r.get(2)?,
+                reason: r.get(3)?,
+                raw: r.get(4)?,
+                at: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn quarantine_len(&self) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?)
+    }
+
+    fn clear_quarantine(&mut self, ids: Option<&[i64]>) -> Result<u64, StoreError> {
+        let tx = self.write_tx()?;
+        let n = match ids {
+            None => tx.execute("DELETE FROM quarantine", [])?,
+            Some(ids) => {
+                let mut stmt = tx.prepare("DELETE FROM quarantine WHERE id = ?1")?;
+                let mut n = 0;
+                for id in ids {
+                    n += stmt.execute([id])?;
+                }
+                n
+            }
+        };
+        bump_generation(&tx)?;
+        tx.commit()?;
+        Ok(n as u64)
+    }
+}
+
+impl Bookkeeping for SqliteStore {
     fn export(&mut self, filter: &Filter, path: &Path, format: ExportFormat) -> Result<ExportRecord, StoreError> {
         let io = |source| StoreError::Io { path: path.to_path_buf(), source };
         if path.file_name().is_none() {
@@ -682,7 +701,9 @@ impl Store for SqliteStore {
         }
         Ok(out)
     }
+}
 
+impl StoreStats for SqliteStore {
     fn stats(&self) -> Result<Stats, StoreError> {
         let generation_now = generation(&self.conn)?;
         let cached: Option<String> = self

@@ -337,7 +337,7 @@ impl std::fmt::Display for RunState {
     }
 }
 
-/// A change to a training run's record ([`crate::Store::record_run`]): its
+/// A change to a training run's record ([`crate::Bookkeeping::record_run`]): its
 /// new state, and whatever else is known now. Fields left `None` keep what
 /// the record holds.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sam_schema::{Content, Example};
-use sam_store::{Filter, SqliteStore, Store};
+use sam_store::prelude::*;
+use sam_store::{Filter, SqliteStore};
 
 const CHILD_ENV: &str = "SAM_STORE_CHILD";
 

@@ -1,8 +1,9 @@
 //! The store's behaviour, through the `Store` trait.
 
 use sam_schema::{Content, Example, Kind, LineError, Message, Prompt, Tier, parse_line};
+use sam_store::prelude::*;
 use sam_store::{
-    Batch, ExportFormat, Filter, RunState, RunUpdate, SqliteStore, Store, StoreError, TrainingRun, ValidateOptions,
+    Batch, ExportFormat, Filter, RunState, RunUpdate, SqliteStore, StoreError, TrainingRun, ValidateOptions,
 };
 
 fn open() -> (tempfile::TempDir, SqliteStore) {

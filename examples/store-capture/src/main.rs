@@ -11,7 +11,8 @@ use sam_capture::capture::{Capture, CaptureConfig, Capturer};
 use sam_capture::docs::DocsSource;
 use sam_capture::{Pipeline, collect_into};
 use sam_schema::Tier;
-use sam_store::{Filter, SqliteStore, Store, ValidateOptions};
+use sam_store::prelude::*;
+use sam_store::{Filter, SqliteStore, ValidateOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sam_models::BaseModel;
 use sam_prep::prepare::{DropKind, Manifest, PrepConfig, Preparer, SpanMethod, read_inputs};
 use sam_prep::split::SplitRatios;
-use sam_store::Store as _;
+use sam_store::prelude::*;
 
 use crate::ctx::Ctx;
 

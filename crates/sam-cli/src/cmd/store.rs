@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sam_capture::redact::{RedactionReport, SecretKind};
 use sam_capture::{Pipeline, PipelineConfig};
 use sam_schema::{Example, JsonlError, JsonlReader, Kind, LineError, Tier};
-use sam_store::{Batch, ExportFormat, Filter, InsertReport, SqliteStore, Stats, Store, ValidateOptions};
+use sam_store::prelude::*;
+use sam_store::{Batch, ExportFormat, Filter, InsertReport, SqliteStore, Stats, ValidateOptions};
 use serde::Serialize;
 
 use crate::config::Config;

@@ -424,7 +424,7 @@ pub(crate) fn run_job(job: &Job, ctx: &Ctx) -> anyhow::Result<()> {
 /// dataset's manifest, so it is known what was trained on), when SAM_HOME
 /// has a store. A store that cannot be written is reported, not fatal.
 fn record_in_store(job: &Job, ctx: &Ctx, state: RunState, outcome: Option<&JobOutcome>) {
-    use sam_store::Store as _;
+    use sam_store::prelude::*;
     let path = ctx.home.store_db();
     if !path.is_file() {
         return;

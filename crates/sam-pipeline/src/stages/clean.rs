@@ -1,7 +1,8 @@
 //! Clean: validate new examples into tiers, remove examples asking the same
 //! question and near-duplicates.
 
-use sam_store::{Filter, Store as _, ValidateOptions, ValidateReport};
+use sam_store::prelude::*;
+use sam_store::{Filter, ValidateOptions, ValidateReport};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;

@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use sam_store::{Filter, Store as _};
+use sam_store::Filter;
+use sam_store::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};

@@ -11,7 +11,6 @@ use sam_capture::docs::DocsSource;
 use sam_capture::git::GitSource;
 use sam_capture::redact::RedactionReport;
 use sam_capture::{DataSource, Pipeline, collect_into};
-use sam_store::SqliteStore;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -109,7 +108,7 @@ fn capture(cx: &mut Context<'_>, pipeline: Pipeline) -> Result<(SourceReport, Re
     let events = &cfg.captures;
     let capture_cfg =
         CaptureConfig { max_batch: events.len().max(1), spool: Some(cfg.home.capture_spool()), ..Default::default() };
-    let mut capturer = Capturer::new(SqliteStore::open(cfg.home.store_db())?, pipeline, capture_cfg);
+    let mut capturer = Capturer::new(cx.store(), pipeline, capture_cfg);
     let mut sr = SourceReport { source: "captures".into(), collected: events.len() as u64, ..Default::default() };
     let absorb = |f: FlushReport, sr: &mut SourceReport| -> Result<()> {
         if let Some(e) = f.error {

@@ -1,7 +1,7 @@
 //! Report: the training run recorded in the store as evaluated, with its
 //! training and evaluation figures. (The summary itself is the driver's.)
 
-use sam_store::{RunState, RunUpdate, Store as _};
+use sam_store::{RunState, RunUpdate};
 use sam_trainer::EvalReport;
 use serde::{Deserialize, Serialize};
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use sam_models::BaseModel;
 use sam_runs::{GuardEvent, RunDir};
-use sam_store::{RunState, RunUpdate, Store as _};
+use sam_store::{RunState, RunUpdate};
 use sam_trainer::{
     Decoder, Duration, EvalMetrics, Job, JobControl, JobMode, JobOutcome, JobSpec, Observer, PreferenceMetrics,
     PreferenceStats, StepMetrics, TrainConfig,
