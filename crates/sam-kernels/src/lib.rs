@@ -43,6 +43,7 @@
 
 #[cfg(feature = "blas")]
 mod blas;
+#[cfg(target_arch = "x86_64")]
 mod cpu;
 mod gemm_path;
 mod micro;

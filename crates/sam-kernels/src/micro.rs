@@ -8,6 +8,9 @@
 //! step); the tile lives in registers for all the steps and is written
 //! (or added) once, with masks at the edges.
 
+// Only x86-64 has kernels; elsewhere the products take the `gemm` path.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_mut))]
+
 /// What one 32-bit unit of a packed panel holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Unit {

@@ -6,6 +6,9 @@
 //! in-register transpose, a store per step); the edges, and CPUs without
 //! AVX-512, take the scalar loops.
 
+// Only x86-64 has kernels; elsewhere the products take the `gemm` path.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_mut))]
+
 use crate::micro::Unit;
 use crate::weight::{Data, Elem, Weight};
 
