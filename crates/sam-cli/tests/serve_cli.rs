@@ -18,6 +18,8 @@ use common::{cmd, ok, prepared};
 use std::time::{Duration, Instant};
 
 use sam_home::SamHome;
+use sam_pipeline::event::EventLog;
+use sam_pipeline::{Event, PipelineState};
 use sam_runs::{EventKind, MetricRecord, RunDir, RunStatus};
 use serde_json::{Value, json};
 
@@ -229,6 +231,77 @@ fn finished_run(home: &Path, id: &str) {
         .unwrap();
     run.append_event(EventKind::Completed, 4, "").unwrap();
     run.set_status(RunStatus::Completed, None, 4, 4).unwrap();
+}
+
+/// A pipeline run as sam-pipeline writes one: its state file and its typed
+/// events through its `EventLog`, up to the first step of training.
+fn pipeline_run(home: &Path, id: &str, train_run: &str, total_steps: usize) -> EventLog {
+    let sh = SamHome::new(home);
+    let marks = std::collections::BTreeMap::from([("train.run_id".to_string(), json!(train_run))]);
+    let mut state = PipelineState {
+        id: id.into(),
+        started_at: 1_735_862_400,
+        updated_at: 1_735_862_400,
+        outcome: None,
+        resumed_at: None,
+        stages: Vec::new(),
+        marks,
+        baseline: Default::default(),
+    };
+    state.save(&sh).unwrap();
+    let mut log = EventLog::open(sh.pipeline_events(id));
+    let stages: Vec<String> = sam_pipeline::Pipeline::standard().names().iter().map(|s| s.to_string()).collect();
+    let total = stages.len();
+    log.append(&Event::RunStarted { id: id.into(), stages: stages.clone(), resumed_at: None });
+    for (index, stage) in stages.iter().enumerate().take_while(|(_, s)| *s != "train") {
+        log.append(&Event::StageStarted { stage: stage.clone(), index, total });
+        let output = json!({});
+        log.append(&Event::StageFinished { stage: stage.clone(), index, total, output, seconds: 1.5 });
+    }
+    let index = stages.iter().position(|s| s == "train").unwrap();
+    log.append(&Event::StageStarted { stage: "train".into(), index, total });
+    log.append(&Event::TrainPhase { phase: "sft".into(), total_steps });
+    pipeline_step(&mut log, 1, total_steps);
+    log
+}
+
+/// Training step `step` of `total`, one second each.
+fn pipeline_step(log: &mut EventLog, step: usize, total_steps: usize) {
+    let metrics = sam_trainer::StepMetrics {
+        step,
+        total_steps,
+        loss: 2.5 / step as f64,
+        lr: 1e-3,
+        grad_norm: 1.0,
+        tokens: 100,
+        tokens_per_s: 100.0,
+        step_s: 1.0,
+        tokens_seen: 100 * step as u64,
+        elapsed_s: step as f64,
+    };
+    log.append(&Event::TrainStep { phase: "sft".into(), metrics });
+}
+
+/// The rest of the run: training done, the last stages, `finished`.
+fn pipeline_finish(log: &mut EventLog, home: &Path, id: &str, train_run: &str) {
+    let stages = sam_pipeline::Pipeline::standard().names();
+    let total = stages.len();
+    let train = stages.iter().position(|s| *s == "train").unwrap();
+    let metrics = sam_trainer::EvalMetrics { step: 8, loss: 1.9, perplexity: 1.9f64.exp(), best: true };
+    log.append(&Event::Validation { phase: "sft".into(), metrics });
+    let output = json!({"run_id": train_run});
+    log.append(&Event::StageFinished { stage: "train".into(), index: train, total, output, seconds: 8.0 });
+    for (index, stage) in stages.iter().enumerate().skip(train + 1) {
+        log.append(&Event::StageStarted { stage: stage.to_string(), index, total });
+        log.append(&Event::StageFinished { stage: stage.to_string(), index, total, output: json!({}), seconds: 0.5 });
+    }
+    let sh = SamHome::new(home);
+    let summary: sam_pipeline::Summary = serde_json::from_value(json!({
+        "id": id, "outcome": "trained", "skipped_stages": [], "stages": stages, "model": "m.gguf", "seconds": 20.0,
+        "paths": {"home": home, "store": sh.store_db(), "state": sh.pipeline_state(), "events": sh.pipeline_events(id)},
+    }))
+    .unwrap();
+    log.append(&Event::Finished(Box::new(summary)));
 }
 
 fn files_contain(dir: &Path, needle: &str) -> Vec<PathBuf> {
@@ -462,6 +535,46 @@ fn runs_are_served_and_a_running_one_streams_live_until_it_ends() {
     assert!(etas.len() >= 2 && etas.windows(2).all(|w| w[1] <= w[0]), "the ETA counts down live: {ev:?}");
     assert_eq!(ev.iter().rev().find(|(e, _)| e == "status").unwrap().1["status"], "completed");
     assert_eq!(ev.last().unwrap().0, "end");
+
+    // A pipeline run: listed beside the training runs, shown with its
+    // events, and followed live through its events file until it finishes.
+    let pid = "20250103-000000-pipe";
+    let mut log = pipeline_run(home.path(), pid, "20250102-000000-bbbb", 6);
+    let list = s.get("/v1/runs").json();
+    let p = &list["pipelines"][0];
+    assert_eq!(
+        (p["id"].as_str(), p["status"].as_str(), p["stage"].as_str()),
+        (Some(pid), Some("running"), Some("train"))
+    );
+    assert_eq!((p["phase"].as_str(), p["step"].as_u64(), p["total_steps"].as_u64()), (Some("sft"), Some(1), Some(6)));
+    assert_eq!(p["eta_s"], 5.0, "one second a step, five to go: {p}");
+    assert_eq!(p["train_run"], "20250102-000000-bbbb", "{p}");
+    let detail = s.get(&format!("/v1/runs/{pid}")).json();
+    assert_eq!(detail["kind"], "pipeline", "{detail}");
+    assert_eq!(detail["events_log"][0]["event"], "run_started", "{detail}");
+    let url = s.url(&format!("/v1/runs/{pid}/events"));
+    let reader = std::thread::spawn(move || read_events(&url));
+    std::thread::sleep(Duration::from_millis(300));
+    for step in 2..=6 {
+        pipeline_step(&mut log, step, 6);
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    pipeline_finish(&mut log, home.path(), pid, "20250102-000000-bbbb");
+    let ev = reader.join().unwrap();
+    assert_eq!(ev.first().map(|e| e.0.as_str()), Some("status"), "{ev:?}");
+    let tags: Vec<&str> =
+        ev.iter().filter(|(e, _)| e == "pipeline").map(|(_, d)| d["event"].as_str().unwrap()).collect();
+    assert_eq!(tags.first(), Some(&"run_started"), "{tags:?}");
+    assert_eq!(tags.iter().filter(|t| **t == "train_step").count(), 6, "{tags:?}");
+    assert_eq!(tags.last(), Some(&"finished"), "{tags:?}");
+    let etas: Vec<f64> = ev.iter().filter(|(e, _)| e == "status").filter_map(|(_, d)| d["eta_s"].as_f64()).collect();
+    assert!(etas.len() >= 2 && etas.windows(2).all(|w| w[1] <= w[0]), "the ETA counts down live: {ev:?}");
+    let last = &ev.iter().rev().find(|(e, _)| e == "status").unwrap().1;
+    assert_eq!((last["status"].as_str(), last["step"].as_u64()), (Some("trained"), Some(6)), "{last}");
+    let stages = sam_pipeline::Pipeline::standard().names().len();
+    assert_eq!(last["finished"].as_array().unwrap().len(), stages, "{last}");
+    assert_eq!(ev.last().unwrap().0, "end");
+    assert_eq!(s.get("/v1/runs").json()["pipelines"][0]["status"], "trained");
 }
 
 #[test]
@@ -738,6 +851,8 @@ fn the_dashboard_renders_its_charts_in_headless_chromium() {
     })
     .unwrap();
     live.set_status(RunStatus::Running, None, 1, 8).unwrap();
+    // And a pipeline run training it, followed through its events file.
+    let mut pipe = pipeline_run(h, "29990101-000000-pipe", "29990101-000000-live", 8);
 
     // A real store: captures through the server, then validated into tiers.
     let s = Served::start(h);
@@ -798,12 +913,24 @@ fn the_dashboard_renders_its_charts_in_headless_chromium() {
         live.append_event(EventKind::Completed, 8, "").unwrap();
         live.set_status(RunStatus::Completed, None, 8, 8).unwrap();
     });
+    let home_path = h.to_path_buf();
+    let pipe_mover = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        for step in 2..=8 {
+            pipeline_step(&mut pipe, step, 8);
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        pipeline_finish(&mut pipe, &home_path, "29990101-000000-pipe", "29990101-000000-live");
+    });
     let (dom, console) = browse(&url, &["--virtual-time-budget=20000", "--dump-dom"]);
     mover.join().unwrap();
+    pipe_mover.join().unwrap();
     assert_eq!(console, Vec::<String>::new(), "console messages while following the live run");
     let charts = dom.matches("<svg class=\"chart").count();
     assert!(charts >= 7, "tiers, kinds, sources, domains, daily, two loss charts: {charts}");
-    for needle in ["By tier", "Daily trend", "Source health", "Training runs", "distillation", "Registry"] {
+    for needle in
+        ["By tier", "Daily trend", "Source health", "Pipeline runs", "Training runs", "distillation", "Registry"]
+    {
         assert!(dom.contains(needle), "{needle} missing");
     }
     // The registry: both versions, the aliases, the history with verdicts.
@@ -833,4 +960,9 @@ fn the_dashboard_renders_its_charts_in_headless_chromium() {
     let row = &row[..row.find("</tr>").unwrap()];
     assert!(row.contains(">completed<") && row.contains(">8 / 8<"), "the page did not follow the run: {row}");
     assert_eq!(points(chart_of("29990101-000000-live"), "train loss"), 8);
+    // The pipeline run: its row followed the events file to the end.
+    let row = &dom[dom.find("data-live-pipeline=\"29990101-000000-pipe\"").expect("the live pipeline row")..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains(">trained<") && row.contains(">sft 8 / 8<"), "the page did not follow the pipeline: {row}");
+    assert!(row.contains("report ") && row.contains("29990101-000000-live"), "{row}");
 }

@@ -1,7 +1,7 @@
 //! `GET /`: the dashboard. Server-rendered HTML with inline SVG charts; a
-//! few lines of inline script follow running trainings through
-//! `/v1/runs/{id}/events` and move their step, loss, ETA and loss curve
-//! live. Aggregates only (counts, health, losses, versions), so it needs no
+//! few lines of inline script follow running pipelines and trainings
+//! through `/v1/runs/{id}/events` and move their stage, step, loss, ETA and
+//! loss curve live. Aggregates only (counts, health, losses, versions), so it needs no
 //! token.
 
 use std::sync::Arc;
@@ -15,12 +15,15 @@ use sam_store::Stats;
 use crate::AppState;
 use crate::chart::{self, PALETTE, Series};
 use crate::deploy::SlotSummary;
+use crate::pipeline::PipelineSummary;
 use crate::runs::RunSummary;
 
 /// How many runs get loss charts (the newest).
 const CHARTED_RUNS: usize = 4;
 /// How many runs the table lists.
 const LISTED_RUNS: usize = 20;
+/// How many pipeline runs the table lists.
+const LISTED_PIPELINES: usize = 10;
 /// How many history entries a slot shows (the newest).
 const HISTORY_ROWS: usize = 15;
 
@@ -28,6 +31,7 @@ const HISTORY_ROWS: usize = 15;
 pub(crate) struct Page {
     pub stats: Result<Arc<Stats>, String>,
     pub runs: Result<Vec<(RunSummary, Vec<MetricRecord>)>, String>,
+    pub pipelines: Result<Vec<PipelineSummary>, String>,
     pub registry: Result<Vec<(SlotSummary, Vec<sam_deploy::HistoryEntry>)>, String>,
     pub now: i64,
 }
@@ -37,9 +41,11 @@ pub(crate) async fn page(State(s): State<Arc<AppState>>) -> Html<String> {
     let stats = crate::stats::current(&s).await.map_err(|e| e.body.message);
     let root = s.runs.clone();
     let runs = crate::blocking(move || crate::runs::all(&root)).await.map_err(|e| e.body.message);
+    let home = s.home.clone();
+    let pipelines = crate::blocking(move || crate::pipeline::all(&home)).await.map_err(|e| e.body.message);
     let registry = crate::blocking(move || crate::deploy::all(&s)).await.map_err(|e| e.body.message);
     let now = sam_runs::unix_now() as i64;
-    Html(render(&Page { stats, runs, registry, now }).into_string())
+    Html(render(&Page { stats, runs, pipelines, registry, now }).into_string())
 }
 
 fn tier_color(name: &str, _: usize) -> &'static str {
@@ -72,7 +78,8 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 
 /// The whole page.
 pub(crate) fn render(p: &Page) -> Markup {
-    let live = p.runs.as_ref().map(|r| r.iter().any(|(s, _)| is_live(s))).unwrap_or(false);
+    let live = p.runs.as_ref().map(|r| r.iter().any(|(s, _)| is_live(s))).unwrap_or(false)
+        || p.pipelines.as_ref().map(|r| r.iter().any(|s| !s.is_final())).unwrap_or(false);
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -97,6 +104,10 @@ pub(crate) fn render(p: &Page) -> Markup {
                     @match &p.stats {
                         Ok(stats) => (store_section(stats)),
                         Err(e) => section.card.error { h2 { "Store" } p { "The store could not be read: " (e) } },
+                    }
+                    @match &p.pipelines {
+                        Ok(runs) => (pipelines_section(runs)),
+                        Err(e) => section.card.error { h2 { "Pipeline runs" } p { "The pipeline's runs could not be read: " (e) } },
                     }
                     @match &p.runs {
                         Ok(runs) => (runs_section(runs)),
@@ -243,6 +254,62 @@ fn runs_section(runs: &[(RunSummary, Vec<MetricRecord>)]) -> Markup {
     }
 }
 
+fn pipelines_section(runs: &[PipelineSummary]) -> Markup {
+    html! {
+        section.card {
+            h2 { "Pipeline runs" span.sub { " mine → clean → export → prep → train → evaluate → report" } }
+            table {
+                thead { tr {
+                    th { "run" } th { "status" } th { "stage" } th { "training" } th.num { "train loss" }
+                    th.num { "val loss" } th.num { "ETA" } th { "training run" } th { "stages done" }
+                } }
+                tbody {
+                    @if runs.is_empty() { tr { td.muted colspan="9" { "no pipeline runs yet (" code { "sam run" } " or " code { "sam schedule" } ")" } } }
+                    @for s in runs.iter().take(LISTED_PIPELINES) {
+                        @let at = s.stage.as_ref().and_then(|st| s.stages.iter().position(|n| n == st));
+                        tr data-live-pipeline=[(!s.is_final()).then_some(&s.id)] {
+                            td { code { (s.id) } }
+                            td { span class={ "badge " (s.status) } data-field="status" { (s.status.replace('_', " ")) }
+                                 @if let Some(e) = &s.error { " " span.muted.why data-field="error" { (e) } } }
+                            td data-field="stage" { (stage_text(s, at)) }
+                            td { progress max="1" value=(if s.total_steps > 0 { s.step as f64 / s.total_steps as f64 } else { 0.0 }) {}
+                                 " " span data-field="step" { (train_text(s)) } }
+                            td.num data-field="loss" { (opt(s.train_loss, 4)) }
+                            td.num data-field="val" { (opt(s.val_loss, 4)) }
+                            td.num data-field="eta" { (s.eta_s.map_or_else(|| "—".into(), duration)) }
+                            td data-field="train_run" { code { (s.train_run.as_deref().unwrap_or("—")) } }
+                            td.stages data-field="done" { (done_text(s)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `5/7 train`, or `—` once nothing runs.
+fn stage_text(s: &PipelineSummary, at: Option<usize>) -> String {
+    match (&s.stage, at) {
+        (Some(st), Some(i)) => format!("{}/{} {st}", i + 1, s.stages.len()),
+        (Some(st), None) => st.clone(),
+        (None, _) => "—".into(),
+    }
+}
+
+/// `sft 12 / 40`.
+fn train_text(s: &PipelineSummary) -> String {
+    match &s.phase {
+        Some(p) => format!("{p} {} / {}", s.step, s.total_steps),
+        None => "—".into(),
+    }
+}
+
+/// `mine 2s · clean 1s · …`.
+fn done_text(s: &PipelineSummary) -> String {
+    let parts: Vec<String> = s.finished.iter().map(|f| format!("{} {}", f.stage, duration(f.seconds))).collect();
+    if parts.is_empty() { "—".into() } else { parts.join(" · ") }
+}
+
 fn registry_section(slots: &[(SlotSummary, Vec<sam_deploy::HistoryEntry>)]) -> Markup {
     let short = |id: &str| id.chars().take(8).collect::<String>();
     html! {
@@ -386,6 +453,7 @@ progress { width: 90px; height: 8px; vertical-align: middle; }
 table.history { margin: 8px 0 18px; }
 table.history td.why, .why { white-space: normal; color: #374151; min-width: 260px; }
 td.verdict { white-space: normal; max-width: 360px; }
+td.stages { white-space: normal; font-size: 12px; color: #374151; }
 .gate { display: inline-block; font-size: 11px; padding: 0 5px; border-radius: 4px; margin: 1px 0; }
 .gate.ok { background: #f0fdf4; color: #166534; } .gate.no { background: #fef2f2; color: #991b1b; }
 .lossplot { border: 1px solid #f1f5f9; border-radius: 6px; padding: 6px; }
@@ -396,7 +464,9 @@ footer { max-width: 1480px; margin: 0 auto; padding: 4px 28px 24px; color: #6b72
 
 /// Follows running runs: `status` events move step, loss and ETA; `metric`
 /// events add points to the loss chart of their phase. The first
-/// `data-metrics` metric events replay what the page already drew.
+/// `data-metrics` metric events replay what the page already drew. Running
+/// pipeline runs: their `status` events move stage, training step, losses,
+/// ETA and the finished stages.
 const LIVE_JS: &str = r#"
 (function () {
   function fmt(s) {
@@ -444,6 +514,27 @@ const LIVE_JS: &str = r#"
     events.addEventListener('reset', function () { n = 0; });
     events.addEventListener('end', function () { events.close(); set(row, 'eta', '—'); });
   });
+  document.querySelectorAll('[data-live-pipeline]').forEach(function (row) {
+    var id = row.dataset.livePipeline;
+    var events = new EventSource('/v1/runs/' + encodeURIComponent(id) + '/events');
+    events.addEventListener('status', function (e) {
+      var s = JSON.parse(e.data);
+      set(row, 'status', s.status.replace('_', ' '));
+      var badge = row.querySelector('[data-field="status"]');
+      if (badge) badge.className = 'badge ' + s.status;
+      var at = s.stage == null ? -1 : s.stages.indexOf(s.stage);
+      set(row, 'stage', s.stage == null ? '—' : (at < 0 ? s.stage : (at + 1) + '/' + s.stages.length + ' ' + s.stage));
+      set(row, 'step', s.phase == null ? '—' : s.phase + ' ' + s.step + ' / ' + s.total_steps);
+      set(row, 'eta', s.eta_s == null ? '—' : fmt(s.eta_s));
+      if (s.train_loss != null) set(row, 'loss', s.train_loss.toFixed(4));
+      if (s.val_loss != null) set(row, 'val', s.val_loss.toFixed(4));
+      if (s.train_run != null) set(row, 'train_run', s.train_run);
+      set(row, 'done', s.finished.length ? s.finished.map(function (f) { return f.stage + ' ' + fmt(f.seconds); }).join(' · ') : '—');
+      var bar = row.querySelector('progress');
+      if (bar) bar.value = s.total_steps ? s.step / s.total_steps : 0;
+    });
+    events.addEventListener('end', function () { events.close(); set(row, 'eta', '—'); });
+  });
 })();
 "#;
 
@@ -466,18 +557,27 @@ mod tests {
         let page = Page {
             stats: Ok(Arc::new(Stats::default())),
             runs: Ok(Vec::new()),
+            pipelines: Ok(Vec::new()),
             registry: Ok(Vec::new()),
             now: 1_700_000_000,
         };
         let html = render(&page).into_string();
         assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
         assert!(
-            html.contains("no training runs yet") && html.contains("no sources yet") && html.contains("no slots yet")
+            html.contains("no training runs yet")
+                && html.contains("no pipeline runs yet")
+                && html.contains("no sources yet")
+                && html.contains("no slots yet")
         );
         assert!(html.contains("2023-11-14 22:13 UTC"));
         assert!(!html.contains("<script>"), "no live run, no script");
-        let page =
-            Page { stats: Err("database is locked".into()), runs: Ok(Vec::new()), registry: Ok(Vec::new()), now: 0 };
+        let page = Page {
+            stats: Err("database is locked".into()),
+            runs: Ok(Vec::new()),
+            pipelines: Ok(Vec::new()),
+            registry: Ok(Vec::new()),
+            now: 0,
+        };
         assert!(render(&page).into_string().contains("database is locked"));
     }
 }

@@ -9,11 +9,13 @@
 //!   `/v1/openapi.json`): `POST /v1/capture/{escalation,correction,
 //!   preference,feedback,distill}`, `GET /v1/examples`, `GET /v1/stats`,
 //!   `/v1/stats/daily`, `/v1/stats/sources`, `GET /v1/runs`, `/v1/runs/{id}`,
-//!   `/v1/runs/{id}/events` (server-sent events), `GET /v1/deploy`,
+//!   `/v1/runs/{id}/events` (server-sent events following a training run's
+//!   folder or a pipeline run's typed events), `GET /v1/deploy`,
 //!   `/v1/deploy/{slot}?key=K` (what to load, canary-aware),
 //!   `/v1/deploy/{slot}/history`, `GET /healthz`.
 //! - `GET /` is a dashboard: store totals, daily trend, source health,
-//!   training runs with their loss curves, live; registry versions, aliases
+//!   pipeline runs and training runs with their loss curves and ETAs, live;
+//!   registry versions, aliases
 //!   and the deployment history with its verdicts.
 //! - [`Token`]: the bearer token, generated into a file of mode 0600, needed
 //!   for every write and every route that returns example text, compared in
@@ -52,6 +54,7 @@ mod dashboard;
 mod deploy;
 mod error;
 mod examples;
+mod pipeline;
 mod runs;
 mod stats;
 
@@ -83,7 +86,8 @@ pub use capture::{
 pub use deploy::{DeployResolution, HistoryResponse, SlotSummary, SlotsResponse, VerdictSummary, VersionSummary};
 pub use error::{ApiError, ErrorBody, ServeError};
 pub use examples::{ExamplesResponse, MAX_LIMIT};
-pub use runs::{RunDetail, RunSummary, RunsResponse};
+pub use pipeline::{PipelineDetail, PipelineSummary, StageTime};
+pub use runs::{RunDetail, RunInfo, RunSummary, RunsResponse};
 pub use stats::{Count, DailyResponse, Day, SourceHealth, SourcesResponse, StatsResponse};
 
 /// Settings of the server (`[serve]` in `sam.toml`).
@@ -135,6 +139,8 @@ pub struct Settings {
     pub registry: PathBuf,
     /// The token file (created, mode 0600, when missing).
     pub token: PathBuf,
+    /// The home, for the pipeline's state, history and events files.
+    pub home: sam_home::SamHome,
 }
 
 impl Settings {
@@ -151,6 +157,7 @@ impl Settings {
             runs: home.runs_dir(),
             registry: home.registry_dir(),
             token: home.serve_token(),
+            home: home.clone(),
         }
     }
 }
@@ -165,6 +172,7 @@ pub(crate) struct AppState {
     stats_cache: Mutex<Option<stats::Cached>>,
     runs: PathBuf,
     registry: PathBuf,
+    home: sam_home::SamHome,
     started: Instant,
     shutdown: tokio::sync::watch::Receiver<bool>,
     openapi: String,
@@ -204,6 +212,7 @@ impl AppState {
             stats_cache: Mutex::new(None),
             runs: s.runs,
             registry: s.registry,
+            home: s.home,
             started: Instant::now(),
             shutdown,
             openapi,
@@ -308,7 +317,7 @@ async fn method_not_allowed(req: Request) -> ApiError {
     info(
         title = "sam",
         description = "sam's HTTP API: hand captures of a running assistant to sam, read the store's statistics, \
-                       follow training runs live. Every write and every route returning example text needs \
+                       follow training and pipeline runs live. Every write and every route returning example text needs \
                        `Authorization: Bearer <token>` (the token is in SAM_HOME's server token file; \
                        `sam serve token` prints it). Errors are JSON: `{\"error\", \"message\", \"field\"}`."
     ),
@@ -317,7 +326,7 @@ async fn method_not_allowed(req: Request) -> ApiError {
         (name = "capture", description = "The assistant's events, redacted and stored; a 201 means durable"),
         (name = "examples", description = "Stored examples (needs the token)"),
         (name = "stats", description = "Store statistics, cached for 5 minutes, invalidated by captures"),
-        (name = "runs", description = "Training runs, and a running one live"),
+        (name = "runs", description = "Training runs and pipeline runs, and a running one live"),
         (name = "deploy", description = "The adapter registry: what to load, versions, aliases, history"),
         (name = "meta", description = "Health, this document and the dashboard"),
     )

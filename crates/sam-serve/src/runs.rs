@@ -1,6 +1,7 @@
 //! `GET /v1/runs`, `/v1/runs/{id}` and `/v1/runs/{id}/events`: training
-//! runs as their folders (sam-runs' [`RunDir`]) hold them, and a running one
-//! followed live as server-sent events.
+//! runs as their folders (sam-runs' [`RunDir`]) hold them, pipeline runs as
+//! their events tell them ([`crate::pipeline`]), and a running one of
+//! either followed live as server-sent events.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -18,6 +19,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
+use crate::pipeline::{PipelineDetail, PipelineSummary};
 use crate::{AppState, blocking};
 
 /// A run at a glance.
@@ -72,8 +74,22 @@ pub struct RunDetail {
 /// `GET /v1/runs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunsResponse {
-    /// Every run, newest first.
+    /// Every training run, newest first.
     pub runs: Vec<RunSummary>,
+    /// Every pipeline run (`sam run`, the scheduler), newest first; its
+    /// `train_run` is one of `runs`.
+    pub pipelines: Vec<PipelineSummary>,
+}
+
+/// `GET /v1/runs/{id}`: a training run or a pipeline run (which has
+/// `"kind": "pipeline"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum RunInfo {
+    /// A training run's folder.
+    Training(Box<RunDetail>),
+    /// A pipeline run's events.
+    Pipeline(Box<PipelineDetail>),
 }
 
 /// Summarise a run from its status and metrics.
@@ -100,15 +116,29 @@ pub(crate) fn summarize(run: &RunDir, status: &StatusFile, metrics: &[MetricReco
     }
 }
 
-/// A run id as a folder name (no path tricks).
-fn open(root: &Path, id: &str) -> Result<RunDir, ApiError> {
+/// A run id as a file name (no path tricks).
+fn check_id(id: &str) -> Result<(), ApiError> {
     let ok = !id.is_empty()
         && !id.starts_with('.')
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !ok {
-        return Err(ApiError::invalid_field("id", "not a run id (letters, digits, '-', '_' and '.')"));
+    if ok { Ok(()) } else { Err(ApiError::invalid_field("id", "not a run id (letters, digits, '-', '_' and '.')")) }
+}
+
+/// What `id` names: a training run's folder, else a pipeline run.
+enum Found {
+    Run(RunDir),
+    Pipeline,
+}
+
+fn find(s: &AppState, id: &str) -> Result<Found, ApiError> {
+    check_id(id)?;
+    if let Ok(run) = RunDir::open(s.runs.join(id)) {
+        return Ok(Found::Run(run));
     }
-    RunDir::open(root.join(id)).map_err(|_| ApiError::not_found(format!("no run {id:?}")).with_field("id"))
+    if crate::pipeline::exists(&s.home, id) {
+        return Ok(Found::Pipeline);
+    }
+    Err(ApiError::not_found(format!("no training or pipeline run {id:?} (GET /v1/runs lists them)")).with_field("id"))
 }
 
 /// Every run with its metrics, newest first (for the dashboard too).
@@ -123,19 +153,21 @@ pub(crate) fn all(root: &Path) -> Result<Vec<(RunSummary, Vec<MetricRecord>)>, A
     Ok(out)
 }
 
-/// Training runs, newest first.
+/// Training runs and pipeline runs, newest first.
 #[utoipa::path(get, path = "/v1/runs", tag = "runs", responses((status = 200, body = RunsResponse)))]
 pub(crate) async fn list(State(s): State<Arc<AppState>>) -> Result<Json<RunsResponse>, ApiError> {
-    let root = s.runs.clone();
-    let runs = blocking(move || all(&root)).await?;
-    Ok(Json(RunsResponse { runs: runs.into_iter().map(|(s, _)| s).collect() }))
+    let (root, home) = (s.runs.clone(), s.home.clone());
+    let (runs, pipelines) = blocking(move || Ok((all(&root)?, crate::pipeline::all(&home)?))).await?;
+    Ok(Json(RunsResponse { runs: runs.into_iter().map(|(s, _)| s).collect(), pipelines }))
 }
 
-/// One run: configuration, every metric and event, evaluation, ETA.
+/// One run: a training run's configuration, every metric and event,
+/// evaluation and ETA; or a pipeline run's stages, training progress, ETA
+/// and every event.
 #[utoipa::path(
     get, path = "/v1/runs/{id}", tag = "runs", params(("id" = String, Path, description = "The run's id")),
     responses(
-        (status = 200, body = RunDetail),
+        (status = 200, body = RunInfo),
         (status = 400, description = "Not a run id", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
     )
@@ -143,20 +175,21 @@ pub(crate) async fn list(State(s): State<Arc<AppState>>) -> Result<Json<RunsResp
 pub(crate) async fn show(
     State(s): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
-) -> Result<Json<RunDetail>, ApiError> {
-    let root = s.runs.clone();
-    let detail = blocking(move || {
-        let run = open(&root, &id)?;
-        let status = run.status()?;
-        let metrics = run.metrics()?;
-        let eval = std::fs::read_to_string(run.eval_path()).ok().and_then(|t| serde_json::from_str(&t).ok());
-        Ok(RunDetail {
-            summary: summarize(&run, &status, &metrics),
-            config: run.config().unwrap_or(Value::Null),
-            events: run.events()?,
-            metrics,
-            eval,
-        })
+) -> Result<Json<RunInfo>, ApiError> {
+    let detail = blocking(move || match find(&s, &id)? {
+        Found::Pipeline => Ok(RunInfo::Pipeline(Box::new(crate::pipeline::detail(&s.home, &id)?))),
+        Found::Run(run) => {
+            let status = run.status()?;
+            let metrics = run.metrics()?;
+            let eval = std::fs::read_to_string(run.eval_path()).ok().and_then(|t| serde_json::from_str(&t).ok());
+            Ok(RunInfo::Training(Box::new(RunDetail {
+                summary: summarize(&run, &status, &metrics),
+                config: run.config().unwrap_or(Value::Null),
+                events: run.events()?,
+                metrics,
+                eval,
+            })))
+        }
     })
     .await?;
     Ok(Json(detail))
@@ -164,16 +197,20 @@ pub(crate) async fn show(
 
 /// The run as server-sent events, live.
 ///
-/// Event types: `status` (a [`RunSummary`], sent first and whenever
-/// `status.json` changes), `metric` (a line of `metrics.jsonl`), `event` (a
-/// line of `events.jsonl`), `reset` (the metrics were rewritten on resume:
-/// forget them; they follow again), and `end` (the run is over; the stream
-/// closes). The whole history is replayed first, so a client that connects
-/// late or reconnects sees everything.
+/// A training run's event types: `status` (a [`RunSummary`], sent first and
+/// whenever `status.json` changes), `metric` (a line of `metrics.jsonl`),
+/// `event` (a line of `events.jsonl`), `reset` (the metrics were rewritten
+/// on resume: forget them; they follow again). A pipeline run's: `status`
+/// (a [`PipelineSummary`], first and whenever it moves: stage, step, loss,
+/// ETA) and `pipeline` (each of its typed events as the pipeline wrote it,
+/// tagged by `event`: `stage_started`, `train_step`, `finished`, …). Both
+/// end with `end` (the run is over; the stream closes). The whole history
+/// is replayed first, so a client that connects late or reconnects sees
+/// everything.
 #[utoipa::path(
     get, path = "/v1/runs/{id}/events", tag = "runs", params(("id" = String, Path, description = "The run's id")),
     responses(
-        (status = 200, description = "`text/event-stream`: status, metric, event, reset and end events", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream`: status, metric, event, reset, pipeline and end events", content_type = "text/event-stream", body = String),
         (status = 400, description = "Not a run id", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
     )
@@ -182,19 +219,25 @@ pub(crate) async fn events(
     State(s): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let run = open(&s.runs, &id)?;
-    let follow = Follow::new(run, Duration::from_millis(s.cfg.sse_poll_ms.max(20)), s.shutdown.clone());
+    let source = match find(&s, &id)? {
+        Found::Run(run) => Source::Run(Box::new(RunFollow::new(run))),
+        Found::Pipeline => Source::Pipeline(Box::new(crate::pipeline::Follow::new(s.home.clone(), &id))),
+    };
+    let follow = Follow::new(source, Duration::from_millis(s.cfg.sse_poll_ms.max(20)), s.shutdown.clone());
     let stream = futures_util::stream::unfold(follow, |mut f| async move { f.next().await.map(|e| (Ok(e), f)) });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-/// Reads a run folder's files as they grow.
+/// What a live stream reads: a training run's folder or a pipeline run's
+/// events file.
+enum Source {
+    Run(Box<RunFollow>),
+    Pipeline(Box<crate::pipeline::Follow>),
+}
+
+/// Follows a run, queueing server-sent events.
 struct Follow {
-    run: RunDir,
-    metrics: Tail,
-    events: Tail,
-    seen: Vec<MetricRecord>,
-    status: Option<StatusFile>,
+    source: Source,
     queue: VecDeque<SseEvent>,
     done: bool,
     poll: Duration,
@@ -202,19 +245,8 @@ struct Follow {
 }
 
 impl Follow {
-    fn new(run: RunDir, poll: Duration, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
-        let (metrics, events) = (Tail::new(run.metrics_path()), Tail::new(run.events_path()));
-        Follow {
-            run,
-            metrics,
-            events,
-            seen: Vec::new(),
-            status: None,
-            queue: VecDeque::new(),
-            done: false,
-            poll,
-            shutdown,
-        }
+    fn new(source: Source, poll: Duration, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+        Follow { source, queue: VecDeque::new(), done: false, poll, shutdown }
     }
 
     async fn next(&mut self) -> Option<SseEvent> {
@@ -225,7 +257,10 @@ impl Follow {
             if self.done {
                 return None;
             }
-            let over = self.scan();
+            let over = match &mut self.source {
+                Source::Run(r) => r.scan(&mut self.queue),
+                Source::Pipeline(p) => p.scan(&mut self.queue),
+            };
             if !self.queue.is_empty() {
                 continue;
             }
@@ -240,26 +275,42 @@ impl Follow {
             }
         }
     }
+}
+
+/// Reads a run folder's files as they grow.
+struct RunFollow {
+    run: RunDir,
+    metrics: Tail,
+    events: Tail,
+    seen: Vec<MetricRecord>,
+    status: Option<StatusFile>,
+}
+
+impl RunFollow {
+    fn new(run: RunDir) -> Self {
+        let (metrics, events) = (Tail::new(run.metrics_path()), Tail::new(run.events_path()));
+        RunFollow { run, metrics, events, seen: Vec::new(), status: None }
+    }
 
     /// Queue what is new; true when the run is over and everything is sent.
-    fn scan(&mut self) -> bool {
+    fn scan(&mut self, queue: &mut VecDeque<SseEvent>) -> bool {
         let status = self.run.status().ok();
         let (lines, reset) = self.metrics.read();
         if reset {
             self.seen.clear();
-            self.queue.push_back(SseEvent::default().event("reset").data("{}"));
+            queue.push_back(SseEvent::default().event("reset").data("{}"));
         }
         let mut new_metric = false;
         for line in lines {
             if let Ok(m) = serde_json::from_str::<MetricRecord>(&line) {
-                self.queue.push_back(SseEvent::default().event("metric").data(line));
+                queue.push_back(SseEvent::default().event("metric").data(line));
                 self.seen.push(m);
                 new_metric = true;
             }
         }
         for line in self.events.read().0 {
             if serde_json::from_str::<Value>(&line).is_ok() {
-                self.queue.push_back(SseEvent::default().event("event").data(line));
+                queue.push_back(SseEvent::default().event("event").data(line));
             }
         }
         if let Some(st) = &status
@@ -270,13 +321,13 @@ impl Follow {
             // The status goes first, so a client shows where the run is
             // before the history streams in.
             if self.status.is_none() {
-                self.queue.push_front(SseEvent::default().event("status").data(data));
+                queue.push_front(SseEvent::default().event("status").data(data));
             } else {
-                self.queue.push_back(SseEvent::default().event("status").data(data));
+                queue.push_back(SseEvent::default().event("status").data(data));
             }
             self.status = Some(st.clone());
         }
-        status.is_some_and(|s| s.status.is_final()) && self.queue.is_empty()
+        status.is_some_and(|s| s.status.is_final()) && queue.is_empty()
     }
 }
 
