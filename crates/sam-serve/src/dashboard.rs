@@ -42,7 +42,8 @@ pub(crate) async fn page(State(s): State<Arc<AppState>>) -> Html<String> {
     let root = s.runs.clone();
     let runs = crate::blocking(move || crate::runs::all(&root)).await.map_err(|e| e.body.message);
     let home = s.home.clone();
-    let pipelines = crate::blocking(move || crate::pipeline::all(&home)).await.map_err(|e| e.body.message);
+    let pipelines =
+        crate::blocking(move || crate::pipeline::all(&home, Some(LISTED_PIPELINES))).await.map_err(|e| e.body.message);
     let registry = crate::blocking(move || crate::deploy::all(&s)).await.map_err(|e| e.body.message);
     let now = sam_runs::unix_now() as i64;
     Html(render(&Page { stats, runs, pipelines, registry, now }).into_string())

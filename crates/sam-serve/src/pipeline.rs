@@ -187,9 +187,10 @@ fn read(home: &SamHome, id: &str, states: &[&PipelineState]) -> Result<(Pipeline
     Ok((s, events))
 }
 
-/// Every pipeline run, newest first (for `/v1/runs` and the dashboard). A
-/// run whose events cannot be read is listed with the reason as its error.
-pub(crate) fn all(home: &SamHome) -> Result<Vec<PipelineSummary>, ApiError> {
+/// The newest `limit` pipeline runs (every one with `None`), newest first
+/// (for `/v1/runs` and the dashboard). A run whose events cannot be read is
+/// listed with the reason as its error.
+pub(crate) fn all(home: &SamHome, limit: Option<usize>) -> Result<Vec<PipelineSummary>, ApiError> {
     let (history, current) = ids(home)?;
     let mut states: Vec<&PipelineState> = history.iter().collect();
     if let Some(c) = &current
@@ -199,7 +200,7 @@ pub(crate) fn all(home: &SamHome) -> Result<Vec<PipelineSummary>, ApiError> {
     }
     states.sort_by(|a, b| b.started_at.cmp(&a.started_at).then_with(|| b.id.cmp(&a.id)));
     let mut out = Vec::new();
-    for st in states {
+    for st in states.into_iter().take(limit.unwrap_or(usize::MAX)) {
         let same: Vec<&PipelineState> = history.iter().chain(current.as_ref()).filter(|s| s.id == st.id).collect();
         match read(home, &st.id, &same) {
             Ok((s, _)) => out.push(s),

@@ -157,7 +157,7 @@ pub(crate) fn all(root: &Path) -> Result<Vec<(RunSummary, Vec<MetricRecord>)>, A
 #[utoipa::path(get, path = "/v1/runs", tag = "runs", responses((status = 200, body = RunsResponse)))]
 pub(crate) async fn list(State(s): State<Arc<AppState>>) -> Result<Json<RunsResponse>, ApiError> {
     let (root, home) = (s.runs.clone(), s.home.clone());
-    let (runs, pipelines) = blocking(move || Ok((all(&root)?, crate::pipeline::all(&home)?))).await?;
+    let (runs, pipelines) = blocking(move || Ok((all(&root)?, crate::pipeline::all(&home, None)?))).await?;
     Ok(Json(RunsResponse { runs: runs.into_iter().map(|(s, _)| s).collect(), pipelines }))
 }
 

@@ -17,8 +17,8 @@ pub enum ServeCommand {
     /// correction, preference, feedback, distill) with `Authorization: Bearer <token>` (the
     /// token is generated into SAM_HOME, mode 0600; `sam serve token` prints
     /// it). A 201 answer means the capture is in the store or in the fsynced
-    /// spool. The dashboard at / shows the store, the training runs (live)
-    /// and needs no token; the API is described at /v1/openapi.json.
+    /// spool. The dashboard at / shows the store, the pipeline and training
+    /// runs (live) and the registry, and needs no token; the API is described at /v1/openapi.json.
     /// Ctrl-C or SIGTERM stops the server after the requests in flight.
     Serve(ServeArgs),
 }
