@@ -438,10 +438,60 @@ impl Default for CanarySection {
     }
 }
 
-/// `[schedule]`: the scheduler daemon (keys come with the daemon).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `[schedule]`: the scheduler daemon's jobs, intervals and retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ScheduleSection {}
+pub struct ScheduleSection {
+    /// Git repositories the mining job (and the trigger's pipeline) mines.
+    pub repos: Vec<PathBuf>,
+    /// Folders (not git repositories) whose docs and code the mining job mines.
+    pub folders: Vec<PathBuf>,
+    /// The base model the training trigger trains (unset: the test model).
+    pub model: Option<PathBuf>,
+    /// Seconds between mining runs (0: off).
+    pub mine_every_secs: u64,
+    /// Seconds between deduplication runs (0: off).
+    pub dedup_every_secs: u64,
+    /// Seconds between validation runs (0: off).
+    pub validate_every_secs: u64,
+    /// Seconds between exports (0: off).
+    pub export_every_secs: u64,
+    /// Seconds between checks of the training trigger (0: off).
+    pub train_check_every_secs: u64,
+    /// Eligible examples no training run has seen that start a training.
+    pub train_threshold: u64,
+    /// Up to this many seconds are added to each start.
+    pub randomized_delay_secs: u64,
+    /// First retry after a failure, in seconds; doubled per further failure.
+    pub retry_base_secs: u64,
+    /// Longest wait between retries, in seconds.
+    pub retry_max_secs: u64,
+    /// A job deferred for lack of memory is looked at again after this many seconds.
+    pub defer_secs: u64,
+    /// A job found due this many seconds late counts as missed.
+    pub missed_after_secs: u64,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        Self {
+            repos: Vec::new(),
+            folders: Vec::new(),
+            model: None,
+            mine_every_secs: 6 * 3600,
+            dedup_every_secs: 24 * 3600,
+            validate_every_secs: 12 * 3600,
+            export_every_secs: 24 * 3600,
+            train_check_every_secs: 300,
+            train_threshold: 100,
+            randomized_delay_secs: 300,
+            retry_base_secs: 60,
+            retry_max_secs: 6 * 3600,
+            defer_secs: 600,
+            missed_after_secs: 120,
+        }
+    }
+}
 
 /// `[serve]`: the HTTP server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -677,7 +727,39 @@ pub const SECTIONS: &[Section] = &[
             key("rollback_margin", "Roll back when the canary's good rate is below production's by more than this."),
         ],
     },
-    Section { name: "schedule", about: "The scheduler daemon (`sam schedule`).", keys: &[] },
+    Section {
+        name: "schedule",
+        about: "The scheduler daemon (`sam schedule`): periodic mining, deduplication, validation and\n\
+                export, and the training trigger that runs the pipeline when enough new data is stored.\n\
+                Missed runs (the machine was off or asleep) run once at start, after a random delay.",
+        keys: &[
+            key("repos", "Git repositories to mine (history, markdown docs, documented code)."),
+            key("folders", "Folders that are not git repositories whose markdown docs and documented code are mined."),
+            Key {
+                name: "model",
+                doc: "The base model the trigger trains (a Hugging Face folder or a .gguf file; unset: the test model).",
+                unset_example: Some("\"/home/me/models/Qwen2.5-Coder-1.5B-Instruct\""),
+            },
+            key("mine_every_secs", "Seconds between mining runs (21600: 6 hours; 0: off)."),
+            key("dedup_every_secs", "Seconds between deduplication runs (86400: a day; 0: off)."),
+            key("validate_every_secs", "Seconds between quality validation runs (43200: 12 hours; 0: off)."),
+            key("export_every_secs", "Seconds between exports of the eligible tiers to SAM_HOME/exports (0: off)."),
+            key("train_check_every_secs", "Seconds between checks of the training trigger (0: off)."),
+            key(
+                "train_threshold",
+                "Eligible examples (in [pipeline] export_tiers) that no training run has seen which start a\n\
+                 training (`sam schedule run train --force` trains at once).",
+            ),
+            key(
+                "randomized_delay_secs",
+                "Up to this many seconds are added to each start, so jobs do not all start at once.",
+            ),
+            key("retry_base_secs", "A failed job is retried after this many seconds, doubled per further failure..."),
+            key("retry_max_secs", "...up to this many."),
+            key("defer_secs", "A job deferred for lack of free memory is looked at again after this many seconds."),
+            key("missed_after_secs", "A job found due this many seconds late counts as missed (a fresh random delay)."),
+        ],
+    },
     Section {
         name: "serve",
         about: "The HTTP server (`sam serve`): capture API, statistics, runs, dashboard.\n\

@@ -13,6 +13,7 @@ use sam_capture::code::{CodeConfig, CodeSource};
 use sam_capture::docs::{DocsConfig, DocsSource};
 use sam_capture::git::{GitConfig, GitSource};
 use sam_capture::{DataSource, Pipeline, collect_into};
+use sam_home::config::ScheduleSection;
 use sam_schema::Tier;
 use sam_schema::quality::QualityConfig;
 use sam_store::near_dup::NearDupConfig;
@@ -214,50 +215,13 @@ impl Task for ExportJob {
     }
 }
 
-/// What the standard job table is made of (`sam.toml`'s `[schedule]`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ScheduleSettings {
-    /// Git repositories to mine (history, docs, code).
-    pub repos: Vec<PathBuf>,
-    /// Folders to mine (docs and code).
-    pub folders: Vec<PathBuf>,
-    /// Seconds between mining runs (0: off).
-    pub mine_every_secs: u64,
-    /// Seconds between deduplication runs (0: off).
-    pub dedup_every_secs: u64,
-    /// Seconds between validation runs (0: off).
-    pub validate_every_secs: u64,
-    /// Seconds between exports (0: off).
-    pub export_every_secs: u64,
-    /// Seconds between checks of the training trigger (0: off).
-    pub train_check_every_secs: u64,
-    /// Unseen eligible examples that start a training.
-    pub train_threshold: u64,
-    /// Up to this many seconds are added to each start, so jobs do not all start at once.
-    pub randomized_delay_secs: u64,
-    /// Retries, deferrals and catch-up.
-    #[serde(flatten)]
-    pub policy: crate::Policy,
-}
-
-impl Default for ScheduleSettings {
-    /// Mining every 6 h, deduplication 24 h, validation 12 h, export 24 h,
-    /// the trigger checked every 5 min at 100 unseen examples, up to 5 min
-    /// of random delay.
-    fn default() -> Self {
-        Self {
-            repos: Vec::new(),
-            folders: Vec::new(),
-            mine_every_secs: 6 * 3600,
-            dedup_every_secs: 24 * 3600,
-            validate_every_secs: 12 * 3600,
-            export_every_secs: 24 * 3600,
-            train_check_every_secs: 300,
-            train_threshold: 100,
-            randomized_delay_secs: 300,
-            policy: crate::Policy::default(),
-        }
+/// The retry, deferral and catch-up settings of `[schedule]`.
+pub fn policy(settings: &ScheduleSection) -> crate::Policy {
+    crate::Policy {
+        retry_base_secs: settings.retry_base_secs,
+        retry_max_secs: settings.retry_max_secs,
+        defer_secs: settings.defer_secs,
+        missed_after_secs: settings.missed_after_secs,
     }
 }
 
@@ -266,9 +230,10 @@ pub const JOBS: [&str; 5] = ["mine", "dedup", "validate", "export", "train"];
 
 /// Adds the standard jobs to `s`: `mine`, `dedup`, `validate`, `export`
 /// and `train` (the trigger over `pipeline`), each with its interval from
-/// `settings` (an interval of 0 leaves the job out). The store, the
-/// cleaning rules and the eligible tiers are the pipeline's.
-pub fn add_standard(s: &mut crate::Scheduler, settings: &ScheduleSettings, pipeline: &sam_pipeline::PipelineConfig) {
+/// `[schedule]` (an interval of 0 leaves the job out). The store, the
+/// cleaning rules and the eligible tiers are the pipeline's; the mining job
+/// mines `settings.repos` and `settings.folders`.
+pub fn add_standard(s: &mut crate::Scheduler, settings: &ScheduleSection, pipeline: &sam_pipeline::PipelineConfig) {
     let delay = settings.randomized_delay_secs;
     let store = pipeline.home.store_db();
     let every = |secs| crate::Timing::every(secs, delay);
@@ -313,6 +278,11 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use super::*;
+
+    #[test]
+    fn the_policy_defaults_are_the_files_defaults() {
+        assert_eq!(policy(&ScheduleSection::default()), crate::Policy::default());
+    }
 
     fn ctx(now: i64) -> TaskContext {
         TaskContext { stop: Arc::new(AtomicBool::new(false)), force: false, now }

@@ -5,8 +5,9 @@
 
 use std::path::Path;
 
+use sam_home::config::ScheduleSection;
 use sam_scheduler::clock::ManualClock;
-use sam_scheduler::jobs::{ScheduleSettings, add_standard};
+use sam_scheduler::jobs::add_standard;
 use sam_scheduler::task::StepStatus;
 use sam_scheduler::{JobOutcome, PipelineConfig, Scheduler, SchedulerFiles};
 use sam_schema::{Content, Example};
@@ -68,7 +69,7 @@ fn new_data_triggers_a_training_and_no_new_data_does_nothing() {
     std::fs::create_dir_all(&home).unwrap();
     let cfg = pipeline(&home);
     let clock = ManualClock::new(T0);
-    let settings = ScheduleSettings { randomized_delay_secs: 0, ..Default::default() };
+    let settings = ScheduleSection { randomized_delay_secs: 0, ..Default::default() };
     let files = SchedulerFiles::of(&sam_home::SamHome::new(&home));
     let mut s = Scheduler::new(files.clone(), clock.clone());
     add_standard(&mut s, &settings, &cfg);

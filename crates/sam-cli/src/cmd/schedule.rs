@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use sam_scheduler::clock::{Clock as _, SystemClock};
-use sam_scheduler::jobs::ScheduleSettings;
 use sam_scheduler::units::{ServiceFile, ServiceKind, ServiceSpec};
 use sam_scheduler::{HistoryEntry, JobOutcome, JobState, Scheduler, SchedulerFiles};
 
@@ -118,14 +117,24 @@ fn daemon_log(ctx: &Ctx) -> PathBuf {
     ctx.home.scheduler_log()
 }
 
-/// The job table from the configuration.
+/// The job table from `sam.toml`: `[schedule]` for the jobs, the other
+/// sections (as `sam run` reads them) for the trigger's pipeline.
 fn scheduler(ctx: &Ctx) -> anyhow::Result<Scheduler> {
-    let settings = ScheduleSettings::default();
     let file = ctx.home.load_config()?;
-    let model = sam_models::default_test_model();
-    let mut pipeline = sam_pipeline::PipelineConfig::from_config(ctx.home.clone(), &file, model)?;
+    let mut settings = file.schedule.clone();
+    let resolve = |p: &PathBuf| ctx.home.resolve_path(p);
+    let model = match &settings.model {
+        Some(m) => resolve(m),
+        // Not fetched here: a missing model is the trigger's recorded error, with its hint.
+        None => sam_models::default_test_model(),
+    };
+    let mut pipeline = sam_pipeline::PipelineConfig::from_config(ctx.home.clone(), &file, model)
+        .with_context(|| format!("{}", ctx.home.config_file().display()))?;
+    // No sample captures: the daemon trains on what is mined and captured.
+    settings.repos = settings.repos.iter().map(resolve).collect();
+    settings.folders = settings.folders.iter().map(resolve).collect();
     pipeline.repos = settings.repos.clone();
-    let mut s = Scheduler::new(files(ctx), SystemClock).with_policy(settings.policy);
+    let mut s = Scheduler::new(files(ctx), SystemClock).with_policy(sam_scheduler::jobs::policy(&settings));
     sam_scheduler::jobs::add_standard(&mut s, &settings, &pipeline);
     Ok(s)
 }
