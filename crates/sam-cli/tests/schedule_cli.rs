@@ -1,7 +1,9 @@
 //! `sam schedule` run as a user (or a service manager) runs it: two daemons
 //! started at once — exactly one runs, the other names its pid; after a
 //! `kill -9` a new one starts at once; `start` in the background, `status`,
-//! `stop`; `install` / `uninstall` write and remove the service file.
+//! `stop`; `install` / `uninstall` write and remove the service file;
+//! SIGTERM during a training the trigger started: exit 0 within seconds,
+//! and the next start resumes the run from its checkpoint.
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -143,4 +145,97 @@ fn install_and_uninstall_the_service_files() {
     ok(home, &["schedule", "uninstall", "--kind", "systemd", "--path", unit.to_str().unwrap()]);
     ok(home, &["schedule", "uninstall", "--kind", "launchd", "--path", plist.to_str().unwrap()]);
     assert!(!unit.exists() && !plist.exists());
+}
+
+/// Lines of a run's JSONL file (metrics or events).
+fn jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// The training runs under the home.
+fn run_dirs(home: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(rd) = std::fs::read_dir(home.join("runs")) else { return Vec::new() };
+    rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()
+}
+
+fn train_history(home: &Path) -> Vec<Value> {
+    let h: Value = serde_json::from_str(&ok(home, &["schedule", "history", "--json", "--job", "train"])).unwrap();
+    h.as_array().unwrap().clone()
+}
+
+fn sigterm(child: &mut Child) -> (std::process::ExitStatus, Duration) {
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let t0 = Instant::now();
+    let status = child.wait().unwrap();
+    (status, t0.elapsed())
+}
+
+#[test]
+fn sigterm_during_a_training_exits_0_at_once_and_the_next_start_resumes_it() {
+    let model = sam_models::require_test_model().unwrap_or_else(|e| panic!("{e}"));
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    // The trigger fires at 20 eligible examples and trains the test model
+    // briefly, with a checkpoint after every step; the other jobs are off.
+    let toml = format!(
+        "[schedule]\nmodel = {model}\ntrain_threshold = 20\ntrain_check_every_secs = 1\nrandomized_delay_secs = 0\n\
+         mine_every_secs = 0\ndedup_every_secs = 0\nvalidate_every_secs = 0\nexport_every_secs = 0\n\n\
+         [prep]\nmax_seq_len = 64\n\n[train]\nsteps = 8\nsave_every = 1\nwarmup_steps = 1\ngrad_accum = 1\nrank = 4\ndpo_steps = 0\n\n\
+         [pipeline]\nsample_captures = false\nmax_valid_examples = 2\nmax_eval_examples = 2\n",
+        model = serde_json::to_string(model.to_str().unwrap()).unwrap()
+    );
+    std::fs::write(home.join("sam.toml"), toml).unwrap();
+    let data = home.join("new.jsonl");
+    let lines: Vec<String> = (0..24)
+        .map(|i| {
+            serde_json::json!({
+                "instruction": format!("What does `cache_op_{i}` do in the cachey crate?"),
+                "output": format!("`cache_op_{i}` returns entry number {i} of the cache; expired entries are skipped, and the call never blocks."),
+                "domain": "code",
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    ok(home, &["ingest", data.to_str().unwrap()]);
+    ok(home, &["validate"]);
+
+    // The daemon starts, the trigger fires, the training logs a step and its checkpoint.
+    let mut daemon = foreground(home);
+    wait_until("a checkpointed training step", Duration::from_secs(300), || {
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+        run_dirs(home).iter().any(|r| {
+            jsonl(&r.join("events.jsonl")).iter().any(|e| e["kind"] == "checkpoint")
+        })
+    });
+    let (status, took) = sigterm(&mut daemon);
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(20), "the daemon took {took:?} to stop");
+    let runs = run_dirs(home);
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    let st: Value = serde_json::from_str(&std::fs::read_to_string(run.join("status.json")).unwrap()).unwrap();
+    assert_eq!(st["status"], "stopped", "{st}");
+    let stopped_at = st["step"].as_u64().unwrap();
+    assert!(stopped_at < 8, "{st}");
+    assert_eq!(train_history(home).last().unwrap()["outcome"]["kind"], "stopped");
+
+    // The next start continues that run from its checkpoint and finishes it.
+    let mut daemon = foreground(home);
+    wait_until("the resumed training", Duration::from_secs(300), || {
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+        train_history(home).last().is_some_and(|e| e["outcome"]["kind"] == "succeeded")
+    });
+    let (status, _) = sigterm(&mut daemon);
+    assert!(status.success(), "{status}");
+    assert_eq!(run_dirs(home), runs, "the same run folder");
+    let events = jsonl(&run.join("events.jsonl"));
+    assert!(events.iter().any(|e| e["kind"] == "resumed_from_checkpoint"), "{events:?}");
+    let steps: Vec<u64> = jsonl(&run.join("metrics.jsonl"))
+        .iter()
+        .filter(|m| m.get("train_loss").is_some())
+        .filter_map(|m| m["step"].as_u64())
+        .collect();
+    assert_eq!(steps.last(), Some(&8), "{steps:?}");
 }
