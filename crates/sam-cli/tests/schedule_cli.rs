@@ -186,6 +186,7 @@ fn sigterm_during_a_training_exits_0_at_once_and_the_next_start_resumes_it() {
         model = serde_json::to_string(model.to_str().unwrap()).unwrap()
     );
     std::fs::write(home.join("sam.toml"), toml).unwrap();
+    ok(home, &["init"]);
     let data = home.join("new.jsonl");
     let lines: Vec<String> = (0..24)
         .map(|i| {
@@ -205,9 +206,7 @@ fn sigterm_during_a_training_exits_0_at_once_and_the_next_start_resumes_it() {
     let mut daemon = foreground(home);
     wait_until("a checkpointed training step", Duration::from_secs(300), || {
         assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
-        run_dirs(home).iter().any(|r| {
-            jsonl(&r.join("events.jsonl")).iter().any(|e| e["kind"] == "checkpoint")
-        })
+        run_dirs(home).iter().any(|r| jsonl(&r.join("events.jsonl")).iter().any(|e| e["kind"] == "checkpoint"))
     });
     let (status, took) = sigterm(&mut daemon);
     assert!(status.success(), "{status}");

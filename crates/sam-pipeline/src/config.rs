@@ -6,6 +6,8 @@
 //! for callers that need only one (the CLI's store and capture commands).
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use sam_capture::capture::Capture;
 use sam_capture::code::CodeConfig;
@@ -59,6 +61,10 @@ pub struct PipelineConfig {
     pub max_valid_examples: Option<usize>,
     /// Train even when the export holds nothing new.
     pub force: bool,
+    /// Set it (a signal handler, the scheduler's stop) to stop the training
+    /// after its current step with a checkpoint: the run ends with
+    /// [`Error::Stopped`] and the next run continues it (`None`: no stop).
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// The DPO phase's settings in the pipeline.
@@ -160,6 +166,7 @@ impl PipelineConfig {
             max_eval_examples: Some(p.max_eval_examples),
             max_valid_examples: Some(p.max_valid_examples),
             force: false,
+            stop: None,
         })
     }
 }

@@ -50,6 +50,13 @@ pub enum Error {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// The training was stopped on request ([`crate::PipelineConfig::stop`])
+    /// after a checkpoint; the next run continues it.
+    #[error("stopped on request: training run {run_id} checkpointed; run the pipeline again to continue it")]
+    Stopped {
+        /// The training run.
+        run_id: String,
+    },
     /// There is nothing to train on at all.
     #[error("nothing to train on: {0}")]
     NoData(String),

@@ -12,6 +12,11 @@
 //! ([`training_bytes`]): the highest resident memory measured in earlier
 //! runs on the same base model when there are any, else an estimate from
 //! the model's shape and the training settings.
+//!
+//! A stop request (SIGTERM, `sam schedule stop`) reaches the pipeline's
+//! training, which checkpoints after its current step; the run is recorded
+//! as stopped, and a pipeline run left unfinished (stopped, killed, failed)
+//! continues at the next check whatever the count.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::BufRead as _;
@@ -187,6 +192,12 @@ impl TrainTrigger {
         }
     }
 
+    /// Whether a pipeline run was cut short (stopped, killed, failed): it
+    /// continues at the next check, whatever the count.
+    pub fn interrupted(&self) -> bool {
+        PipelineState::load(&self.pipeline.home).ok().flatten().is_some_and(|s| s.outcome.is_none())
+    }
+
     fn training_bytes(&self) -> u64 {
         let t = &self.pipeline.train;
         training_bytes(&self.pipeline.model, t.max_seq_len, t.batch_size, false, &self.pipeline.home.runs_dir())
@@ -195,7 +206,7 @@ impl TrainTrigger {
 
 impl Task for TrainTrigger {
     fn memory_needed(&mut self, ctx: &TaskContext) -> u64 {
-        if ctx.force {
+        if ctx.force || self.interrupted() {
             return self.training_bytes();
         }
         match self.check() {
@@ -211,13 +222,23 @@ impl Task for TrainTrigger {
 
     fn run(&mut self, ctx: &TaskContext) -> Result<TaskReport, TaskError> {
         let u = self.count(ctx.now)?;
-        if u.total < self.threshold && !ctx.force {
+        let interrupted = self.interrupted();
+        if u.total < self.threshold && !ctx.force && !interrupted {
             return Ok(TaskReport::new(Done::Idle, json!({ "unseen": u, "threshold": self.threshold })));
         }
         let mut cfg = self.pipeline.clone();
         cfg.force = ctx.force;
+        // SIGTERM / `sam schedule stop`: the training checkpoints after its step.
+        cfg.stop = Some(ctx.stop.clone());
         let mut steps = StepRecorder::default();
-        let summary = sam_pipeline::run(&cfg, &mut steps)?;
+        let summary = match sam_pipeline::run(&cfg, &mut steps) {
+            Ok(s) => s,
+            Err(sam_pipeline::Error::Stopped { run_id }) => {
+                let output = json!({ "unseen": u, "threshold": self.threshold, "stopped_run": run_id });
+                return Ok(TaskReport { done: Done::Stopped, steps: steps.finish(), output });
+            }
+            Err(e) => return Err(e.into()),
+        };
         // The export just trained on is the new "seen" set.
         self.seen = None;
         let done = match summary.outcome {

@@ -134,14 +134,19 @@ impl Stage for TrainStage {
         };
         cx.store().record_run(update(RunState::Running))?;
         let t0 = Instant::now();
+        let ctl = JobControl { stop: cx.config().stop.as_deref(), probe: None };
         let mut fwd = Forward::new(cx.events());
-        let outcome = match job.run(&mut fwd, JobControl::default()) {
+        let outcome = match job.run(&mut fwd, ctl) {
             Ok(o) => o,
             Err(e) => {
                 let _ = cx.store().record_run(update(RunState::Failed));
                 return Err(e.into());
             }
         };
+        if outcome.status == sam_runs::RunStatus::Stopped {
+            cx.store().record_run(update(RunState::Stopped))?;
+            return Err(Error::Stopped { run_id });
+        }
         let (valid, last) = (fwd.last_valid, fwd.last_train);
         let info = train_info(&job, &outcome, &prep, t0.elapsed().as_secs_f64(), valid, last)?;
         cx.store().record_run(RunUpdate {
