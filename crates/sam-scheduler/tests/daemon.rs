@@ -98,7 +98,9 @@ fn new_data_triggers_a_training_and_no_new_data_does_nothing() {
     assert_eq!(run.outcome, JobOutcome::Succeeded, "{run:?}");
     assert_eq!(run.output["unseen"]["total"], 100);
     let names: Vec<&str> = run.steps.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["mine", "clean", "export", "prep", "train", "evaluate", "report"], "{run:?}");
+    // Every stage of the one pipeline (the same list `sam run` runs), timed.
+    assert_eq!(names, sam_pipeline::Pipeline::standard().names(), "{run:?}");
+    assert!(names.starts_with(&["mine", "clean", "export", "prep", "train", "evaluate"]), "{names:?}");
     assert!(run.steps.iter().all(|s| s.status == StepStatus::Finished), "{run:?}");
     assert!(run.steps.iter().any(|s| s.name == "train" && s.seconds > 0.0), "{run:?}");
     assert!(run.seconds >= run.steps.iter().map(|s| s.seconds).sum::<f64>());
