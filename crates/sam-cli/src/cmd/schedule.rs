@@ -375,13 +375,36 @@ fn print_entry(e: &HistoryEntry) {
         JobOutcome::Deferred { available_bytes, needed_bytes } => {
             format!(": needs {:.1} GB free, {:.1} GB were", *needed_bytes as f64 / 1e9, *available_bytes as f64 / 1e9)
         }
-        _ => String::new(),
+        _ => what_it_did(&e.output).map_or(String::new(), |w| format!(": {w}")),
     };
     println!("{when}  {:<8} {:<11} {took:>7}  ({trigger}{forced}){detail}", e.job, e.outcome.as_str());
     for s in &e.steps {
         let status = format!("{:?}", s.status).to_lowercase();
         println!("    {:<16} {:>7}  {status}", s.name, sam_runs::format_duration(Duration::from_secs_f64(s.seconds)));
     }
+}
+
+/// A run's output in a few words (the standard jobs' counts; the trigger's
+/// count, and the pipeline's numbers when it ran).
+fn what_it_did(out: &serde_json::Value) -> Option<String> {
+    let n = |k: &str| out.get(k).and_then(|v| v.as_u64());
+    if let Some(unseen) = out.get("unseen") {
+        let total = unseen["total"].as_u64().unwrap_or(0);
+        let mut w = format!("{total} unseen eligible examples (trains at {})", n("threshold").unwrap_or(0));
+        if let Some(run) = out.get("stopped_run").and_then(|r| r.as_str()) {
+            w.push_str(&format!("; training run {run} checkpointed, continues at the next start"));
+        }
+        let eval = &out["pipeline"]["eval"];
+        if let (Some(base), Some(adapter)) = (eval["base"]["loss"].as_f64(), eval["adapter"]["loss"].as_f64()) {
+            w.push_str(&format!("; test loss base {base:.3}, adapter {adapter:.3}"));
+        }
+        return Some(w);
+    }
+    let (count, what) = [("inserted", "new examples"), ("removed", "removed"), ("rows", "rows exported")]
+        .into_iter()
+        .find_map(|(k, what)| Some((n(k)?, what)))
+        .or_else(|| Some((n("examples")?, "examples validated")))?;
+    Some(format!("{count} {what}"))
 }
 
 fn service(ctx: &Ctx, a: &InstallArgs) -> anyhow::Result<(ServiceFile, PathBuf)> {
