@@ -154,7 +154,7 @@ fn jsonl(path: &Path) -> Vec<Value> {
 
 /// The training runs under the home.
 fn run_dirs(home: &Path) -> Vec<std::path::PathBuf> {
-    let Ok(rd) = std::fs::read_dir(home.join("runs")) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(sam_home::SamHome::new(home).runs_dir()) else { return Vec::new() };
     rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()
 }
 
@@ -185,7 +185,7 @@ fn sigterm_during_a_training_exits_0_at_once_and_the_next_start_resumes_it() {
          [pipeline]\nsample_captures = false\nmax_valid_examples = 2\nmax_eval_examples = 2\n",
         model = serde_json::to_string(model.to_str().unwrap()).unwrap()
     );
-    std::fs::write(home.join("sam.toml"), toml).unwrap();
+    std::fs::write(sam_home::SamHome::new(home).config_file(), toml).unwrap();
     ok(home, &["init"]);
     let data = home.join("new.jsonl");
     let lines: Vec<String> = (0..24)
