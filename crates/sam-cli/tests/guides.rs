@@ -73,7 +73,7 @@ fn check(name: &str) {
     );
 }
 
-const GUIDES: &[&str] = &["collect.md", "store.md", "prep.md", "train.md", "deploy.md", "serve.md"];
+const GUIDES: &[&str] = &["collect.md", "store.md", "prep.md", "train.md", "deploy.md", "schedule.md", "serve.md"];
 
 #[test]
 fn every_guide_is_run_here() {
@@ -118,6 +118,11 @@ fn train_guide() {
 #[test]
 fn deploy_guide() {
     check("deploy.md");
+}
+
+#[test]
+fn schedule_guide() {
+    check("schedule.md");
 }
 
 #[test]
