@@ -54,7 +54,7 @@ impl Config {
             routing: settings::routing(&f.capture.routing),
             near_dup: settings::near_dup(&f.store.near_dup),
             serve: serve(&f.serve),
-            deploy: deploy(&f.deploy),
+            deploy: settings::deploy(&f.deploy),
             file: f,
         })
     }
@@ -68,30 +68,6 @@ pub fn serve(s: &file::ServeSection) -> sam_serve::ServeConfig {
         max_body_bytes: s.max_body_bytes,
         stats_cache_s: s.stats_cache_s,
         sse_poll_ms: s.sse_poll_ms,
-    }
-}
-
-/// `[deploy]`.
-pub fn deploy(s: &file::DeploySection) -> sam_deploy::DeployConfig {
-    let (g, c) = (&s.gate, &s.canary);
-    sam_deploy::DeployConfig {
-        default_slot: s.default_slot.clone(),
-        max_seq_len: s.max_seq_len,
-        gate: sam_deploy::GateSettings {
-            margin: g.margin,
-            golden_tolerance: g.golden_tolerance,
-            min_win_rate: g.min_win_rate,
-            prompts: g.prompts.clone(),
-            max_new_tokens: g.max_new_tokens,
-            max_repeated: g.max_repeated,
-            max_answer_loss: g.max_answer_loss,
-        },
-        canary: sam_deploy::CanarySettings {
-            percent: c.percent,
-            min_judgements: c.min_judgements,
-            tolerance: c.tolerance,
-            rollback_margin: c.rollback_margin,
-        },
     }
 }
 

@@ -339,8 +339,11 @@ pub struct PipelineSection {
     pub near_dup: bool,
     /// Validate on at most this many validation examples during training.
     pub max_valid_examples: usize,
-    /// Score at most this many test examples in the evaluate stage.
+    /// Score at most this many test examples in the evaluate stage (and in the gate).
     pub max_eval_examples: usize,
+    /// After evaluation, register the adapter, judge it with the gate and
+    /// roll it out (`[deploy] rollout`); false stops after evaluation.
+    pub deploy: bool,
 }
 
 impl Default for PipelineSection {
@@ -351,6 +354,7 @@ impl Default for PipelineSection {
             near_dup: true,
             max_valid_examples: 16,
             max_eval_examples: 32,
+            deploy: true,
         }
     }
 }
@@ -363,6 +367,8 @@ pub struct DeploySection {
     pub default_slot: String,
     /// Examples are cut to this many tokens when the gate scores them.
     pub max_seq_len: usize,
+    /// What the pipeline does with an adapter the gate passes.
+    pub rollout: Rollout,
     /// `[deploy.gate]`: the gate's thresholds.
     pub gate: GateSection,
     /// `[deploy.canary]`: when a canary is decided.
@@ -374,10 +380,21 @@ impl Default for DeploySection {
         Self {
             default_slot: "default".into(),
             max_seq_len: 1024,
+            rollout: Rollout::Promote,
             gate: GateSection::default(),
             canary: CanarySection::default(),
         }
     }
+}
+
+/// `[deploy] rollout`: what the pipeline does with an adapter the gate passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rollout {
+    /// Put it into production.
+    Promote,
+    /// Start a canary at `[deploy.canary] percent`.
+    Canary,
 }
 
 /// `[deploy.gate]`.
@@ -683,13 +700,21 @@ pub const SECTIONS: &[Section] = &[
     Section {
         name: "pipeline",
         about: "The pipeline (`sam run`, and the scheduler's runs): mine, clean, export, prep,\n\
-                train, evaluate, report.",
+                train, evaluate, report, then register, gate and promote (or canary).",
         keys: &[
             key("sample_captures", "Feed the sample captures shipped with sam (`sam run`)."),
             key("export_tiers", "Tiers exported for training (gold, silver, bronze, unverified)."),
             key("near_dup", "Remove near-duplicates in the clean stage (false: exact duplicates only)."),
             key("max_valid_examples", "Validate on at most this many validation examples during training."),
-            key("max_eval_examples", "Score base and adapter on at most this many held-out test examples."),
+            key(
+                "max_eval_examples",
+                "Score base and adapter on at most this many held-out test examples (the gate too).",
+            ),
+            key(
+                "deploy",
+                "After evaluation: register the adapter, gate it against production and roll it out\n\
+                 ([deploy] rollout); false stops after evaluation (`sam run --no-deploy`).",
+            ),
         ],
     },
     Section {
@@ -698,6 +723,11 @@ pub const SECTIONS: &[Section] = &[
         keys: &[
             key("default_slot", "The slot commands use when none is named (one slot per base model)."),
             key("max_seq_len", "Examples are cut to this many tokens when the gate scores them."),
+            key(
+                "rollout",
+                "What `sam run` and the scheduler do with an adapter the gate passes: \"promote\" (into\n\
+                 production) or \"canary\" (a canary at [deploy.canary] percent).",
+            ),
         ],
     },
     Section {

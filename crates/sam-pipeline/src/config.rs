@@ -20,6 +20,7 @@ use sam_store::near_dup::NearDupConfig;
 use sam_trainer::{DpoConfig, TrainConfig};
 
 use crate::error::{Error, Result};
+use crate::stages::{DeploySettings, Rollout};
 
 /// Everything the pipeline needs. [`PipelineConfig::new`] gives the
 /// defaults of `sam.toml` (sized to finish in minutes on a 2-core laptop with
@@ -65,6 +66,9 @@ pub struct PipelineConfig {
     /// after its current step with a checkpoint: the run ends with
     /// [`Error::Stopped`] and the next run continues it (`None`: no stop).
     pub stop: Option<Arc<AtomicBool>>,
+    /// After evaluation: register the adapter, gate it against production
+    /// and promote it or start a canary (`None`: stop after evaluation).
+    pub deploy: Option<DeploySettings>,
 }
 
 /// The DPO phase's settings in the pipeline.
@@ -167,6 +171,13 @@ impl PipelineConfig {
             max_valid_examples: Some(p.max_valid_examples),
             force: false,
             stop: None,
+            deploy: p.deploy.then(|| DeploySettings {
+                config: settings::deploy(&file.deploy),
+                rollout: match file.deploy.rollout {
+                    sam_home::config::Rollout::Promote => Rollout::Promote,
+                    sam_home::config::Rollout::Canary => Rollout::Canary,
+                },
+            }),
         })
     }
 }
@@ -239,6 +250,31 @@ pub mod settings {
         })
     }
 
+    /// `[deploy]`: the registry's default slot, the gate's thresholds and
+    /// the canary's settings.
+    pub fn deploy(s: &file::DeploySection) -> sam_deploy::DeployConfig {
+        let (g, c) = (&s.gate, &s.canary);
+        sam_deploy::DeployConfig {
+            default_slot: s.default_slot.clone(),
+            max_seq_len: s.max_seq_len,
+            gate: sam_deploy::GateSettings {
+                margin: g.margin,
+                golden_tolerance: g.golden_tolerance,
+                min_win_rate: g.min_win_rate,
+                prompts: g.prompts.clone(),
+                max_new_tokens: g.max_new_tokens,
+                max_repeated: g.max_repeated,
+                max_answer_loss: g.max_answer_loss,
+            },
+            canary: sam_deploy::CanarySettings {
+                percent: c.percent,
+                min_judgements: c.min_judgements,
+                tolerance: c.tolerance,
+                rollback_margin: c.rollback_margin,
+            },
+        }
+    }
+
     /// `[capture.routing]`.
     pub fn routing(s: &file::RoutingSection) -> sam_capture::routing::RoutingConfig {
         sam_capture::routing::RoutingConfig {
@@ -269,6 +305,7 @@ mod tests {
         assert_eq!(settings::redaction(&f.capture.redaction).unwrap(), Default::default());
         assert_eq!(settings::routing(&f.capture.routing), Default::default());
         assert_eq!(settings::near_dup(&f.store.near_dup), Default::default());
+        assert_eq!(settings::deploy(&f.deploy), Default::default());
         let lib = sam_capture::capture::CaptureConfig { spool: Some(home.capture_spool()), ..Default::default() };
         assert_eq!(settings::capture(&home, &f.capture), lib);
         let cfg = PipelineConfig::new("/h", "/m");
@@ -276,6 +313,7 @@ mod tests {
         assert_eq!(cfg.train.duration, sam_trainer::Duration::Iters(32));
         assert_eq!(cfg.prep.split, sam_prep::split::SplitRatios::default());
         assert_eq!(cfg.dpo.map(|d| (d.steps, d.config)), Some((8, DpoConfig::default())));
+        assert_eq!(cfg.deploy, Some(DeploySettings::default()));
     }
 
     #[test]

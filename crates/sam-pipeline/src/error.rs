@@ -25,6 +25,10 @@ pub enum Error {
     /// Training or evaluation failed.
     #[error("trainer: {0}")]
     Trainer(#[from] sam_trainer::Error),
+    /// Registration, the gate or the rollout failed (the registry is left
+    /// consistent: a move is one atomic write).
+    #[error("deploy: {0}")]
+    Deploy(#[from] sam_deploy::Error),
     /// The run folder could not be written.
     #[error("run folder: {0}")]
     Run(#[from] sam_runs::RunError),

@@ -20,7 +20,14 @@
 //!    (SFT, then DPO from the SFT adapter when the dataset has preference
 //!    pairs), recorded in the store's training runs;
 //! 6. **evaluate** base and adapter on the held-out test split;
-//! 7. **report**: the training run recorded as evaluated.
+//! 7. **report**: the training run recorded as evaluated;
+//! 8. **register** the adapter in the registry (`sam_deploy`) as a version
+//!    of the base model's slot, created on the first run;
+//! 9. **gate**: the standard gate judges it against production (the base
+//!    model at first);
+//! 10. **promote** it, or start a canary ([`stages::Rollout`]), when the
+//!     gate passes; a refusal moves nothing and is a normal end.
+//!     [`PipelineConfig::deploy`] `None` ends the run after evaluation.
 //!
 //! Main types: [`PipelineConfig`] (from `sam.toml`'s sections with
 //! [`PipelineConfig::from_config`]), [`event::Event`] (what a run emits, as

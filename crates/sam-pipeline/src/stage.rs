@@ -247,8 +247,8 @@ impl Pipeline {
         Self { stages: Vec::new(), completed }
     }
 
-    /// sam's pipeline: mine, clean, export, prep, train, evaluate, report
-    /// ([`crate::stages`]).
+    /// sam's pipeline: mine, clean, export, prep, train, evaluate, report,
+    /// register, gate, promote ([`crate::stages`]).
     pub fn standard() -> Self {
         use crate::stages::*;
         Self::empty(Outcome::Trained)
@@ -259,6 +259,9 @@ impl Pipeline {
             .push(TrainStage)
             .push(EvaluateStage)
             .push(ReportStage)
+            .push(RegisterStage)
+            .push(GateStage)
+            .push(PromoteStage)
     }
 
     /// Add a stage at the end.

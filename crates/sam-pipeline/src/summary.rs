@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::PipelineConfig;
 use crate::error::Result;
 use crate::stages::{
-    CleanReport, CleanStage, EvaluateStage, ExportInfo, ExportStage, MineReport, MineStage, PrepInfo, PrepStage,
-    TrainInfo, TrainStage,
+    CleanReport, CleanStage, DeployReport, EvaluateStage, ExportInfo, ExportStage, GateStage, MineReport, MineStage,
+    PrepInfo, PrepStage, PromoteStage, RegisterInfo, RegisterStage, TrainInfo, TrainStage,
 };
 use crate::state::{Outcome, PipelineState};
 
@@ -33,6 +33,10 @@ pub struct Paths {
     pub run: Option<PathBuf>,
     /// The adapter folder.
     pub adapter: Option<PathBuf>,
+    /// The adapter folder the assistant loads after the run (`sam deploy
+    /// which`), when the run went through the promote stage and something
+    /// is in production.
+    pub production: Option<PathBuf>,
 }
 
 /// What a pipeline run did: the outputs of its stages plus where things are.
@@ -62,6 +66,9 @@ pub struct Summary {
     pub train: Option<TrainInfo>,
     /// Base vs adapter on the held-out test split.
     pub eval: Option<EvalReport>,
+    /// Registration, the gate's verdict and the rollout (`None`: the run
+    /// did not get there, or deployment is off).
+    pub deploy: Option<DeployReport>,
     /// Files.
     pub paths: Paths,
     /// Wall time of this invocation, seconds.
@@ -74,6 +81,16 @@ impl Summary {
         let export: Option<ExportInfo> = st.output(ExportStage::NAME)?;
         let prep: Option<PrepInfo> = st.output(PrepStage::NAME)?;
         let train: Option<TrainInfo> = st.output(TrainStage::NAME)?;
+        let register: Option<Option<RegisterInfo>> = st.output(RegisterStage::NAME)?;
+        let deploy = match register.flatten() {
+            Some(register) => Some(DeployReport {
+                register,
+                gate: st.output(GateStage::NAME)?,
+                promote: st.output(PromoteStage::NAME)?,
+            }),
+            None => None,
+        };
+        let production = deploy.as_ref().and_then(|d| d.promote.as_ref()).and_then(|p| p.load.clone());
         let home = &cfg.home;
         Ok(Summary {
             id: st.id.clone(),
@@ -94,7 +111,9 @@ impl Summary {
                 dataset: prep.as_ref().map(|p| p.dir.clone()),
                 run: train.as_ref().map(|t| t.run_dir.clone()),
                 adapter: train.as_ref().map(|t| t.adapter_dir.clone()),
+                production,
             },
+            deploy,
             export,
             prep,
             train,

@@ -1,8 +1,10 @@
 //! The whole pipeline on a small real git repository plus the sample
 //! captures, with the real test model and a few optimiser steps: the summary,
 //! the events (as the caller got them, and replayed from the run's events
-//! file), a second run that finds nothing new, and a run killed during
-//! training that the next run resumes.
+//! file), the adapter registered, passed by the gate and promoted over the
+//! base model, a second run that finds nothing new, and a run killed during
+//! training that the next run resumes — and whose adapter the gate (with a
+//! margin no adapter meets) refuses, leaving production as it was.
 
 use std::path::Path;
 
@@ -10,6 +12,7 @@ use sam_capture::capture::Capture;
 use sam_home::SamHome;
 use sam_pipeline::event::{Event, EventReader, Recorder, SkipReason};
 use sam_pipeline::stage::Context;
+use sam_pipeline::stages::Decision;
 use sam_pipeline::{Flow, NoEvents, Outcome, Pipeline, PipelineConfig, PipelineState, Stage};
 use sam_schema::{Content, Example};
 use sam_store::prelude::*;
@@ -72,6 +75,9 @@ fn config(home: &Path, repo: &Path) -> PipelineConfig {
     cfg.prep.split = "60,20,20".parse().unwrap();
     cfg.max_eval_examples = Some(3);
     cfg.max_valid_examples = Some(3);
+    // Two steps move the test loss by well under the default 1% margin: any
+    // improvement passes here (the other gates keep their defaults).
+    cfg.deploy.as_mut().expect("deployment is on by default").config.gate.margin = 0.0;
     cfg
 }
 
@@ -159,6 +165,24 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
     assert_eq!(runs[0].manifest_hash.as_deref(), Some(prep.manifest_hash.as_str()));
     drop(store);
 
+    // Registered (a new slot for the test model), passed against the base
+    // model, promoted; the summary names the folder to load.
+    let d = s.deploy.as_ref().expect("the run went through the deploy stages");
+    assert!(d.register.new && d.register.created_slot && d.register.number == 1, "{:?}", d.register);
+    let gate = d.gate.as_ref().unwrap();
+    assert_eq!(gate.against, "base");
+    assert!(gate.pass, "the gate refused the first adapter: {}", gate.summary);
+    let (base_loss, adapter_loss) = gate.test_loss().unwrap();
+    assert!(adapter_loss < base_loss, "{gate:?}");
+    let promoted = d.promote.as_ref().unwrap();
+    assert_eq!(promoted.decision, Decision::Promoted);
+    assert_eq!((promoted.previous.as_str(), promoted.production.as_str()), ("base", d.register.version.as_str()));
+    let reg = sam_deploy::Registry::open(SamHome::new(&home).registry_dir()).unwrap();
+    let which = reg.resolve(&promoted.slot, None).unwrap();
+    assert_eq!(which.adapter_dir.as_ref(), Some(&d.register.adapter_dir));
+    assert!(d.register.adapter_dir.join("adapter_model.safetensors").is_file());
+    assert_eq!(s.paths.production, which.adapter_dir);
+
     // The events: every stage started and finished in order, the training
     // steps within the train stage, the summary last; the events file
     // replays exactly what the caller got.
@@ -182,6 +206,12 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
         "end evaluate",
         "start report",
         "end report",
+        "start register",
+        "end register",
+        "start gate",
+        "end gate",
+        "start promote",
+        "end promote",
         "finished",
     ];
     assert_eq!(outline(&seen.events), want);
@@ -211,7 +241,8 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
             _ => None,
         })
         .collect();
-    assert_eq!(skipped, ["prep", "train", "evaluate", "report"]);
+    assert_eq!(skipped, ["prep", "train", "evaluate", "report", "register", "gate", "promote"]);
+    assert!(s2.deploy.is_none());
     assert!(s2.train.is_none() && s2.eval.is_none() && s2.prep.is_none());
     assert_eq!(s2.mine.as_ref().unwrap().inserted(), 0);
     assert_eq!(std::fs::read_dir(SamHome::new(&home).runs_dir()).unwrap().count(), 1);
@@ -226,6 +257,11 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
         )],
         "Write the changelog for 0.3",
     );
+    // Another seed, so that two steps on nearly the same data do not make
+    // the very adapter of the first run again (it would register as the
+    // same version).
+    let mut cfg = cfg.clone();
+    cfg.train.seed = 7;
     let crashed =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sam_pipeline::run(&cfg, &mut CrashInTraining)));
     assert!(crashed.is_err());
@@ -236,8 +272,12 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
     let interrupted: String = serde_json::from_value(st.marks["train.run_id"].clone()).unwrap();
 
     // The next run continues at the train stage, in the same training run,
-    // from its step-1 checkpoint.
-    let s3 = sam_pipeline::run(&cfg, &mut NoEvents).unwrap();
+    // from its step-1 checkpoint; its adapter is registered and judged
+    // against production (the first adapter), and refused by a margin no
+    // adapter meets: a normal end, production unchanged.
+    let mut strict = cfg.clone();
+    strict.deploy.as_mut().unwrap().config.gate.margin = 0.9;
+    let s3 = sam_pipeline::run(&strict, &mut NoEvents).unwrap();
     assert_eq!(s3.outcome, Outcome::Trained);
     assert_eq!(s3.resumed_at.as_deref(), Some("train"));
     assert_eq!(s3.skipped_stages, ["mine", "clean", "export", "prep"]);
@@ -261,6 +301,16 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
     assert_eq!(runs.len(), 2);
     let status = |id: &str| runs.iter().find(|r| r.id == id).map(|r| r.status);
     assert_eq!(status(&interrupted), Some(RunState::Evaluated));
+    let d3 = s3.deploy.as_ref().unwrap();
+    assert!(d3.register.new && !d3.register.created_slot && d3.register.number == 2, "{:?}", d3.register);
+    let gate3 = d3.gate.as_ref().unwrap();
+    assert_eq!(gate3.against, d.register.version, "judged against the production adapter");
+    assert!(!gate3.pass && gate3.summary.contains("margin"), "{gate3:?}");
+    let refused = d3.promote.as_ref().unwrap();
+    assert_eq!(refused.decision, Decision::Refused);
+    assert_eq!(refused.production, d.register.version);
+    assert_eq!(reg.resolve(&refused.slot, None).unwrap().adapter_dir, which.adapter_dir);
+    assert_eq!(reg.versions(&refused.slot).unwrap().len(), 2);
 }
 
 /// Stores `n` new examples (numbered from `from`) in the run's store.

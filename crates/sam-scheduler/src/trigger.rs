@@ -241,7 +241,10 @@ impl Task for TrainTrigger {
         };
         // The export just trained on is the new "seen" set.
         self.seen = None;
+        let refused = summary.deploy.as_ref().and_then(|d| d.promote.as_ref()).map(|p| p.decision)
+            == Some(sam_pipeline::stages::Decision::Refused);
         let done = match summary.outcome {
+            Outcome::Trained if refused => Done::Refused,
             Outcome::Trained => Done::Succeeded,
             _ => Done::Idle,
         };

@@ -1,5 +1,6 @@
 //! `sam run`: the whole pipeline as one command — mine, clean, export, prep,
-//! train, evaluate, report — through `sam_pipeline::run`. The pipeline emits
+//! train, evaluate, report, register, gate, promote — through
+//! `sam_pipeline::run`. The pipeline emits
 //! typed events; this module turns them into progress bars and lines, and
 //! the summary into text (or, with `--json`, prints the summary as JSON).
 
@@ -11,7 +12,10 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use sam_pipeline::event::{Event, EventSink, SkipReason, Warning};
-use sam_pipeline::stages::{CleanReport, DpoOutcome, ExportInfo, MineReport, PrepInfo, ReportInfo, TrainInfo};
+use sam_pipeline::stages::{
+    CleanReport, Decision, DeployReport, DpoOutcome, ExportInfo, GateInfo, MineReport, PrepInfo, PromoteInfo,
+    RegisterInfo, ReportInfo, TrainInfo,
+};
 use sam_pipeline::{Outcome, PipelineConfig, Summary};
 use sam_trainer::EvalReport;
 
@@ -21,8 +25,11 @@ use crate::ctx::Ctx;
 pub enum RunCommand {
     /// The main job: mine this repository and the sample captures, clean,
     /// export, prepare, train a LoRA adapter, evaluate it against the base
-    /// on the held-out test split, and report. Resumable: run it again after
-    /// a crash; with no new data it trains nothing and says so
+    /// on the held-out test split, register it, judge it with the gate
+    /// against production, and promote it (or start a canary, `[deploy]
+    /// rollout`) when it passes. A refusal leaves production as it was.
+    /// Resumable: run it again after a crash; with no new data it trains
+    /// nothing and says so
     Run(RunArgs),
 }
 
@@ -62,6 +69,10 @@ pub struct RunArgs {
     /// Train even when there is nothing new since the last trained run
     #[arg(long)]
     force: bool,
+    /// Stop after evaluation: do not register, gate or promote the adapter
+    /// [default: `[pipeline] deploy` in sam.toml, true]
+    #[arg(long)]
+    no_deploy: bool,
 }
 
 pub fn run(cmd: RunCommand, ctx: &Ctx) -> anyhow::Result<()> {
@@ -115,6 +126,9 @@ pub fn run(cmd: RunCommand, ctx: &Ctx) -> anyhow::Result<()> {
         cfg.captures = crate::samples::sample_captures()?;
     }
     cfg.force = a.force;
+    if a.no_deploy {
+        cfg.deploy = None;
+    }
 
     let show_bars = !ctx.json && std::io::stderr().is_terminal();
     let mut events = CliEvents { bar: None, show_bars, quiet: ctx.json, last_val: None, dpo: cfg.dpo.is_some() };
@@ -226,6 +240,9 @@ impl CliEvents {
             "train" => "training the LoRA adapter (SFT)",
             "evaluate" => "scoring base and adapter on the held-out test split",
             "report" => "recording the training run",
+            "register" => "registering the adapter (SAM_HOME/registry)",
+            "gate" => "judging the adapter against production (test split, golden set, preference pairs, answers)",
+            "promote" => "moving production (or the canary) when the gate passed",
             other => other,
         }
         .to_string()
@@ -280,6 +297,7 @@ impl EventSink for CliEvents {
                 let why = match reason {
                     SkipReason::FinishedEarlier => "finished by the interrupted run",
                     SkipReason::RunEnded { outcome: Outcome::NothingNew } => "nothing new to train on",
+                    SkipReason::RunEnded { outcome: Outcome::Trained } => "deployment is off (--no-deploy)",
                     _ => "the run ended before it",
                 };
                 eprintln!("[{}/{total}] {stage:<8} skipped: {why}", index + 1);
@@ -374,6 +392,27 @@ fn stage_line(stage: &str, output: &serde_json::Value) -> String {
             format!("{} {} examples: base {:.4} (ppl {:.2}){ad}", r.examples, r.split, r.base.loss, r.base.perplexity)
         }),
         "report" => get::<ReportInfo>(output).map(|r| format!("training run {} recorded as {}", r.run_id, r.state)),
+        "register" => get::<Option<RegisterInfo>>(output).map(|r| match r {
+            Some(r) => format!(
+                "{} {} as #{} in slot {}{}",
+                if r.new { "registered" } else { "already registered" },
+                r.version,
+                r.number,
+                r.slot,
+                if r.created_slot {
+                    format!(" (new slot, golden set of {} examples)", r.golden_examples)
+                } else {
+                    String::new()
+                }
+            ),
+            None => "off: the run ends after evaluation".to_string(),
+        }),
+        "gate" => get::<GateInfo>(output).map(|g| {
+            let loss = g.test_loss().map(|(p, c)| format!(": test loss {p:.4} → {c:.4}")).unwrap_or_default();
+            let verdict = if g.pass { "PASS".to_string() } else { format!("REFUSED ({})", g.summary) };
+            format!("{verdict} against {}{loss}", g.against)
+        }),
+        "promote" => get::<PromoteInfo>(output).map(|p| decision_line(&p)),
         _ => None,
     };
     line.unwrap_or_else(|| "done".into())
@@ -400,6 +439,63 @@ fn dpo_line(t: &TrainInfo) -> String {
     }
 }
 
+/// What the promote stage did, in words.
+fn decision_line(p: &PromoteInfo) -> String {
+    match p.decision {
+        Decision::Promoted => format!("promoted {}: production {} → {}", p.version, p.previous, p.production),
+        Decision::Canary => format!(
+            "canary {} at {}% of the traffic (production stays {})",
+            p.version,
+            p.canary_percent.unwrap_or_default(),
+            p.production
+        ),
+        Decision::Refused => format!("refused: production stays {}", p.production),
+        Decision::Unchanged => format!("{} was already in place: production {}", p.version, p.production),
+    }
+}
+
+/// The gate's verdict, leaf by leaf, and what moved.
+fn print_deploy(d: &DeployReport) {
+    let r = &d.register;
+    println!(
+        "  registered  {} (#{} in slot {}{})",
+        r.version,
+        r.number,
+        r.slot,
+        if r.new { "" } else { ", registered before" }
+    );
+    if let Some(g) = &d.gate {
+        println!(
+            "  gate        {} against {} on {} held-out test examples",
+            if g.pass { "PASS" } else { "REFUSED" },
+            if g.against == "base" { "the base model" } else { &g.against },
+            g.test_examples
+        );
+        for leaf in g.verdict.leaves() {
+            let mark = match (leaf.pass, leaf.skipped) {
+                (_, true) => "-",
+                (true, _) => "✓",
+                (false, _) => "✗",
+            };
+            for reason in &leaf.reasons {
+                println!("              {mark} {reason}");
+            }
+        }
+    }
+    if let Some(p) = &d.promote {
+        println!("  deploy      {}", decision_line(p));
+        println!(
+            "  production  {}{}",
+            p.production,
+            if p.production == "base" { " (the base model alone)".to_string() } else { String::new() }
+        );
+        match &p.load {
+            Some(dir) => println!("  load        {} on {} (`sam deploy which`)", dir.display(), p.base_model.display()),
+            None => println!("  load        the base model {} with no adapter", p.base_model.display()),
+        }
+    }
+}
+
 fn print_summary(s: &Summary) {
     let mins = format!("{}m{:02}s", s.seconds as u64 / 60, s.seconds as u64 % 60);
     println!();
@@ -407,7 +503,16 @@ fn print_summary(s: &Summary) {
         Outcome::NothingNew => {
             println!("sam run: nothing new to train on — the export is the same as the last trained run's ({mins})");
         }
-        Outcome::Trained => println!("sam run: trained and evaluated an adapter in {mins} (pipeline run {})", s.id),
+        Outcome::Trained => {
+            let what = match s.deploy.as_ref().and_then(|d| d.promote.as_ref()).map(|p| p.decision) {
+                Some(Decision::Promoted) => "trained, evaluated and promoted an adapter",
+                Some(Decision::Canary) => "trained and evaluated an adapter, now on canary traffic",
+                Some(Decision::Refused) => "trained and evaluated an adapter; the gate refused it",
+                Some(Decision::Unchanged) => "trained and evaluated an adapter, already in place",
+                None => "trained and evaluated an adapter",
+            };
+            println!("sam run: {what} in {mins} (pipeline run {})", s.id)
+        }
         other => println!("sam run: ended with {other:?} in {mins} (pipeline run {})", s.id),
     }
     if let Some(at) = &s.resumed_at {
@@ -513,6 +618,9 @@ fn print_summary(s: &Summary) {
             }
             _ => println!(),
         }
+    }
+    if let Some(d) = &s.deploy {
+        print_deploy(d);
     }
     let p = &s.paths;
     println!("  store       {}", p.store.display());

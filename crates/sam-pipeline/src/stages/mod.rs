@@ -2,9 +2,11 @@
 //! the crate that owns the work: [`MineStage`] (sam-capture), [`CleanStage`]
 //! and [`ExportStage`] (sam-store), [`PrepStage`] (sam-prep),
 //! [`TrainStage`] and [`EvaluateStage`] (sam-trainer), [`ReportStage`]
-//! (the run record in the store).
+//! (the run record in the store), then [`RegisterStage`], [`GateStage`] and
+//! [`PromoteStage`] (sam-deploy: the registry, the gate, promotion or canary).
 
 mod clean;
+mod deploy;
 mod evaluate;
 mod export;
 mod mine;
@@ -13,6 +15,10 @@ mod report;
 mod train;
 
 pub use clean::{CleanReport, CleanStage};
+pub use deploy::{
+    Decision, DeployReport, DeploySettings, GateInfo, GateStage, PromoteInfo, PromoteStage, RegisterInfo,
+    RegisterStage, Rollout,
+};
 pub use evaluate::EvaluateStage;
 pub use export::{ExportInfo, ExportStage};
 pub use mine::{MineReport, MineStage, SourceReport};
