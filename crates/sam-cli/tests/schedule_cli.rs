@@ -177,12 +177,12 @@ fn sigterm_during_a_training_exits_0_at_once_and_the_next_start_resumes_it() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     // The trigger fires at 20 eligible examples and trains the test model
-    // briefly, with a checkpoint after every step, then a lean gate; the
-    // other jobs are off.
+    // briefly, with a checkpoint after every step, then a lean gate (a test
+    // split of a few examples, its golden set); the other jobs are off.
     let toml = format!(
         "[schedule]\nmodel = {model}\ntrain_threshold = 20\ntrain_check_every_secs = 1\nrandomized_delay_secs = 0\n\
          mine_every_secs = 0\ndedup_every_secs = 0\nvalidate_every_secs = 0\nexport_every_secs = 0\n\n\
-         [prep]\nmax_seq_len = 64\n\n[train]\nsteps = 8\nsave_every = 1\nwarmup_steps = 1\ngrad_accum = 1\nrank = 4\ndpo_steps = 0\n\n\
+         [prep]\nmax_seq_len = 64\nsplit = \"60,20,20\"\n\n[train]\nsteps = 8\nsave_every = 1\nwarmup_steps = 1\ngrad_accum = 1\nrank = 4\ndpo_steps = 0\n\n\
          [pipeline]\nsample_captures = false\nmax_valid_examples = 2\nmax_eval_examples = 2\n\n\
          [deploy]\nmax_seq_len = 64\n\n[deploy.gate]\nprompts = [\"What is a unit test?\"]\nmax_new_tokens = 8\n",
         model = serde_json::to_string(model.to_str().unwrap()).unwrap()
