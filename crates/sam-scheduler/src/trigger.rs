@@ -1,6 +1,8 @@
 //! The training trigger: when enough eligible examples that no training run
 //! has seen are in the store (or on `sam schedule run train --force`), run
-//! the one pipeline — the same call `sam run` makes.
+//! the one pipeline — the same call `sam run` makes, through the gate to
+//! production (or a canary). A run whose adapter the gate refuses is
+//! recorded as [`Done::Refused`], production as it was.
 //!
 //! "Seen" means: in the export the last trained pipeline run trained on.
 //! [`unseen`] counts, by tier, the examples of the eligible tiers whose ids
@@ -241,6 +243,7 @@ impl Task for TrainTrigger {
         };
         // The export just trained on is the new "seen" set.
         self.seen = None;
+        // A refusal by the gate is an outcome (production stays), not an error.
         let refused = summary.deploy.as_ref().and_then(|d| d.promote.as_ref()).map(|p| p.decision)
             == Some(sam_pipeline::stages::Decision::Refused);
         let done = match summary.outcome {

@@ -398,6 +398,17 @@ fn what_it_did(out: &serde_json::Value) -> Option<String> {
         if let (Some(base), Some(adapter)) = (eval["base"]["loss"].as_f64(), eval["adapter"]["loss"].as_f64()) {
             w.push_str(&format!("; test loss base {base:.3}, adapter {adapter:.3}"));
         }
+        let deploy = &out["pipeline"]["deploy"];
+        if let Some(gate) = deploy["gate"]["summary"].as_str() {
+            w.push_str(&format!("; gate: {gate}"));
+        }
+        if let (Some(decision), Some(version), Some(production)) = (
+            deploy["promote"]["decision"].as_str(),
+            deploy["promote"]["version"].as_str(),
+            deploy["promote"]["production"].as_str(),
+        ) {
+            w.push_str(&format!("; {version} {decision}, production is {production}"));
+        }
         return Some(w);
     }
     let (count, what) = [("inserted", "new examples"), ("removed", "removed"), ("rows", "rows exported")]
