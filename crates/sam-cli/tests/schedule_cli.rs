@@ -163,6 +163,18 @@ fn train_history(home: &Path) -> Vec<Value> {
     h.as_array().unwrap().clone()
 }
 
+/// A daemon child that is killed if the test fails while it runs.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn sigterm(child: &mut Child) -> (std::process::ExitStatus, Duration) {
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
@@ -205,12 +217,12 @@ fn sigterm_during_a_training_exits_0_at_once_and_the_next_start_resumes_it() {
     ok(home, &["validate"]);
 
     // The daemon starts, the trigger fires, the training logs a step and its checkpoint.
-    let mut daemon = foreground(home);
+    let mut daemon = Daemon(foreground(home));
     wait_until("a checkpointed training step", Duration::from_secs(300), || {
-        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+        assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon exited");
         run_dirs(home).iter().any(|r| jsonl(&r.join("events.jsonl")).iter().any(|e| e["kind"] == "checkpoint"))
     });
-    let (status, took) = sigterm(&mut daemon);
+    let (status, took) = sigterm(&mut daemon.0);
     assert!(status.success(), "{status}");
     assert!(took < Duration::from_secs(20), "the daemon took {took:?} to stop");
     let runs = run_dirs(home);
@@ -223,15 +235,15 @@ fn sigterm_during_a_training_exits_0_at_once_and_the_next_start_resumes_it() {
     assert_eq!(train_history(home).last().unwrap()["outcome"]["kind"], "stopped");
 
     // The next start continues that run from its checkpoint and finishes it.
-    let mut daemon = foreground(home);
+    let mut daemon = Daemon(foreground(home));
     wait_until("the resumed training", Duration::from_secs(300), || {
-        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+        assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon exited");
         // Through the gate: promoted, or refused (two steps may not beat the base by the margin).
         train_history(home)
             .last()
             .is_some_and(|e| e["outcome"]["kind"] == "succeeded" || e["outcome"]["kind"] == "refused")
     });
-    let (status, _) = sigterm(&mut daemon);
+    let (status, _) = sigterm(&mut daemon.0);
     assert!(status.success(), "{status}");
     assert_eq!(run_dirs(home), runs, "the same run folder");
     let events = jsonl(&run.join("events.jsonl"));
