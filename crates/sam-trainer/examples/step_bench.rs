@@ -3,11 +3,11 @@
 //! batch 1, f32, loss on every position, AdamW.
 //!
 //! ```text
-//! cargo run --release -p sam-trainer --example step_bench -- MODEL [seq] [steps] [rank] [dtype] [CKPT_EVERY|nockpt] [sft|sft2|dpo]
+//! cargo run --release -p sam-trainer --example step_bench -- MODEL [seq] [steps] [rank] [dtype] [RECOMPUTE_EVERY|nockpt] [sft|sft2|dpo]
 //! ```
 //! MODEL is a GGUF file, a Hugging Face folder, or `qwen2.5-coder-1.5b-random`
 //! (that shape, random weights); dtype is f32 (default) or
-//! bf16 for the frozen weights; CKPT_EVERY (default 1) recomputes every
+//! bf16 for the frozen weights; RECOMPUTE_EVERY (default 1) recomputes every
 //! N-th layer in the backward pass, `nockpt` keeps all activations.
 //! The last argument picks the step, each on `seq` tokens in all:
 //! - `sft` (default): one sequence of `seq` tokens, loss on every position;
@@ -20,27 +20,35 @@
 //! `SAM_BENCH_LAYERS=N` puts the adapters on the last N layers only (`sam
 //! train --layers N`; default all).
 //!
+//! The run goes through [`Job`], the crate's one way to train, in a
+//! temporary run folder (no validation, no periodic checkpoint, no final
+//! evaluation); `load_s` is the time until training starts (model and data).
+//!
 //! Prints one JSON line. With `SAM_PROFILE=1` in the environment it also
 //! reports where the steps after the first two went (`profile`: wall and
 //! process CPU seconds per step of each span of the fused path, see
 //! `sam_kernels::profile`).
 
-use candle_core::DType;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use sam_prep::cache::{TokenizedExample, TokenizedPair};
+use sam_prep::cache::{Split, preference_cache_path, sft_cache_path, write_preference, write_sft};
 use sam_trainer::{
-    DpoConfig, Duration, Layers, LoadOptions, LoraConfig, ModelConfig, Observer, StepMetrics, Target, TrainConfig,
-    load_model, random_model, train_dpo, train_sft,
+    BatchConfig, ComputeConfig, Duration, Job, JobControl, JobMode, JobSpec, Layers, LoraConfig, ModelConfig,
+    ModelSource, Observer, OptimConfig, StepMetrics, Target, TokenizedExample, TokenizedPair, TrainConfig, WeightType,
 };
 use std::time::Instant;
 
-/// Step times, losses, and the process's CPU seconds per step.
-struct Times(Vec<f64>, Vec<f64>, Vec<f64>, f64);
+/// Step times, losses, the process's CPU seconds per step, and when
+/// training started.
+struct Times(Vec<f64>, Vec<f64>, Vec<f64>, f64, Instant, Option<f64>);
 
 /// Steps left out of the medians and the profile (warm-up).
 const WARM: usize = 2;
 
 impl Observer for Times {
+    fn on_start(&mut self, _total: usize, _examples: usize) {
+        self.5.get_or_insert(self.4.elapsed().as_secs_f64());
+        self.3 = cpu_seconds();
+    }
     fn on_step(&mut self, m: &StepMetrics) {
         let cpu = cpu_seconds();
         let step_cpu = cpu - self.3;
@@ -95,19 +103,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seq: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(512);
     let steps: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(8);
     let rank: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(8);
-    let dtype = match args.get(5).map(String::as_str) {
-        Some("bf16") => DType::BF16,
-        _ => DType::F32,
+    let weights = match args.get(5).map(String::as_str) {
+        Some("bf16") => WeightType::Bf16,
+        _ => WeightType::F32,
     };
     let t0 = Instant::now();
-    let opts = LoadOptions { dtype, ..Default::default() };
-    let mut model = if model_path == "qwen2.5-coder-1.5b-random" {
-        random_model(ModelConfig::qwen2_5_coder_1_5b(), &opts, 0)?
+    let model = if model_path == "qwen2.5-coder-1.5b-random" {
+        ModelSource::random(ModelConfig::qwen2_5_coder_1_5b(), 0)
     } else {
-        load_model(model_path.as_ref(), &opts)?
+        ModelSource::from(model_path)
     };
-    let load_s = t0.elapsed().as_secs_f64();
-    let vocab = model.config().vocab_size as u32;
+    let vocab = model.config()?.vocab_size as u32;
     let mut rng = StdRng::seed_from_u64(0);
     let ids: Vec<u32> = (0..seq).map(|_| rng.random_range(0..vocab)).collect();
     let ex =
@@ -123,29 +129,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
             ..Default::default()
         },
-        lr: 1e-4,
-        weight_decay: 0.0,
-        max_grad_norm: 0.0,
-        batch_size: 1,
-        grad_accum: 1,
-        max_seq_len: seq,
+        optim: OptimConfig {
+            lr: 1e-4,
+            weight_decay: 0.0,
+            max_grad_norm: 0.0,
+            warmup_steps: Some(0),
+            ..Default::default()
+        },
+        batch: BatchConfig { batch_size: 1, grad_accum: 1, max_seq_len: seq, pad_id: 0 },
         duration: Duration::Iters(steps),
-        warmup_steps: Some(0),
         eval_every: 0,
-        checkpoint_every: match args.get(6).map(String::as_str) {
-            Some("nockpt") => 0,
-            Some(k) => k.parse().unwrap_or(1),
-            None => 1,
+        compute: ComputeConfig {
+            recompute_every: match args.get(6).map(String::as_str) {
+                Some("nockpt") => 0,
+                Some(k) => k.parse().unwrap_or(1),
+                None => 1,
+            },
         },
         ..Default::default()
     };
-    model.attach_lora(&cfg.lora, 0)?;
-    let mut times = Times(Vec::new(), Vec::new(), Vec::new(), cpu_seconds());
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
     let kind = args.get(7).map(String::as_str).unwrap_or("sft");
     let mut random_ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab)).collect() };
-    match kind {
+    let (mode, train) = match kind {
         "sft" => {
-            train_sft(&mut model, &cfg, std::slice::from_ref(&ex), &[], &mut times)?;
+            write_sft(&sft_cache_path(&data, Split::Train), std::slice::from_ref(&ex))?;
+            (JobMode::Sft, cfg.clone())
         }
         "sft2" => {
             let half: Vec<TokenizedExample> = (0..2)
@@ -156,8 +166,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     loss_mask: (0..seq / 2).map(|p| p >= seq / 4).collect(),
                 })
                 .collect();
-            let cfg = TrainConfig { batch_size: 2, ..cfg.clone() };
-            train_sft(&mut model, &cfg, &half, &[], &mut times)?;
+            write_sft(&sft_cache_path(&data, Split::Train), &half)?;
+            (JobMode::Sft, TrainConfig { batch: BatchConfig { batch_size: 2, ..cfg.batch }, ..cfg.clone() })
         }
         "dpo" => {
             let pair = TokenizedPair {
@@ -167,10 +177,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 chosen_ids: random_ids(seq / 4),
                 rejected_ids: random_ids(seq / 4),
             };
-            train_dpo(&mut model, &cfg, &DpoConfig::default(), std::slice::from_ref(&pair), &[], &mut times)?;
+            write_preference(&preference_cache_path(&data, Split::Train), std::slice::from_ref(&pair))?;
+            (JobMode::Dpo, cfg.clone())
         }
         other => return Err(format!("unknown step kind `{other}` (sft, sft2 or dpo)").into()),
-    }
+    };
+    let mut spec = JobSpec::new(model, &data, mode);
+    spec.weights = weights;
+    spec.train = train;
+    spec.eval_examples = None;
+    let job = Job::create(&tmp.path().join("runs"), "bench", spec)?;
+    let mut times = Times(Vec::new(), Vec::new(), Vec::new(), cpu_seconds(), t0, None);
+    job.run(&mut times, JobControl::default())?;
+    let load_s = times.5.unwrap_or(0.0);
     let profiled = times.0.len().saturating_sub(WARM).max(1) as f64;
     let profile: Vec<serde_json::Value> = sam_kernels::profile::take()
         .into_iter()
@@ -198,8 +217,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         serde_json::json!({
             "peer": "sam",
             "threads": candle_core::utils::get_num_threads(),
-            "kind": kind, "seq": seq, "rank": rank, "dtype": format!("{dtype:?}"),
-            "checkpoint_every": cfg.checkpoint_every,
+            "kind": kind, "seq": seq, "rank": rank, "dtype": format!("{:?}", weights.dtype()),
+            "recompute_every": cfg.compute.recompute_every,
             "lora_layers": format!("{:?}", cfg.lora.layers),
             "load_s": (load_s * 100.0).round() / 100.0,
             "median_step_s": (step_s * 1000.0).round() / 1000.0,

@@ -22,13 +22,13 @@
 //! rejected answers of a micro-batch go through the model as one batch.
 
 use crate::error::{Error, Result};
-use crate::fit::{Control, Objective, TrainOutcome, Trainer, fit};
+use crate::fit::{Control, Objective, TrainOutcome, fit};
 use crate::loss::{Batch, Sequence, target_nll, target_nll_eval};
 use crate::model::{Decoder, Mode};
 use crate::observe::{Observer, PreferenceMetrics, PreferenceStats};
 use crate::settings::TrainConfig;
 use candle_core::{DType, Device, Tensor};
-use sam_prep::cache::{PreparedData, Split, TokenizedPair};
+use sam_prep::cache::TokenizedPair;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -178,7 +178,7 @@ impl PreferenceStats {
     }
 
     /// The statistics of one [`DpoOutput`].
-    pub fn of(out: &DpoOutput) -> Result<Self> {
+    pub(crate) fn of(out: &DpoOutput) -> Result<Self> {
         let mut s = Self::default();
         s.add(out)?;
         Ok(s.finish())
@@ -188,8 +188,6 @@ impl PreferenceStats {
 /// A pair cut to the model's length, as two masked sequences.
 #[derive(Debug, Clone)]
 pub struct PairSeqs {
-    /// The pair's id.
-    pub id: String,
     chosen: (Vec<u32>, Vec<bool>),
     rejected: (Vec<u32>, Vec<bool>),
 }
@@ -205,7 +203,7 @@ impl PairSeqs {
             mask.truncate(max_len);
             (ids.len() >= 2 && mask[1..].iter().any(|&m| m)).then_some((ids, mask))
         };
-        Some(Self { id: pair.id.clone(), chosen: seq(&pair.chosen_ids)?, rejected: seq(&pair.rejected_ids)? })
+        Some(Self { chosen: seq(&pair.chosen_ids)?, rejected: seq(&pair.rejected_ids)? })
     }
 
     /// The chosen sequence.
@@ -229,7 +227,8 @@ pub fn pair_sequences(pairs: &[TokenizedPair], max_len: usize) -> (Vec<PairSeqs>
 /// Summed log-probabilities of the masked-in tokens of each of `seqs`
 /// (`[seqs.len()]`, differentiable into the adapters when `mode` uses them),
 /// in one forward pass over the padded batch.
-pub fn sequence_logps(model: &Decoder, seqs: &[Sequence<'_>], pad: u32, mode: Mode<'_>) -> Result<Tensor> {
+#[cfg(test)]
+pub(crate) fn sequence_logps(model: &Decoder, seqs: &[Sequence<'_>], pad: u32, mode: Mode<'_>) -> Result<Tensor> {
     sequence_logps_impl(model, seqs, pad, mode, true)
 }
 
@@ -254,7 +253,8 @@ fn sequence_logps_impl(model: &Decoder, seqs: &[Sequence<'_>], pad: u32, mode: M
 
 /// Policy log-probabilities of `pairs`: chosen and rejected answers in one
 /// forward pass. Returns `(chosen, rejected)`, each `[pairs.len()]`.
-pub fn pair_logps(model: &Decoder, pairs: &[&PairSeqs], pad: u32, mode: Mode<'_>) -> Result<(Tensor, Tensor)> {
+#[cfg(test)]
+pub(crate) fn pair_logps(model: &Decoder, pairs: &[&PairSeqs], pad: u32, mode: Mode<'_>) -> Result<(Tensor, Tensor)> {
     pair_logps_impl(model, pairs, pad, mode, true)
 }
 
@@ -343,7 +343,8 @@ pub fn evaluate_pairs(
 /// Validations are reported to [`Observer::on_eval`] with the DPO loss (and
 /// `perplexity` set to `exp(loss)`, which has no meaning here) and, with the
 /// rewards, to [`Observer::on_preference`].
-pub fn train_dpo(
+#[cfg(test)]
+pub(crate) fn train_dpo(
     model: &mut Decoder,
     cfg: &TrainConfig,
     dpo: &DpoConfig,
@@ -373,15 +374,15 @@ pub fn train_dpo_with(
     reference_cache: Option<&Path>,
 ) -> Result<TrainOutcome> {
     dpo.validate()?;
-    if cfg.batch_size == 0 || cfg.grad_accum == 0 {
+    if cfg.batch.batch_size == 0 || cfg.batch.grad_accum == 0 {
         return Err(Error::InvalidConfig("batch size and accumulation must be ≥ 1".into()));
     }
     if model.lora_vars().is_empty() {
         return Err(Error::InvalidConfig("no adapters attached".into()));
     }
-    model.set_recompute_every(cfg.checkpoint_every);
-    let (train_pairs, skipped) = pair_sequences(train, cfg.max_seq_len);
-    let (valid_pairs, _) = pair_sequences(valid, cfg.max_seq_len);
+    model.set_recompute_every(cfg.compute.recompute_every);
+    let (train_pairs, skipped) = pair_sequences(train, cfg.batch.max_seq_len);
+    let (valid_pairs, _) = pair_sequences(valid, cfg.batch.max_seq_len);
     if train_pairs.is_empty() {
         return Err(Error::InvalidData("no preference pair has a response token within max_seq_len".into()));
     }
@@ -389,8 +390,8 @@ pub fn train_dpo_with(
         model,
         &train_pairs,
         &valid_pairs,
-        cfg.batch_size,
-        cfg.pad_id,
+        cfg.batch.batch_size,
+        cfg.batch.pad_id,
         dpo.reference,
         reference_cache,
     )?;
@@ -400,8 +401,8 @@ pub fn train_dpo_with(
         train_refs,
         valid_refs,
         dpo,
-        batch: cfg.batch_size,
-        pad: cfg.pad_id,
+        batch: cfg.batch.batch_size,
+        pad: cfg.batch.pad_id,
         stats: PreferenceStats::default(),
     };
     fit(model, cfg, &mut obj, observer, control, skipped)
@@ -559,36 +560,6 @@ impl Objective for DpoObjective<'_> {
         let stats = evaluate_pairs(model, &self.valid, &self.valid_refs, self.batch, self.pad, self.dpo)?;
         observer.on_preference(&PreferenceMetrics { step, split: "valid", stats });
         Ok(Some(stats.loss))
-    }
-}
-
-/// DPO of LoRA adapters on a model, on the prepared data's preference pairs.
-#[derive(Debug)]
-pub struct DpoTrainer<'m> {
-    model: &'m mut Decoder,
-    dpo: DpoConfig,
-}
-
-impl<'m> DpoTrainer<'m> {
-    /// Trains adapters on `model` with the DPO settings `dpo`. When the model
-    /// already carries an adapter (loaded or trained before), training
-    /// continues from it; otherwise `train` attaches a fresh one per the
-    /// [`TrainConfig`].
-    pub fn new(model: &'m mut Decoder, dpo: DpoConfig) -> Self {
-        Self { model, dpo }
-    }
-}
-
-impl Trainer for DpoTrainer<'_> {
-    fn train(&mut self, cfg: &TrainConfig, data: &PreparedData, observer: &mut dyn Observer) -> Result<TrainOutcome> {
-        let load = |s| data.preference(s).map_err(|e| Error::InvalidData(format!("prepared data: {e}")));
-        let train = load(Split::Train)?;
-        let valid = load(Split::Valid)?;
-        if self.model.lora_config().is_none() {
-            self.model.attach_lora(&cfg.lora, cfg.seed)?;
-        }
-        let cache = data.dir().join("cache");
-        train_dpo_with(self.model, cfg, &self.dpo, &train, &valid, observer, &mut Control::default(), Some(&cache))
     }
 }
 

@@ -51,20 +51,58 @@ impl EvalReport {
     }
 }
 
-/// Scores `examples` (cut to `max_seq_len`) with the base model and, when
-/// the model carries an adapter, with it.
-pub fn evaluate(
-    model: &Decoder,
-    split: &str,
-    examples: &[TokenizedExample],
-    max_seq_len: usize,
-    batch: usize,
-    pad_id: u32,
-) -> Result<EvalReport> {
-    let (seqs, _) = sequences(examples, max_seq_len);
+/// How to evaluate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EvalConfig {
+    /// The split's name, as recorded in the report (`test`, `valid`, a
+    /// golden set's name).
+    pub split: String,
+    /// Longer examples are cut to this many tokens.
+    pub max_seq_len: usize,
+    /// Sequences per forward pass.
+    pub batch_size: usize,
+    /// Token used for padding.
+    pub pad_id: u32,
+    /// Score at most this many examples, the first ones (`None`: all).
+    pub max_examples: Option<usize>,
+}
+
+impl Default for EvalConfig {
+    /// The `test` split, sequences up to 1024 tokens, one at a time, pad id
+    /// 0, every example.
+    fn default() -> Self {
+        Self { split: "test".into(), max_seq_len: 1024, batch_size: 1, pad_id: 0, max_examples: None }
+    }
+}
+
+/// Scores `examples` (cut to `cfg.max_seq_len`) with the base model and,
+/// when the model carries an adapter, with it: mean cross-entropy over the
+/// trained-on tokens and its perplexity, without keeping gradients.
+///
+/// ```
+/// use sam_trainer::{EvalConfig, LoadOptions, ModelConfig, TokenizedExample, evaluate, random_model};
+/// # fn main() -> sam_trainer::Result<()> {
+/// let model = random_model(ModelConfig::tiny(), &LoadOptions::default(), 0)?;
+/// let ex = TokenizedExample {
+///     id: "1".into(),
+///     domain: "code".into(),
+///     input_ids: vec![1, 40, 41, 42, 2],
+///     loss_mask: vec![false, false, true, true, true],
+/// };
+/// let report = evaluate(&model, &[ex], &EvalConfig::default())?;
+/// assert_eq!((report.examples, report.tokens), (1, 3));
+/// assert!(report.adapter.is_none(), "no adapter attached");
+/// # Ok(()) }
+/// ```
+pub fn evaluate(model: &Decoder, examples: &[TokenizedExample], cfg: &EvalConfig) -> Result<EvalReport> {
+    let examples = &examples[..examples.len().min(cfg.max_examples.unwrap_or(usize::MAX))];
+    let (seqs, _) = sequences(examples, cfg.max_seq_len);
+    let split = cfg.split.as_str();
     if seqs.is_empty() {
         return Err(Error::InvalidData(format!("the {split} split has nothing to score")));
     }
+    let (batch, pad_id) = (cfg.batch_size, cfg.pad_id);
     let (base, tokens) = mean_loss(model, &seqs, batch, pad_id, Mode::BASE)?;
     let adapter = if model.lora_config().is_some() {
         Some(Score::from_loss(mean_loss(model, &seqs, batch, pad_id, Mode::INFER)?.0))

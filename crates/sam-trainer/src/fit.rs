@@ -46,6 +46,9 @@ pub struct Control<'a> {
     pub resume: Option<Checkpoint>,
     /// Periodic checkpoints kept per phase besides the best one (0: all).
     pub keep_checkpoints: usize,
+    /// Run folder: the best adapter goes to `OUT/adapter`, checkpoints to
+    /// `OUT/checkpoints/<phase>-step-N`. `None`: keep everything in memory.
+    pub out_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Control<'_> {
@@ -55,6 +58,7 @@ impl std::fmt::Debug for Control<'_> {
             .field("memory", &self.memory)
             .field("resume", &self.resume.as_ref().map(|c| &c.dir))
             .field("keep_checkpoints", &self.keep_checkpoints)
+            .field("out_dir", &self.out_dir)
             .finish()
     }
 }
@@ -87,21 +91,10 @@ pub struct TrainOutcome {
     pub resumed_from: Option<usize>,
     /// Mean throughput over the run (this process's part of it, when resumed).
     pub tokens_per_s: f64,
-    /// Where the best adapter was written, when `out_dir` was set.
+    /// Where the best adapter was written, when the run had a folder.
     pub adapter_dir: Option<PathBuf>,
     /// Training examples skipped (nothing to learn after truncation).
     pub skipped_examples: usize,
-}
-
-/// A training method (SFT or DPO) over a prepared dataset.
-pub trait Trainer {
-    /// Trains adapters on `data`, reporting to `observer`.
-    fn train(
-        &mut self,
-        cfg: &TrainConfig,
-        data: &sam_prep::cache::PreparedData,
-        observer: &mut dyn Observer,
-    ) -> Result<TrainOutcome>;
 }
 
 /// What the loop optimises: SFT on sequences, DPO on pairs.
@@ -189,7 +182,7 @@ pub(crate) fn fit<O: Objective>(
     control: &mut Control<'_>,
     skipped: usize,
 ) -> Result<TrainOutcome> {
-    if cfg.batch_size == 0 || cfg.grad_accum == 0 {
+    if cfg.batch.batch_size == 0 || cfg.batch.grad_accum == 0 {
         return Err(Error::InvalidConfig("batch size and accumulation must be ≥ 1".into()));
     }
     let named = model.lora_vars();
@@ -197,27 +190,28 @@ pub(crate) fn fit<O: Objective>(
         return Err(Error::InvalidConfig("no adapters attached".into()));
     }
     let vars: Vec<_> = named.iter().map(|(_, v)| v.clone()).collect();
-    model.set_recompute_every(cfg.checkpoint_every);
+    model.set_recompute_every(cfg.compute.recompute_every);
     let n = obj.len();
     let phase = obj.phase();
-    let batches_per_epoch = n.div_ceil(cfg.batch_size);
+    let batches_per_epoch = n.div_ceil(cfg.batch.batch_size);
     let total = match cfg.duration {
         Duration::Iters(k) => k,
-        Duration::Epochs(e) => (e * batches_per_epoch).div_ceil(cfg.grad_accum),
+        Duration::Epochs(e) => (e * batches_per_epoch).div_ceil(cfg.batch.grad_accum),
     }
     .max(1);
-    let warmup = cfg.warmup_steps.unwrap_or((total / 20).max(1)).min(total);
-    let mut opt = AdamW::new(vars.clone(), cfg.weight_decay)?;
-    let mut order = DataOrder::new(n, cfg.batch_size, cfg.seed.wrapping_add(1));
+    let warmup = cfg.optim.warmup_steps.unwrap_or((total / 20).max(1)).min(total);
+    let mut opt = AdamW::new(vars.clone(), cfg.optim.weight_decay)?;
+    let mut order = DataOrder::new(n, cfg.batch.batch_size, cfg.seed.wrapping_add(1));
     let dropout = DropoutRng::new(dropout_seed(cfg.seed, 0));
     let mode = Mode { adapter: true, dropout: Some(&dropout) };
     let dev = model.device().clone();
-    let ckpt_root = cfg.out_dir.as_ref().map(|o| o.join("checkpoints"));
+    let out_dir = control.out_dir.clone();
+    let ckpt_root = out_dir.as_ref().map(|o| o.join("checkpoints"));
     let save = |model: &Decoder, dir: &Path| -> Result<()> {
         sam_home::atomic::write_dir(
             dir,
             |e| Error::Io { path: dir.to_path_buf(), source: e },
-            |tmp| save_adapter(model, tmp, cfg.adapter_format, cfg.base_model.as_deref()),
+            |tmp| save_adapter(model, tmp, cfg.output.adapter_format, cfg.output.base_model.as_deref()),
         )
     };
     let snapshot = |vars: &[candle_core::Var]| -> Result<Vec<Tensor>> {
@@ -294,9 +288,15 @@ pub(crate) fn fit<O: Objective>(
     let keep = control.keep_checkpoints;
     let write_ckpt = |model: &Decoder, opt: &AdamW, st: &LoopState, best: &Option<Vec<Tensor>>| -> Result<_> {
         match &ckpt_root {
-            Some(root) => {
-                Ok(Some(checkpoint::write(root, model, opt, st, best.as_deref(), cfg.base_model.as_deref(), keep)?))
-            }
+            Some(root) => Ok(Some(checkpoint::write(
+                root,
+                model,
+                opt,
+                st,
+                best.as_deref(),
+                cfg.output.base_model.as_deref(),
+                keep,
+            )?)),
             None => Ok(None),
         }
     };
@@ -315,7 +315,7 @@ pub(crate) fn fit<O: Objective>(
         let t0 = Instant::now();
         dropout.reseed(dropout_seed(cfg.seed, step));
         let micro: Vec<O::Micro> =
-            (0..cfg.grad_accum).map(|_| obj.prepare(&order.next(), &dev)).collect::<Result<_>>()?;
+            (0..cfg.batch.grad_accum).map(|_| obj.prepare(&order.next(), &dev)).collect::<Result<_>>()?;
         let (units, tokens) = micro.iter().map(|m| obj.count(m)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
         let mut grads: Vec<Tensor> =
             vars.iter().map(|v| v.as_tensor().zeros_like()).collect::<candle_core::Result<_>>()?;
@@ -334,8 +334,8 @@ pub(crate) fn fit<O: Objective>(
         }
         obj.end_step(step, observer)?;
         finite(step, "training loss", loss_sum)?;
-        let grad_norm = finite(step, "gradient norm", clip_grad_norm(&mut grads, cfg.max_grad_norm)?)?;
-        let lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr_ratio);
+        let grad_norm = finite(step, "gradient norm", clip_grad_norm(&mut grads, cfg.optim.max_grad_norm)?)?;
+        let lr = lr_at(step, total, warmup, cfg.optim.lr, cfg.optim.min_lr_ratio);
         opt.step(&grads, lr)?;
         let dt = t0.elapsed().as_secs_f64();
         st.step = step;
@@ -368,7 +368,7 @@ pub(crate) fn fit<O: Objective>(
                 st.best_loss = Some(l);
                 st.best_step = Some(step);
                 st.since_best = 0;
-                if let Some(out) = &cfg.out_dir {
+                if let Some(out) = &out_dir {
                     let dir = out.join("adapter");
                     save(model, &dir)?;
                     observer.on_checkpoint(step, &dir);
@@ -378,8 +378,8 @@ pub(crate) fn fit<O: Objective>(
                 st.stopped_early = cfg.patience.is_some_and(|p| st.since_best >= p);
             }
         }
-        if cfg.save_every > 0
-            && step % cfg.save_every == 0
+        if cfg.output.save_every > 0
+            && step % cfg.output.save_every == 0
             && let Some(dir) = write_ckpt(model, &opt, &st, &best)?
         {
             last_ckpt = Some(step);
@@ -403,7 +403,7 @@ pub(crate) fn fit<O: Objective>(
         for (v, t) in vars.iter().zip(values) {
             v.set(t)?;
         }
-    } else if let Some(out) = &cfg.out_dir {
+    } else if let Some(out) = &out_dir {
         // No validation: the last adapter is the result.
         save(model, &out.join("adapter"))?;
         observer.on_checkpoint(st.step, &out.join("adapter"));
@@ -419,7 +419,7 @@ pub(crate) fn fit<O: Objective>(
         stopped,
         resumed_from,
         tokens_per_s: (st.tokens_seen - tokens_before) as f64 / trained_s,
-        adapter_dir: cfg.out_dir.as_ref().map(|o| o.join("adapter")),
+        adapter_dir: out_dir.as_ref().map(|o| o.join("adapter")),
         skipped_examples: skipped,
     })
 }

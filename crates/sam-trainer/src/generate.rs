@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// How to pick tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GenerateConfig {
     /// Most tokens to produce.
     pub max_new_tokens: usize,
@@ -22,9 +23,13 @@ pub struct GenerateConfig {
     pub seed: u64,
     /// Tokens that end generation (not emitted).
     pub stop_tokens: Vec<u32>,
+    /// Apply the model's adapter, when it carries one (false: the base
+    /// model alone).
+    pub adapter: bool,
 }
 
 impl Default for GenerateConfig {
+    /// Greedy, at most 256 tokens, no penalty, no stop tokens, adapter on.
     fn default() -> Self {
         Self {
             max_new_tokens: 256,
@@ -33,6 +38,7 @@ impl Default for GenerateConfig {
             repetition_penalty: 1.0,
             seed: 0,
             stop_tokens: Vec::new(),
+            adapter: true,
         }
     }
 }
@@ -80,15 +86,29 @@ fn pick(logits: &mut [f32], history: &[u32], cfg: &GenerateConfig, rng: &mut Std
 
 /// Generates a continuation of `prompt`, calling `on_token` with each new
 /// token as it is produced (return `false` from it to stop). Returns the
-/// generated tokens without the stop token. `mode` picks the adapter on or
-/// off.
+/// generated tokens without the stop token.
+///
+/// ```
+/// use sam_trainer::{GenerateConfig, LoadOptions, ModelConfig, generate, random_model};
+/// # fn main() -> sam_trainer::Result<()> {
+/// let model = random_model(ModelConfig::tiny(), &LoadOptions::default(), 0)?;
+/// let cfg = GenerateConfig { max_new_tokens: 5, ..Default::default() };
+/// let mut streamed = Vec::new();
+/// let ids = generate(&model, &[1, 40, 41], &cfg, |id| {
+///     streamed.push(id);
+///     true
+/// })?;
+/// assert_eq!(ids, streamed);
+/// assert!(ids.len() <= 5);
+/// # Ok(()) }
+/// ```
 pub fn generate(
     model: &Decoder,
     prompt: &[u32],
     cfg: &GenerateConfig,
-    mode: Mode<'_>,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
+    let mode = if cfg.adapter { Mode::INFER } else { Mode::BASE };
     let mut cache = KvCache::new();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut history: Vec<u32> = prompt.to_vec();

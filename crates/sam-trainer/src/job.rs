@@ -1,54 +1,17 @@
 //! Training jobs that survive: one run folder per job, checkpoints, exact
-//! resume, the memory guard, stop requests and failure handling.
-//!
-//! A [`Job`] is a [`JobSpec`] (model, prepared data, mode, every setting)
-//! written as the run's `config.json` under `SAM_HOME/runs/<id>/`, and the
-//! code that runs it. [`Job::run`] starts the job, or continues it from
-//! where it stopped: phases already finished are skipped (`phase-sft.json`,
-//! `phase-dpo.json`), the interrupted phase continues from its newest
-//! checkpoint, and the metrics it logged after that checkpoint are dropped
-//! so every step appears once. A resumed run computes the same losses, step
-//! for step, as an uninterrupted one.
-//!
-//! While it runs, the job keeps the run folder current (see
-//! [`sam_runs::RunDir`]): `status.json` (running, paused, completed,
-//! failed, stopped; step; pid), `metrics.jsonl` (one line per step and per
-//! validation, with the phase, learning rate, tokens/s, tokens seen, RSS,
-//! elapsed time, ETA, DPO rewards), `events.jsonl` (start, resume,
-//! checkpoints, pauses, stop, error, completion) and `loss.svg`.
-//!
-//! - A stop ([`JobControl::stop`], e.g. from SIGINT/SIGTERM, or
-//!   `RunDir::request_stop` from another process) ends the job after the
-//!   current step with a checkpoint and the status `stopped`.
-//! - A NaN or infinite loss ends it as `failed` with the reason; the last
-//!   checkpoint and the best adapter (written atomically, never from the
-//!   diverged weights) stay as they were.
-//! - Between steps the memory guard pauses while available memory is below
-//!   [`JobSpec::memory`]'s threshold, and records both events.
-//!
-//! ```no_run
-//! use sam_trainer::job::{Job, JobControl, JobMode, JobSpec};
-//! use sam_trainer::NoopObserver;
-//! # fn main() -> sam_trainer::Result<()> {
-//! let spec = JobSpec::new("model.gguf", "datasets/d1", JobMode::Sft);
-//! let job = Job::create("runs".as_ref(), &sam_runs::new_run_id(), spec)?;
-//! let outcome = job.run(&mut NoopObserver, JobControl::default())?;
-//! println!("adapter in {}", outcome.adapter_dir.display());
-//! // Later, after a crash or a stop: the same call continues it.
-//! let again = Job::open(job.run_dir().path())?;
-//! # let _ = again; Ok(()) }
-//! ```
+//! resume, the memory guard, stop requests and failure handling (see
+//! [`Job`]).
 
 use crate::adapter::load_adapter;
 use crate::checkpoint::Checkpoint;
 use crate::dpo::{DpoConfig, Reference, train_dpo_with};
 use crate::error::{Error, Result};
-use crate::eval::{EvalReport, evaluate};
+use crate::eval::{EvalConfig, EvalReport, evaluate};
 use crate::fit::{Control, TrainOutcome};
-use crate::load::{LoadOptions, load_model};
+use crate::load::{LoadOptions, ModelSource};
 use crate::model::Decoder;
 use crate::observe::{EvalMetrics, Observer, PreferenceMetrics, PreferenceStats, StepMetrics};
-use crate::settings::{Duration, TrainConfig};
+use crate::settings::{Duration, OutputConfig, TrainConfig};
 use crate::sft::train_sft_with;
 use candle_core::DType;
 use sam_prep::cache::{PreparedData, Split};
@@ -119,8 +82,8 @@ impl WeightType {
 /// reads it back, so it continues with exactly these settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobSpec {
-    /// Base model: a Hugging Face folder or a GGUF file.
-    pub model: PathBuf,
+    /// Base model: a Hugging Face folder or a GGUF file (or a random model).
+    pub model: ModelSource,
     /// Prepared dataset folder (from sam-prep).
     pub data: PathBuf,
     /// Storage type of the frozen weights.
@@ -128,7 +91,7 @@ pub struct JobSpec {
     pub weights: WeightType,
     /// SFT, DPO or both.
     pub mode: JobMode,
-    /// Training settings (`out_dir` is set to the run folder by the job).
+    /// Training settings.
     pub train: TrainConfig,
     /// DPO settings (used by the DPO phase).
     #[serde(default)]
@@ -167,13 +130,16 @@ impl JobSpec {
     /// checkpoint every 100 steps (the last 2 kept, plus the best),
     /// evaluation on the whole test split, and the default memory guard
     /// (pause below 0.3 GB available, resume at 0.5 GB).
-    pub fn new(model: impl Into<PathBuf>, data: impl Into<PathBuf>, mode: JobMode) -> Self {
+    pub fn new(model: impl Into<ModelSource>, data: impl Into<PathBuf>, mode: JobMode) -> Self {
         Self {
             model: model.into(),
             data: data.into(),
             weights: WeightType::F32,
             mode,
-            train: TrainConfig { save_every: 100, ..TrainConfig::default() },
+            train: TrainConfig {
+                output: OutputConfig { save_every: 100, ..OutputConfig::default() },
+                ..TrainConfig::default()
+            },
             dpo: DpoConfig::default(),
             dpo_lr: None,
             dpo_duration: None,
@@ -249,7 +215,87 @@ impl JobOutcome {
     }
 }
 
-/// A training job and its run folder.
+/// A training job that survives, and its run folder.
+///
+/// A job is a [`JobSpec`] (model, prepared data, mode, every setting)
+/// written as the run's `config.json` under `SAM_HOME/runs/<id>/`, and the
+/// code that runs it. [`Job::run`] starts the job, or continues it from
+/// where it stopped: phases already finished are skipped (`phase-sft.json`,
+/// `phase-dpo.json`), the interrupted phase continues from its newest
+/// checkpoint, and the metrics it logged after that checkpoint are dropped
+/// so every step appears once. A resumed run computes the same losses, step
+/// for step, as an uninterrupted one.
+///
+/// While it runs, the job keeps the run folder current (the `sam-runs` layout): `status.json` (running, paused, completed,
+/// failed, stopped; step; pid), `metrics.jsonl` (one line per step and per
+/// validation, with the phase, learning rate, tokens/s, tokens seen, RSS,
+/// elapsed time, ETA, DPO rewards), `events.jsonl` (start, resume,
+/// checkpoints, pauses, stop, error, completion) and `loss.svg`.
+///
+/// - A stop ([`JobControl::stop`], e.g. from SIGINT/SIGTERM, or
+///   `RunDir::request_stop` from another process) ends the job after the
+///   current step with a checkpoint and the status `stopped`.
+/// - A NaN or infinite loss ends it as `failed` with the reason; the last
+///   checkpoint and the best adapter (written atomically, never from the
+///   diverged weights) stay as they were.
+/// - Between steps the memory guard pauses while available memory is below
+///   [`JobSpec::memory`]'s threshold, and records both events.
+///
+/// [`Job::open`] finds a job again from its folder.
+///
+/// ```
+/// use sam_trainer::{
+///     Duration, Job, JobControl, JobMode, JobSpec, ModelConfig, ModelSource, Observer, RunStatus, Split,
+///     StepMetrics, TokenizedExample, TokenizedPair,
+/// };
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let tmp = tempfile::tempdir()?;
+/// let data = tmp.path().join("dataset");
+/// let ex = |i: u32| TokenizedExample {
+///     id: format!("ex{i}"),
+///     domain: "docs".into(),
+///     input_ids: vec![1, 10 + i, 11, 12, 2],
+///     loss_mask: vec![false, false, true, true, true],
+/// };
+/// let pair = |i: u32| TokenizedPair {
+///     id: format!("p{i}"),
+///     domain: "docs".into(),
+///     prompt_ids: vec![1, 20 + i],
+///     chosen_ids: vec![30, 2],
+///     rejected_ids: vec![31, 32, 2],
+/// };
+/// use sam_prep::cache::{preference_cache_path, sft_cache_path, write_preference, write_sft};
+/// write_sft(&sft_cache_path(&data, Split::Train), &[ex(0), ex(1), ex(2)])?;
+/// write_preference(&preference_cache_path(&data, Split::Train), &[pair(0), pair(1)])?;
+///
+/// // SFT, then DPO from the SFT adapter: 3 steps each, a checkpoint every step.
+/// let mut spec = JobSpec::new(ModelSource::random(ModelConfig::tiny(), 0), &data, JobMode::SftDpo);
+/// spec.train.duration = Duration::Iters(3);
+/// spec.train.output.save_every = 1;
+/// spec.eval_examples = None;
+/// let runs = tmp.path().join("runs");
+/// let job = Job::create(&runs, "r1", spec)?;
+///
+/// // Stop after the first step (as Ctrl-C would, through the same flag)…
+/// struct StopAfterOne<'a>(&'a AtomicBool);
+/// impl Observer for StopAfterOne<'_> {
+///     fn on_step(&mut self, _: &StepMetrics) {
+///         self.0.store(true, Ordering::SeqCst);
+///     }
+/// }
+/// let stop = AtomicBool::new(false);
+/// let first = job.run(&mut StopAfterOne(&stop), JobControl { stop: Some(&stop), ..Default::default() })?;
+/// assert_eq!(first.status, RunStatus::Stopped);
+///
+/// // …and continue it later, in this process or another, from its folder.
+/// let job = Job::open(&runs.join("r1"))?;
+/// let done = job.run(&mut sam_trainer::NoopObserver, JobControl::default())?;
+/// assert_eq!(done.status, RunStatus::Completed);
+/// assert_eq!(done.resumed_from, Some(("sft".to_string(), 1)));
+/// assert_eq!((done.sft.unwrap().steps, done.dpo.unwrap().steps), (3, 3));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Job {
     run: RunDir,
@@ -258,8 +304,7 @@ pub struct Job {
 
 impl Job {
     /// A new job in `runs_root/<id>/` (status `queued`).
-    pub fn create(runs_root: &Path, id: &str, mut spec: JobSpec) -> Result<Self> {
-        spec.train.out_dir = Some(runs_root.join(id));
+    pub fn create(runs_root: &Path, id: &str, spec: JobSpec) -> Result<Self> {
         let run = RunDir::create(runs_root, id, &spec)?;
         Ok(Self { run, spec })
     }
@@ -274,8 +319,7 @@ impl Job {
     /// The job in an existing run folder.
     pub fn open(dir: &Path) -> Result<Self> {
         let run = RunDir::open(dir)?;
-        let mut spec: JobSpec = run.config()?;
-        spec.train.out_dir = Some(run.path().to_path_buf());
+        let spec: JobSpec = run.config()?;
         Ok(Self { run, spec })
     }
 
@@ -372,7 +416,7 @@ impl Job {
         let data = PreparedData::open(&spec.data)
             .map_err(|e| Error::InvalidData(format!("prepared data at {}: {e}", spec.data.display())))?;
         let opts = LoadOptions { dtype: spec.weights.dtype(), ..Default::default() };
-        let mut model = load_model(&spec.model, &opts)?;
+        let mut model = spec.model.load(&opts)?;
         let probe = ctl.probe.unwrap_or_else(|| Box::new(SystemProbe::new()));
         let mut guard = MemoryGuard::new(spec.memory, probe);
         let stop_flag = ctl.stop;
@@ -392,7 +436,7 @@ impl Job {
             // all of it, when it never reached one): those steps run again.
             let keep_upto = ckpt.as_ref().map_or(0, |c| c.state.step as u64);
             self.run.retain_metrics(|m| m.phase.as_deref() != Some(phase.name()) || m.step <= keep_upto)?;
-            let mut cfg = TrainConfig { out_dir: Some(out_dir.clone()), ..spec.train.clone() };
+            let mut cfg = spec.train.clone();
             observer.on_phase(phase.name());
             let mut obs = JobObserver::new(&self.run, phase.name(), &mut *observer);
             let mut control = Control {
@@ -400,6 +444,7 @@ impl Job {
                 memory: Some(&mut guard),
                 resume: ckpt,
                 keep_checkpoints: spec.keep_checkpoints,
+                out_dir: Some(out_dir.clone()),
             };
             let outcome = match phase {
                 Phase::Sft => {
@@ -410,7 +455,7 @@ impl Job {
                     train_sft_with(&mut model, &cfg, &train, &valid, &mut obs, &mut control)?
                 }
                 Phase::Dpo => {
-                    cfg.lr = spec.dpo_lr.unwrap_or(cfg.lr);
+                    cfg.optim.lr = spec.dpo_lr.unwrap_or(cfg.optim.lr);
                     cfg.duration = spec.dpo_duration.unwrap_or(cfg.duration);
                     let mut dpo = spec.dpo;
                     if spec.mode == JobMode::SftDpo {
@@ -456,12 +501,18 @@ impl Job {
         }
         let eval = match spec.eval_examples {
             Some(n) => {
-                let mut test = data.sft(Split::Test).map_err(prep_err)?;
-                test.truncate(n);
-                if test.is_empty() {
+                let test = data.sft(Split::Test).map_err(prep_err)?;
+                if test.is_empty() || n == 0 {
                     None
                 } else {
-                    let r = evaluate(&model, "test", &test, spec.train.max_seq_len, 1, spec.train.pad_id)?;
+                    let cfg = EvalConfig {
+                        split: "test".into(),
+                        max_seq_len: spec.train.batch.max_seq_len,
+                        batch_size: 1,
+                        pad_id: spec.train.batch.pad_id,
+                        max_examples: Some(n),
+                    };
+                    let r = evaluate(&model, &test, &cfg)?;
                     r.write(&self.run.eval_path())?;
                     Some(r)
                 }

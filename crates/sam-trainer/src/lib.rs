@@ -1,93 +1,114 @@
-//! sam-trainer: LoRA fine-tuning of Llama and Qwen2 decoders on candle, with
-//! evaluation, generation and adapters in PEFT's (or mlx-lm's) layout.
+//! sam-trainer: LoRA fine-tuning (SFT and DPO) of Llama and Qwen2 decoders
+//! on the CPU with candle, plus evaluation, generation and adapters in
+//! PEFT's or mlx-lm's layout.
 //!
 //! It reads a base model (a Hugging Face folder or a GGUF file) and a
-//! prepared dataset (`sam_prep::cache`), and writes run folders: adapters,
-//! metrics, evaluation reports. It never opens the store.
+//! prepared dataset (the token cache sam-prep writes), and writes run
+//! folders: adapters, checkpoints, metrics, evaluation reports. It never
+//! opens a database.
 //!
-//! Main types:
-//! - [`Decoder`]: one configurable Llama/Qwen2 decoder (RMSNorm, rotary,
-//!   grouped-query attention, SwiGLU, Qwen2's q/k/v biases, tied or separate
-//!   head, KV cache) whose projections are [`Linear`] layers that can carry
-//!   LoRA adapters. Loaded by [`load_model`]; frozen weights are plain
-//!   tensors (f32 or bf16), never trainable variables.
-//! - [`LoraConfig`] / [`Target`] / [`Layers`]: rank, alpha, dropout, target
-//!   modules, which layers, rsLoRA.
-//! - [`Trainer`] (implemented by [`SftTrainer`] and [`DpoTrainer`]) with
-//!   [`TrainConfig`], reporting to an [`Observer`]; [`train_sft`] and
-//!   [`train_dpo`] are the loops on token slices, [`train_sft_with`] and
-//!   [`train_dpo_with`] the same with a [`Control`] (stop requests, memory
-//!   guard, resume from a [`Checkpoint`]). Both run one loop ([`fit`]).
-//! - [`Job`] ([`job`]): a training run in its own folder under
-//!   `SAM_HOME/runs/<id>/` — SFT, DPO or SFT then DPO from one [`JobSpec`],
-//!   checkpoints (adapter, AdamW moments, data position), exact resume,
-//!   status, metrics, events and `loss.svg` through `sam_runs`.
-//! - [`save_adapter`] / [`load_adapter`] ([`AdapterFormat`]), [`Decoder::merge_lora`]
-//!   and [`save_hf_model`] for `sam fuse`.
-//! - [`evaluate`] → [`EvalReport`]; [`generate()`] with [`GenerateConfig`].
-//! - [`ops`]: custom ops with their own backward (candle's fused ops cut
-//!   gradients silently, and its matmul backward computes frozen weights'
-//!   gradients too).
+//! The ways in:
+//! - **Train**: a [`JobSpec`] (model, data, [`JobMode`] — SFT, DPO or SFT
+//!   then DPO —, a [`TrainConfig`] and a [`DpoConfig`]) run by a [`Job`] in
+//!   its own folder. [`Job::run`] starts it, or continues it exactly where it
+//!   stopped (after a stop request, a crash or a kill), and reports to an
+//!   [`Observer`]; it returns a [`JobOutcome`] with the model and its final
+//!   adapter.
+//! - **Evaluate**: [`evaluate`] with an [`EvalConfig`] → [`EvalReport`]
+//!   (loss and perplexity, base model and adapter).
+//! - **Generate**: [`generate`] with a [`GenerateConfig`].
+//! - **Adapters**: [`save_adapter`] / [`load_adapter`] ([`AdapterFormat`]:
+//!   PEFT or mlx-lm), [`Decoder::merge_lora`] and [`save_hf_model`] to fuse.
+//! - **Models**: [`load_model`] ([`LoadOptions`]) gives a [`Decoder`];
+//!   [`random_model`] builds one of any [`ModelConfig`] shape;
+//!   [`ModelSource`] names either for a job.
 //!
-//! ```no_run
-//! use sam_prep::cache::TokenizedExample;
-//! use sam_trainer::{load_model, train_sft, LoadOptions, Mode, NoopObserver, TrainConfig};
-//! # fn main() -> sam_trainer::Result<()> {
-//! let mut model = load_model("model.gguf".as_ref(), &LoadOptions::default())?;
-//! let cfg = TrainConfig::default();
-//! model.attach_lora(&cfg.lora, cfg.seed)?;
-//! let train = vec![TokenizedExample {
-//!     id: "1".into(),
-//!     domain: "code".into(),
-//!     input_ids: vec![1, 2, 3, 4],
-//!     loss_mask: vec![false, false, true, true],
-//! }];
-//! let outcome = train_sft(&mut model, &cfg, &train, &[], &mut NoopObserver)?;
-//! let ids = sam_trainer::generate(&model, &[1, 2], &Default::default(), Mode::INFER, |_| true)?;
-//! # let _ = (outcome, ids); Ok(()) }
 //! ```
+//! use sam_trainer::{
+//!     Duration, EvalConfig, GenerateConfig, Job, JobControl, JobMode, JobSpec, ModelConfig, ModelSource,
+//!     NoopObserver, Split, TokenizedExample, evaluate, generate,
+//! };
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tmp = tempfile::tempdir()?;
+//! // A prepared dataset: what `sam prep` (sam-prep) writes, here by hand.
+//! let data = tmp.path().join("dataset");
+//! let examples: Vec<TokenizedExample> = (0..4)
+//!     .map(|i| TokenizedExample {
+//!         id: format!("ex{i}"),
+//!         domain: "code".into(),
+//!         input_ids: vec![1, 10 + i, 20 + i, 30, 31, 2],
+//!         loss_mask: vec![false, false, false, true, true, true],
+//!     })
+//!     .collect();
+//! sam_prep::cache::write_sft(&sam_prep::cache::sft_cache_path(&data, Split::Train), &examples)?;
+//!
+//! // Two SFT steps on a tiny random model, in the run folder runs/first.
+//! let mut spec = JobSpec::new(ModelSource::random(ModelConfig::tiny(), 0), &data, JobMode::Sft);
+//! spec.train.duration = Duration::Iters(2);
+//! spec.train.optim.lr = 1e-2;
+//! let job = Job::create(&tmp.path().join("runs"), "first", spec)?;
+//! let outcome = job.run(&mut NoopObserver, JobControl::default())?;
+//! assert_eq!(outcome.sft.as_ref().map(|o| o.steps), Some(2));
+//! assert!(outcome.adapter_dir.join("adapter_model.safetensors").is_file());
+//!
+//! // The model comes back with its adapter: evaluate it and generate.
+//! let model = outcome.model.expect("a completed job returns its model");
+//! let report = evaluate(&model, &examples, &EvalConfig::default())?;
+//! assert!(report.adapter.is_some());
+//! let ids = generate(&model, &[1, 10], &GenerateConfig { max_new_tokens: 3, ..Default::default() }, |_| true)?;
+//! assert!(ids.len() <= 3);
+//! # Ok(()) }
+//! ```
+//!
+//! Inside, one optimisation loop serves SFT and DPO (seeded data order
+//! replayed on resume, AdamW on a warmup + cosine schedule, clipping,
+//! validation keeping the best adapter, checkpoints, a memory guard between
+//! steps), and on the CPU each decoder layer and the loss head run as fused
+//! graph nodes with a hand-written backward; see `docs/architecture.md`.
 #![deny(missing_docs)]
 
-pub mod adapter;
-pub mod checkpoint;
-pub mod config;
-pub mod dpo;
-pub mod error;
-pub mod eval;
-pub mod fit;
+mod adapter;
+mod checkpoint;
+mod config;
+mod dpo;
+mod error;
+mod eval;
+mod fit;
 mod forward;
 mod fused;
-pub mod generate;
-pub mod job;
+mod generate;
+mod job;
 mod layer;
-pub mod load;
-pub mod lora;
-pub mod loss;
-pub mod model;
-pub mod observe;
-pub mod ops;
-pub mod optim;
+mod load;
+mod lora;
+mod loss;
+mod model;
+mod observe;
+mod ops;
+mod optim;
 mod plain;
-pub mod settings;
-pub mod sft;
+mod settings;
+mod sft;
 
 pub use adapter::{AdapterFormat, load_adapter, save_adapter, save_hf_model};
 pub use candle_core::{DType, Device};
 pub use checkpoint::{Checkpoint, LoopState};
 pub use config::{Arch, ModelConfig};
-pub use dpo::{DpoConfig, DpoLoss, DpoTrainer, Reference, train_dpo, train_dpo_with};
+pub use dpo::{DpoConfig, DpoLoss, Reference};
 pub use error::{Error, Result};
-pub use eval::{EvalReport, Score, evaluate};
-pub use fit::{Control, TrainOutcome, Trainer};
+pub use eval::{EvalConfig, EvalReport, Score, evaluate};
+pub use fit::TrainOutcome;
 pub use generate::{GenerateConfig, generate};
 pub use job::{Job, JobControl, JobMode, JobOutcome, JobSpec, WeightType};
-pub use load::{LoadOptions, load_model, random_model, read_config};
-pub use lora::{Layers, Linear, LoraConfig, Target};
-pub use loss::{Batch, Sequence, mean_loss, nll_sum};
+pub use load::{LoadOptions, ModelSource, load_model, random_model, read_config};
+pub use lora::{Layers, LoraConfig, Target};
 pub use model::{Decoder, KvCache, Mode};
 pub use observe::{EvalMetrics, NoopObserver, Observer, PreferenceMetrics, PreferenceStats, StepMetrics};
-pub use settings::{Duration, TrainConfig};
-pub use sft::{SftTrainer, lora_gradients, train_sft, train_sft_with};
+pub use sam_prep::cache::{PreparedData, Split, TokenizedExample, TokenizedPair};
+pub use sam_runs::RunStatus;
+pub use settings::{BatchConfig, ComputeConfig, Duration, OptimConfig, OutputConfig, TrainConfig};
 
+#[cfg(test)]
+mod tests;
 #[cfg(test)]
 mod tidy;

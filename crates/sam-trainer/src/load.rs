@@ -10,6 +10,7 @@ use crate::model::Decoder;
 use candle_core::quantized::gguf_file;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// How to load a base model.
@@ -123,6 +124,74 @@ fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return Err(Error::UnsupportedModel(format!("{}: no *.safetensors files", dir.display())));
     }
     Ok(files)
+}
+
+/// Where a base model comes from: a Hugging Face folder or a GGUF file
+/// (what users train on), or a random model of a given shape (examples,
+/// memory and speed tests of shapes sam has no checkpoint for). In a run's
+/// `config.json` a path is a plain string.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ModelSource {
+    /// A Hugging Face folder or a `.gguf` file.
+    Path(PathBuf),
+    /// [`random_model`] of this shape and seed.
+    Random {
+        /// The shape.
+        config: ModelConfig,
+        /// The weights' seed.
+        seed: u64,
+    },
+}
+
+impl ModelSource {
+    /// A random model of shape `config` (see [`random_model`]).
+    pub fn random(config: ModelConfig, seed: u64) -> Self {
+        ModelSource::Random { config, seed }
+    }
+
+    /// The folder or file, for a model on disk.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ModelSource::Path(p) => Some(p),
+            ModelSource::Random { .. } => None,
+        }
+    }
+
+    /// Loads the model (see [`load_model`] and [`random_model`]).
+    pub fn load(&self, opts: &LoadOptions) -> Result<Decoder> {
+        match self {
+            ModelSource::Path(p) => load_model(p, opts),
+            ModelSource::Random { config, seed } => random_model(config.clone(), opts, *seed),
+        }
+    }
+
+    /// The model's configuration, without loading its weights.
+    pub fn config(&self) -> Result<ModelConfig> {
+        match self {
+            ModelSource::Path(p) => read_config(p),
+            ModelSource::Random { config, .. } => Ok(config.clone()),
+        }
+    }
+}
+
+impl<P: Into<PathBuf>> From<P> for ModelSource {
+    fn from(p: P) -> Self {
+        ModelSource::Path(p.into())
+    }
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSource::Path(p) => write!(f, "{}", p.display()),
+            ModelSource::Random { config, seed } => write!(
+                f,
+                "random {:?} model ({} layers, hidden {}, seed {seed})",
+                config.arch, config.num_layers, config.hidden_size
+            ),
+        }
+    }
 }
 
 /// Reads a model's configuration without loading its weights.
@@ -264,6 +333,29 @@ pub fn random_model(cfg: ModelConfig, opts: &LoadOptions, seed: u64) -> Result<D
 }
 
 impl ModelConfig {
+    /// A tiny Llama-shaped model (2 layers, hidden 64, 4 query / 2
+    /// key-value heads of 16, MLP 128, vocabulary 256): for examples and
+    /// tests with [`random_model`] / [`ModelSource::random`].
+    pub fn tiny() -> Self {
+        ModelConfig {
+            arch: Arch::Llama,
+            vocab_size: 256,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 16,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-5,
+            attention_bias: false,
+            tie_word_embeddings: true,
+            max_position_embeddings: 512,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+        }
+    }
+
     /// The shape of Qwen2.5-Coder-1.5B (28 layers, hidden 1536, MLP 8960,
     /// 12 query / 2 key-value heads of 128, vocabulary 151936, tied
     /// embeddings, q/k/v biases, rope theta 1e6).

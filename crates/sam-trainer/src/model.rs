@@ -25,13 +25,14 @@ use crate::plain::{Plain, rms_norm};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{SeedableRng, rngs::StdRng};
 
-/// How a forward pass runs.
+/// How a forward pass runs: [`Mode::INFER`] (with the adapter) or
+/// [`Mode::BASE`] (the base model alone).
 #[derive(Debug, Clone, Copy)]
 pub struct Mode<'a> {
     /// Apply LoRA adapters (false: the base model alone).
-    pub adapter: bool,
+    pub(crate) adapter: bool,
     /// Dropout mask source in training; `None` at inference.
-    pub dropout: Option<&'a DropoutRng>,
+    pub(crate) dropout: Option<&'a DropoutRng>,
 }
 
 impl Mode<'_> {
@@ -179,7 +180,7 @@ impl Decoder {
 
     /// Final hidden states (after the last norm), `[b * t, hidden]`, for
     /// token ids `[b, t]`. With `cache`, the ids continue the cached prefix.
-    pub fn hidden(&self, ids: &Tensor, mode: Mode<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub(crate) fn hidden(&self, ids: &Tensor, mode: Mode<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = self.hidden_prenorm(ids, mode, cache, true)?;
         Ok(rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
     }
@@ -280,7 +281,7 @@ impl Decoder {
     /// backward pass; 0 keeps all activations. 1 gives the least memory for
     /// about a third more compute; 2 halves both effects. Not applied when
     /// LoRA dropout is active.
-    pub fn set_recompute_every(&mut self, every: usize) {
+    pub(crate) fn set_recompute_every(&mut self, every: usize) {
         self.recompute_every = every;
     }
 
@@ -301,7 +302,7 @@ impl Decoder {
     }
 
     /// The output head applied to hidden rows `[n, hidden]` → `[n, vocab]`.
-    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+    pub(crate) fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed);
         Ok(crate::ops::frozen_matmul(hidden, w)?)
     }

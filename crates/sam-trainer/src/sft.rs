@@ -6,51 +6,18 @@
 //! over all trained-on tokens of the step.
 
 use crate::error::{Error, Result};
-use crate::fit::{Control, Objective, TrainOutcome, Trainer, fit};
+use crate::fit::{Control, Objective, TrainOutcome, fit};
 use crate::loss::{Batch, Sequence, mean_loss, nll_sum, sequences};
 use crate::model::{Decoder, Mode};
 use crate::observe::Observer;
 use crate::settings::TrainConfig;
 use candle_core::{Device, Tensor};
-use sam_prep::cache::{PreparedData, Split, TokenizedExample};
+use sam_prep::cache::TokenizedExample;
 
-/// Supervised fine-tuning of LoRA adapters on a model.
-#[derive(Debug)]
-pub struct SftTrainer<'m> {
-    model: &'m mut Decoder,
-}
-
-impl<'m> SftTrainer<'m> {
-    /// Trains adapters on `model` (attached by `train` per the config).
-    pub fn new(model: &'m mut Decoder) -> Self {
-        Self { model }
-    }
-}
-
-impl Trainer for SftTrainer<'_> {
-    fn train(&mut self, cfg: &TrainConfig, data: &PreparedData, observer: &mut dyn Observer) -> Result<TrainOutcome> {
-        let load = |s| data.sft(s).map_err(|e| Error::InvalidData(format!("prepared data: {e}")));
-        let train = load(Split::Train)?;
-        let valid = load(Split::Valid)?;
-        self.model.attach_lora(&cfg.lora, cfg.seed)?;
-        train_sft(self.model, cfg, &train, &valid, observer)
-    }
-}
-
-/// The SFT loop on already-attached adapters (see [`Decoder::attach_lora`]).
-/// `train` and `valid` are tokenised examples (`valid` may be empty).
-pub fn train_sft(
-    model: &mut Decoder,
-    cfg: &TrainConfig,
-    train: &[TokenizedExample],
-    valid: &[TokenizedExample],
-    observer: &mut dyn Observer,
-) -> Result<TrainOutcome> {
-    train_sft_with(model, cfg, train, valid, observer, &mut Control::default())
-}
-
-/// [`train_sft`] with runtime controls: stop requests, the memory guard,
-/// and resuming from a checkpoint.
+/// The SFT loop on already-attached adapters (see [`Decoder::attach_lora`]),
+/// with its runtime controls: stop requests, the memory guard, resuming from
+/// a checkpoint. `train` and `valid` are tokenised examples (`valid` may be
+/// empty).
 pub fn train_sft_with(
     model: &mut Decoder,
     cfg: &TrainConfig,
@@ -59,12 +26,13 @@ pub fn train_sft_with(
     observer: &mut dyn Observer,
     control: &mut Control<'_>,
 ) -> Result<TrainOutcome> {
-    let (train_seqs, skipped) = sequences(train, cfg.max_seq_len);
-    let (valid_seqs, _) = sequences(valid, cfg.max_seq_len);
+    let (train_seqs, skipped) = sequences(train, cfg.batch.max_seq_len);
+    let (valid_seqs, _) = sequences(valid, cfg.batch.max_seq_len);
     if train_seqs.is_empty() {
         return Err(Error::InvalidData("no training example has a trained-on token".into()));
     }
-    let mut obj = SftObjective { train: train_seqs, valid: valid_seqs, batch: cfg.batch_size, pad: cfg.pad_id };
+    let mut obj =
+        SftObjective { train: train_seqs, valid: valid_seqs, batch: cfg.batch.batch_size, pad: cfg.batch.pad_id };
     fit(model, cfg, &mut obj, observer, control, skipped)
 }
 
@@ -115,11 +83,4 @@ impl Objective for SftObjective<'_> {
         }
         Ok(Some(mean_loss(model, &self.valid, self.batch, self.pad, Mode::INFER)?.0))
     }
-}
-
-/// Backpropagates `loss` and returns the gradient of every LoRA variable of
-/// `model`, in [`Decoder::lora_vars`] order (`None`: no gradient reached it),
-/// including those produced inside fused and recomputed layers.
-pub fn lora_gradients(model: &Decoder, loss: &Tensor) -> Result<Vec<Option<Tensor>>> {
-    model.lora_gradients(loss)
 }

@@ -128,7 +128,8 @@ fn evaluation_reports_base_and_adapter() {
         input_ids: vec![1, 2, 3, 4, 5, 6],
         loss_mask: vec![false, false, true, true, true, true],
     };
-    let r = sam_trainer::evaluate(&m, "test", &[ex.clone(), ex], 512, 2, 0).unwrap();
+    let cfg = sam_trainer::EvalConfig { max_seq_len: 512, batch_size: 2, ..Default::default() };
+    let r = sam_trainer::evaluate(&m, &[ex.clone(), ex], &cfg).unwrap();
     assert_eq!(r.examples, 2);
     assert_eq!(r.tokens, 8);
     let a = r.adapter.unwrap();

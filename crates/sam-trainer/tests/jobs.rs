@@ -9,7 +9,8 @@ mod common;
 use sam_prep::cache::{Split, TokenizedPair, preference_cache_path, sft_cache_path, write_preference, write_sft};
 use sam_runs::{EventKind, MemoryGuardConfig, MemoryProbe, MetricRecord, RunStatus};
 use sam_trainer::{
-    Duration, Job, JobControl, JobMode, JobSpec, LoraConfig, Observer, StepMetrics, Target, TrainConfig,
+    BatchConfig, ComputeConfig, Duration, Job, JobControl, JobMode, JobSpec, LoraConfig, Observer, OptimConfig,
+    OutputConfig, StepMetrics, Target, TrainConfig,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,17 +63,13 @@ fn spec(data: &Path, pad: u32, mode: JobMode) -> JobSpec {
     let mut s = JobSpec::new(common::test_model(), data, mode);
     s.train = TrainConfig {
         lora: LoraConfig { rank: 4, alpha: 8.0, targets: vec![Target::Q, Target::V], ..Default::default() },
-        lr: 1e-3,
-        warmup_steps: Some(1),
-        batch_size: 2,
-        grad_accum: 2,
-        max_seq_len: 96,
+        optim: OptimConfig { lr: 1e-3, warmup_steps: Some(1), ..Default::default() },
+        batch: BatchConfig { batch_size: 2, grad_accum: 2, max_seq_len: 96, pad_id: pad },
         duration: Duration::Iters(4),
         eval_every: 2,
-        save_every: 3,
-        checkpoint_every: 0,
+        output: OutputConfig { save_every: 3, ..Default::default() },
+        compute: ComputeConfig { recompute_every: 0 },
         seed: 3,
-        pad_id: pad,
         ..Default::default()
     };
     s.dpo_lr = Some(5e-4);
@@ -234,11 +231,11 @@ fn a_diverging_job_fails_and_keeps_its_last_good_adapter() {
     let mut s = spec(&data, pad, JobMode::Sft);
     // An absurd schedule: a sane first step (1e-3 at the end of a one-step
     // warmup), then the cosine "decays" towards 1e-3 × 1e33 = 1e30.
-    s.train.warmup_steps = Some(1);
-    s.train.min_lr_ratio = 1e33;
+    s.train.optim.warmup_steps = Some(1);
+    s.train.optim.min_lr_ratio = 1e33;
     s.train.duration = Duration::Iters(6);
     s.train.eval_every = 1;
-    s.train.save_every = 1;
+    s.train.output.save_every = 1;
     let job = Job::create(&tmp.path().join("runs"), "diverging", s).unwrap();
     let err = job.run(&mut sam_trainer::NoopObserver, JobControl::default()).unwrap_err();
     assert!(matches!(err, sam_trainer::Error::Diverged { .. }), "{err}");

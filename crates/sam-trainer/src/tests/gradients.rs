@@ -2,18 +2,19 @@
 //! gradient, and the analytic gradient must match finite differences (so a
 //! custom op's backward is right, not merely present).
 
-mod common;
-
+use super as common;
+use crate::load::LoadOptions;
+use crate::lora::{Layers, LoraConfig, Target};
+use crate::loss::{Batch, Sequence};
+use crate::model::{Decoder, Mode};
 use candle_core::{Tensor, Var};
-
-use sam_trainer::{Batch, Decoder, Layers, LoadOptions, LoraConfig, Mode, Sequence, Target};
 
 fn tiny() -> Decoder {
     load_model_at(&common::fixture("tiny_qwen2"))
 }
 
 fn load_model_at(p: &std::path::Path) -> Decoder {
-    sam_trainer::load_model(p, &LoadOptions::default()).unwrap()
+    crate::load::load_model(p, &LoadOptions::default()).unwrap()
 }
 
 /// B starts at zero, which makes A's gradient zero by construction: give B
@@ -35,14 +36,14 @@ fn batch(model: &Decoder, seqs: &[(Vec<u32>, Vec<bool>)]) -> Batch {
 }
 
 fn loss(model: &Decoder, b: &Batch) -> Tensor {
-    let nll = sam_trainer::nll_sum(model, b, Mode::INFER).unwrap().unwrap();
+    let nll = crate::loss::nll_sum(model, b, Mode::INFER).unwrap().unwrap();
     (nll / b.n_targets as f64).unwrap()
 }
 
 fn check_all_vars_get_gradients(model: &Decoder, b: &Batch) {
     let vars = model.lora_vars();
     assert!(!vars.is_empty());
-    let grads = sam_trainer::lora_gradients(model, &loss(model, b)).unwrap();
+    let grads = model.lora_gradients(&loss(model, b)).unwrap();
     for ((name, _), g) in vars.iter().zip(&grads) {
         let g = g.as_ref().unwrap_or_else(|| panic!("{name}: no gradient at all"));
         let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
@@ -120,7 +121,7 @@ fn finite_differences(checkpoint: usize) {
             (vec![3, 4, 250], vec![false, true, true]),
         ],
     );
-    let grads = sam_trainer::lora_gradients(&model, &loss(&model, &b)).unwrap();
+    let grads = model.lora_gradients(&loss(&model, &b)).unwrap();
     let eps = 1e-2f32;
     let mut checked = 0;
     for ((name, var), g) in model.lora_vars().into_iter().zip(grads) {

@@ -3,18 +3,19 @@
 //! reference policies behave as documented, and a short run raises the
 //! training pairs' margin.
 
-mod common;
-
+use super as common;
+use crate::dpo::{self, DpoConfig, DpoLoss, PairSeqs, Reference, train_dpo};
+use crate::load::LoadOptions;
+use crate::lora::{LoraConfig, Target};
+use crate::loss::{Batch, Sequence};
+use crate::model::{Decoder, Mode};
+use crate::observe::{Observer, PreferenceMetrics};
+use crate::settings::{BatchConfig, ComputeConfig, Duration, OptimConfig, TrainConfig};
 use candle_core::Tensor;
 use sam_prep::cache::TokenizedPair;
-use sam_trainer::dpo::{self, PairSeqs};
-use sam_trainer::{
-    Batch, Decoder, DpoConfig, DpoLoss, Duration, LoadOptions, LoraConfig, Mode, Observer, PreferenceMetrics,
-    Reference, Sequence, Target, TrainConfig, train_dpo,
-};
 
 fn tiny() -> Decoder {
-    sam_trainer::load_model(&common::fixture("tiny_qwen2"), &LoadOptions::default()).unwrap()
+    crate::load::load_model(&common::fixture("tiny_qwen2"), &LoadOptions::default()).unwrap()
 }
 
 /// B starts at zero; give it small deterministic values so the adapter
@@ -64,7 +65,7 @@ fn sequence_logps_are_the_negated_per_sequence_nll() {
     let batched: Vec<f32> = dpo::sequence_logps(&model, &all, 0, Mode::INFER).unwrap().to_vec1().unwrap();
     for (s, got) in all.iter().zip(&batched) {
         let b = Batch::new(&[*s], 0, model.device()).unwrap();
-        let nll = sam_trainer::nll_sum(&model, &b, Mode::INFER).unwrap().unwrap().to_scalar::<f32>().unwrap();
+        let nll = crate::loss::nll_sum(&model, &b, Mode::INFER).unwrap().unwrap().to_scalar::<f32>().unwrap();
         assert!((got + nll).abs() < 1e-3 * nll.abs().max(1.0), "batched {got} vs alone {}", -nll);
         assert!(*got < 0.0);
     }
@@ -91,7 +92,7 @@ fn every_lora_variable_gets_a_gradient_from_the_dpo_loss() {
         for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo] {
             let out = dpo::dpo_loss(&lp, &DpoConfig { loss, ..Default::default() }).unwrap();
             let l = out.losses.sum_all().unwrap();
-            let grads = sam_trainer::lora_gradients(&model, &l).unwrap();
+            let grads = model.lora_gradients(&l).unwrap();
             for ((name, _), g) in model.lora_vars().iter().zip(&grads) {
                 let g = g.as_ref().unwrap_or_else(|| panic!("{name}: no gradient (checkpoint {checkpoint})"));
                 let n = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
@@ -138,13 +139,11 @@ fn a_short_run_raises_the_margin() {
     attach(&mut model);
     let data = pairs();
     let cfg = TrainConfig {
-        lr: 1e-2,
-        batch_size: 3,
-        grad_accum: 1,
+        optim: OptimConfig { lr: 1e-2, warmup_steps: Some(1), ..Default::default() },
+        batch: BatchConfig { batch_size: 3, grad_accum: 1, ..Default::default() },
         duration: Duration::Iters(10),
-        warmup_steps: Some(1),
         eval_every: 5,
-        checkpoint_every: 0,
+        compute: ComputeConfig { recompute_every: 0 },
         ..Default::default()
     };
     let dpo_cfg = DpoConfig { beta: 0.5, ..Default::default() };
