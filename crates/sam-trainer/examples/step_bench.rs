@@ -30,7 +30,7 @@
 //! `sam_kernels::profile`).
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use sam_prep::cache::{Split, preference_cache_path, sft_cache_path, write_preference, write_sft};
+use sam_dataset::{Split, preference_cache_path, sft_cache_path, write_preference, write_sft};
 use sam_trainer::{
     BatchConfig, ComputeConfig, Duration, Job, JobControl, JobMode, JobSpec, Layers, LoraConfig, ModelConfig,
     ModelSource, Observer, OptimConfig, StepMetrics, Target, TokenizedExample, TokenizedPair, TrainConfig, WeightType,

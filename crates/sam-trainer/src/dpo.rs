@@ -28,7 +28,7 @@ use crate::model::{Decoder, Mode};
 use crate::observe::{Observer, PreferenceMetrics, PreferenceStats};
 use crate::settings::TrainConfig;
 use candle_core::{DType, Device, Tensor};
-use sam_prep::cache::TokenizedPair;
+use sam_dataset::TokenizedPair;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -178,6 +178,7 @@ impl PreferenceStats {
     }
 
     /// The statistics of one [`DpoOutput`].
+    #[cfg(test)]
     pub(crate) fn of(out: &DpoOutput) -> Result<Self> {
         let mut s = Self::default();
         s.add(out)?;

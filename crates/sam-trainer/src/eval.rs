@@ -4,7 +4,7 @@
 use crate::error::{Error, Result, io_err, json_err};
 use crate::loss::{mean_loss, sequences};
 use crate::model::{Decoder, Mode};
-use sam_prep::cache::TokenizedExample;
+use sam_dataset::TokenizedExample;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

@@ -14,7 +14,7 @@ use crate::observe::{EvalMetrics, Observer, PreferenceMetrics, PreferenceStats, 
 use crate::settings::{Duration, OutputConfig, TrainConfig};
 use crate::sft::train_sft_with;
 use candle_core::DType;
-use sam_prep::cache::{PreparedData, Split};
+use sam_dataset::{PreparedData, Split};
 use sam_runs::{
     Eta, EventKind, GuardEvent, MemoryGuard, MemoryGuardConfig, MemoryProbe, MetricRecord, RunDir, RunStatus,
     SystemProbe,
@@ -265,7 +265,7 @@ impl JobOutcome {
 ///     chosen_ids: vec![30, 2],
 ///     rejected_ids: vec![31, 32, 2],
 /// };
-/// use sam_prep::cache::{preference_cache_path, sft_cache_path, write_preference, write_sft};
+/// use sam_dataset::{preference_cache_path, sft_cache_path, write_preference, write_sft};
 /// write_sft(&sft_cache_path(&data, Split::Train), &[ex(0), ex(1), ex(2)])?;
 /// write_preference(&preference_cache_path(&data, Split::Train), &[pair(0), pair(1)])?;
 ///
@@ -548,7 +548,7 @@ impl Job {
     }
 }
 
-fn prep_err(e: sam_prep::cache::CacheError) -> Error {
+fn prep_err(e: sam_dataset::CacheError) -> Error {
     Error::InvalidData(format!("prepared data: {e}"))
 }
 

@@ -40,7 +40,7 @@
 //!         loss_mask: vec![false, false, false, true, true, true],
 //!     })
 //!     .collect();
-//! sam_prep::cache::write_sft(&sam_prep::cache::sft_cache_path(&data, Split::Train), &examples)?;
+//! sam_dataset::write_sft(&sam_dataset::sft_cache_path(&data, Split::Train), &examples)?;
 //!
 //! // Two SFT steps on a tiny random model, in the run folder runs/first.
 //! let mut spec = JobSpec::new(ModelSource::random(ModelConfig::tiny(), 0), &data, JobMode::Sft);
@@ -104,7 +104,7 @@ pub use load::{LoadOptions, ModelSource, load_model, random_model, read_config};
 pub use lora::{Layers, LoraConfig, Target};
 pub use model::{Decoder, KvCache, Mode};
 pub use observe::{EvalMetrics, NoopObserver, Observer, PreferenceMetrics, PreferenceStats, StepMetrics};
-pub use sam_prep::cache::{PreparedData, Split, TokenizedExample, TokenizedPair};
+pub use sam_dataset::{PreparedData, Split, TokenizedExample, TokenizedPair};
 pub use sam_runs::RunStatus;
 pub use settings::{BatchConfig, ComputeConfig, Duration, OptimConfig, OutputConfig, TrainConfig};
 

@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::model::{Decoder, Mode};
 use candle_core::Tensor;
-use sam_prep::cache::TokenizedExample;
+use sam_dataset::TokenizedExample;
 
 /// One example, cut to the length the model will see.
 #[derive(Debug, Clone, Copy)]

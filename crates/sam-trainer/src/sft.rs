@@ -12,7 +12,7 @@ use crate::model::{Decoder, Mode};
 use crate::observe::Observer;
 use crate::settings::TrainConfig;
 use candle_core::{Device, Tensor};
-use sam_prep::cache::TokenizedExample;
+use sam_dataset::TokenizedExample;
 
 /// The SFT loop on already-attached adapters (see [`Decoder::attach_lora`]),
 /// with its runtime controls: stop requests, the memory guard, resuming from

@@ -122,7 +122,7 @@ fn fused_model_equals_base_plus_adapter() {
 #[test]
 fn evaluation_reports_base_and_adapter() {
     let m = with_adapter(&cfg(Layers::All, false));
-    let ex = sam_prep::cache::TokenizedExample {
+    let ex = sam_dataset::TokenizedExample {
         id: "a".into(),
         domain: "d".into(),
         input_ids: vec![1, 2, 3, 4, 5, 6],

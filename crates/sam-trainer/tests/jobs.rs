@@ -6,7 +6,7 @@
 
 mod common;
 
-use sam_prep::cache::{Split, TokenizedPair, preference_cache_path, sft_cache_path, write_preference, write_sft};
+use sam_dataset::{Split, TokenizedPair, preference_cache_path, sft_cache_path, write_preference, write_sft};
 use sam_runs::{EventKind, MemoryGuardConfig, MemoryProbe, MetricRecord, RunStatus};
 use sam_trainer::{
     BatchConfig, ComputeConfig, Duration, Job, JobControl, JobMode, JobSpec, LoraConfig, Observer, OptimConfig,

@@ -14,7 +14,7 @@
 
 mod common;
 
-use sam_prep::cache::{Split, TokenizedPair, preference_cache_path, sft_cache_path, write_preference, write_sft};
+use sam_dataset::{Split, TokenizedPair, preference_cache_path, sft_cache_path, write_preference, write_sft};
 use sam_trainer::{
     BatchConfig, ComputeConfig, Decoder, DpoConfig, Duration, EvalMetrics, GenerateConfig, Job, JobControl, JobMode,
     JobSpec, LoadOptions, LoraConfig, ModelSource, Observer, OptimConfig, PreferenceMetrics, Reference, StepMetrics,

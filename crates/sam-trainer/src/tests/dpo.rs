@@ -12,7 +12,7 @@ use crate::model::{Decoder, Mode};
 use crate::observe::{Observer, PreferenceMetrics};
 use crate::settings::{BatchConfig, ComputeConfig, Duration, OptimConfig, TrainConfig};
 use candle_core::Tensor;
-use sam_prep::cache::TokenizedPair;
+use sam_dataset::TokenizedPair;
 
 fn tiny() -> Decoder {
     crate::load::load_model(&common::fixture("tiny_qwen2"), &LoadOptions::default()).unwrap()

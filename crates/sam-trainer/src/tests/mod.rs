@@ -47,12 +47,12 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
 }
 
 /// Tokenised examples from a fixture array of `{input_ids, loss_mask}`.
-pub fn examples(v: &serde_json::Value) -> Vec<sam_prep::cache::TokenizedExample> {
+pub fn examples(v: &serde_json::Value) -> Vec<sam_dataset::TokenizedExample> {
     v.as_array()
         .expect("array")
         .iter()
         .enumerate()
-        .map(|(i, e)| sam_prep::cache::TokenizedExample {
+        .map(|(i, e)| sam_dataset::TokenizedExample {
             id: format!("ex{i}"),
             domain: "test".into(),
             input_ids: ids(&e["input_ids"]),
