@@ -12,7 +12,7 @@ use sam_models::BaseModel;
 use sam_prep::cache::{TokenizedExample, TokenizedPair};
 use sam_prep::template::ChatTemplate;
 use sam_schema::Message;
-use sam_trainer::{Decoder, GenerateConfig, LoadOptions, Mode, ModelConfig, Sequence};
+use sam_trainer::{Decoder, EvalConfig, EvalReport, GenerateConfig, LoadOptions, ModelConfig, Variants};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -187,15 +187,38 @@ impl ModelEvaluator {
         self.pad
     }
 
-    fn select(&mut self, s: &Subject) -> Result<Mode<'static>> {
-        let Some(dir) = &s.adapter else { return Ok(Mode::BASE) };
+    /// Puts the subject's adapter on the model (when it has one); returns
+    /// the variant that scores it.
+    fn select(&mut self, s: &Subject) -> Result<Variants> {
+        let Some(dir) = &s.adapter else { return Ok(Variants::Base) };
         if self.loaded.as_deref() != Some(s.key.as_str()) {
             self.loaded = None;
             sam_trainer::load_adapter(&mut self.model, dir)
                 .map_err(|e| Error::InvalidAdapter(format!("{}: {e}", dir.display())))?;
             self.loaded = Some(s.key.clone());
         }
-        Ok(Mode::INFER)
+        Ok(Variants::Adapter)
+    }
+
+    /// Whether `e` keeps a scored token once cut to `max_seq_len` (what
+    /// sam-trainer's evaluation counts).
+    fn scorable(&self, e: &TokenizedExample) -> bool {
+        let n = e.input_ids.len().min(e.loss_mask.len()).min(self.opts.max_seq_len);
+        n >= 2 && e.loss_mask[1..n].iter().any(|&m| m)
+    }
+
+    /// sam-trainer's evaluation of `examples` with one variant.
+    fn evaluate(&self, examples: &[TokenizedExample], variants: Variants, per_example: bool) -> Result<EvalReport> {
+        let cfg = EvalConfig {
+            split: "gate".into(),
+            max_seq_len: self.opts.max_seq_len,
+            batch_size: self.opts.batch,
+            pad_id: self.pad,
+            max_examples: None,
+            variants,
+            per_example,
+        };
+        Ok(sam_trainer::evaluate(&self.model, examples, &cfg)?)
     }
 
     fn tokenizer(&self) -> &sam_models::Tokenizer {
@@ -224,36 +247,63 @@ impl Evaluator for ModelEvaluator {
         if let Some(s) = self.memo.get(&memo_key) {
             return Ok(*s);
         }
-        let mode = self.select(subject)?;
-        let (seqs, _) = sam_trainer::loss::sequences(examples, self.opts.max_seq_len);
-        if seqs.is_empty() {
+        let variants = self.select(subject)?;
+        if !examples.iter().any(|e| self.scorable(e)) {
             return Err(Error::Eval("no example with a scored token".into()));
         }
-        let (loss, tokens) = sam_trainer::mean_loss(&self.model, &seqs, self.opts.batch, self.pad, mode)?;
-        let s = Score { loss, perplexity: loss.exp(), tokens, examples: seqs.len() };
+        let r = self.evaluate(examples, variants, false)?;
+        let loss = r.adapter.or(r.base).map(|s| s.loss).unwrap_or(f64::NAN);
+        let s = Score { loss, perplexity: loss.exp(), tokens: r.tokens, examples: r.examples };
         self.memo.insert(memo_key, s);
         Ok(s)
     }
 
     fn pair_logps(&mut self, subject: &Subject, pairs: &[TokenizedPair]) -> Result<Vec<(f64, f64)>> {
-        let mode = self.select(subject)?;
-        let reference = if mode.adapter { sam_trainer::Reference::Initial } else { sam_trainer::Reference::Base };
-        let (seqs, _) = sam_trainer::dpo::pair_sequences(pairs, self.opts.max_seq_len);
-        let out = sam_trainer::dpo::reference_logps(&self.model, &seqs, self.opts.batch, self.pad, reference)?;
-        Ok(out.into_iter().map(|(c, r)| (f64::from(c), f64::from(r))).collect())
+        let variants = self.select(subject)?;
+        // Each answer after its prompt, the answer trained on: its summed
+        // NLL is minus its log-probability.
+        let seq = |p: &TokenizedPair, side: &str, answer: &[u32]| TokenizedExample {
+            id: format!("{}\u{0}{side}", p.id),
+            domain: p.domain.clone(),
+            input_ids: p.prompt_ids.iter().chain(answer).copied().collect(),
+            loss_mask: (0..p.prompt_ids.len() + answer.len()).map(|i| i >= p.prompt_ids.len()).collect(),
+        };
+        let examples: Vec<TokenizedExample> = pairs
+            .iter()
+            .flat_map(|p| [seq(p, "chosen", &p.chosen_ids), seq(p, "rejected", &p.rejected_ids)])
+            .collect();
+        if !examples.iter().any(|e| self.scorable(e)) {
+            return Ok(Vec::new());
+        }
+        let r = self.evaluate(&examples, variants, true)?;
+        let logp: HashMap<&str, f64> = r
+            .per_example
+            .iter()
+            .filter_map(|e| Some((e.id.as_str(), -(e.adapter_nll.or(e.base_nll)?))))
+            .collect();
+        // A pair counts when both its answers kept a token (as in DPO).
+        Ok(pairs
+            .iter()
+            .filter_map(|p| {
+                let c = logp.get(format!("{}\u{0}chosen", p.id).as_str())?;
+                let r = logp.get(format!("{}\u{0}rejected", p.id).as_str())?;
+                Some((*c, *r))
+            })
+            .collect())
     }
 
     fn answer(&mut self, subject: &Subject, prompt: &str, max_new_tokens: usize) -> Result<Answer> {
-        let mode = self.select(subject)?;
+        let variants = self.select(subject)?;
         let text = self.template.render(&[Message::user(prompt)], true)?;
         let enc = self.tokenizer().encode(text.as_str(), false).map_err(|e| Error::Eval(format!("tokenising: {e}")))?;
         let prompt_ids = enc.get_ids().to_vec();
-        let cfg = GenerateConfig { max_new_tokens, stop_tokens: self.stop.clone(), ..Default::default() };
-        let mut n = 0usize;
-        let ids = sam_trainer::generate(&self.model, &prompt_ids, &cfg, mode, |_| {
-            n += 1;
-            true
-        })?;
+        let cfg = GenerateConfig {
+            max_new_tokens,
+            stop_tokens: self.stop.clone(),
+            adapter: variants == Variants::Adapter,
+            ..Default::default()
+        };
+        let ids = sam_trainer::generate(&self.model, &prompt_ids, &cfg, |_| true)?;
         let stopped = ids.len() < max_new_tokens;
         let tok = self.tokenizer();
         let decode = |skip: bool| tok.decode(&ids, skip).map_err(|e| Error::Eval(format!("decoding: {e}")));
@@ -269,10 +319,21 @@ impl Evaluator for ModelEvaluator {
         let base_loss = if ids.is_empty() {
             None
         } else {
-            let all: Vec<u32> = prompt_ids.iter().chain(&ids).copied().collect();
-            let mask: Vec<bool> = (0..all.len()).map(|i| i >= prompt_ids.len()).collect();
-            let seq = Sequence { ids: &all, mask: &mask };
-            Some(sam_trainer::mean_loss(&self.model, &[seq], 1, self.pad, Mode::BASE)?.0)
+            let answer = TokenizedExample {
+                id: "answer".into(),
+                domain: String::new(),
+                input_ids: prompt_ids.iter().chain(&ids).copied().collect(),
+                loss_mask: (0..prompt_ids.len() + ids.len()).map(|i| i >= prompt_ids.len()).collect(),
+            };
+            // The whole answer is scored, however long the prompt.
+            let cfg = EvalConfig {
+                max_seq_len: usize::MAX,
+                batch_size: 1,
+                pad_id: self.pad,
+                variants: Variants::Base,
+                ..EvalConfig::default()
+            };
+            sam_trainer::evaluate(&self.model, std::slice::from_ref(&answer), &cfg)?.base.map(|s| s.loss)
         };
         Ok(Answer { ids, text, raw, special_tokens: special, stopped, base_loss })
     }

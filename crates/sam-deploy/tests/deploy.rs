@@ -77,22 +77,26 @@ fn trained() -> &'static Trained {
         let data = dir.join("data");
         prepared.write(&data).unwrap();
         let ds = sam_prep::cache::PreparedData::open(&data).unwrap();
-        let train = ds.sft(Split::Train).unwrap();
+        assert!(!ds.sft(Split::Train).unwrap().is_empty());
         assert!(!ds.sft(Split::Test).unwrap().is_empty() && !ds.preference(Split::Test).unwrap().is_empty());
-        let mut model = sam_trainer::load_model(&path, &Default::default()).unwrap();
         let mut tc = TrainConfig::default();
         tc.lora.rank = 4;
         tc.lora.alpha = 8.0;
-        tc.lr = 2e-3;
-        tc.batch_size = 2;
-        tc.grad_accum = 1;
-        tc.max_seq_len = 64;
+        tc.optim.lr = 2e-3;
+        tc.batch.batch_size = 2;
+        tc.batch.grad_accum = 1;
+        tc.batch.max_seq_len = 64;
         tc.duration = sam_trainer::Duration::Iters(6);
         tc.eval_every = 1000;
-        tc.checkpoint_every = 0;
-        tc.pad_id = info.special_tokens().eos.as_ref().map(|t| t.id).unwrap_or(0);
-        model.attach_lora(&tc.lora, 1).unwrap();
-        sam_trainer::train_sft(&mut model, &tc, &train, &[], &mut sam_trainer::NoopObserver).unwrap();
+        tc.compute.recompute_every = 0;
+        tc.batch.pad_id = info.special_tokens().eos.as_ref().map(|t| t.id).unwrap_or(0);
+        let mut spec = sam_trainer::JobSpec::new(path.as_path(), &data, sam_trainer::JobMode::Sft);
+        spec.train = tc;
+        spec.max_valid_examples = Some(0);
+        spec.eval_examples = None;
+        let job = sam_trainer::Job::create(&dir.join("runs"), "sft", spec).unwrap();
+        let outcome = job.run(&mut sam_trainer::NoopObserver, Default::default()).unwrap();
+        let model = outcome.model.unwrap();
         let adapter = dir.join("adapter");
         sam_trainer::save_adapter(&model, &adapter, AdapterFormat::Peft, Some("SmolLM2-135M-Instruct")).unwrap();
         Trained { data, adapter }
@@ -360,7 +364,7 @@ fn a_promoting_process_killed_at_random_points_leaves_every_alias_whole() {
     for d in samples {
         sam_trainer::load_adapter(&mut model, &d).unwrap();
         let cfg = sam_trainer::GenerateConfig { max_new_tokens: 4, ..Default::default() };
-        let out = sam_trainer::generate(&model, &[1, 2, 3], &cfg, sam_trainer::Mode::INFER, |_| true).unwrap();
+        let out = sam_trainer::generate(&model, &[1, 2, 3], &cfg, |_| true).unwrap();
         assert_eq!(out.len(), 4);
     }
 }

@@ -23,7 +23,7 @@
 
 use crate::error::{Error, Result};
 use crate::fit::{Control, Objective, TrainOutcome, fit};
-use crate::loss::{Batch, Sequence, target_nll, target_nll_eval};
+use crate::loss::{Batch, Sequence, segment_nll};
 use crate::model::{Decoder, Mode};
 use crate::observe::{Observer, PreferenceMetrics, PreferenceStats};
 use crate::settings::TrainConfig;
@@ -238,18 +238,9 @@ fn sequence_logps_impl(model: &Decoder, seqs: &[Sequence<'_>], pad: u32, mode: M
     if seqs.iter().any(|s| s.mask.iter().skip(1).all(|&m| !m)) {
         return Err(Error::InvalidData("a sequence has no response token".into()));
     }
-    let t = batch.ids.dim(1)?;
     // Per-target NLL through the fused norm + head + cross-entropy (no
-    // logits kept), then segment sums: a [seqs, targets] 0/1 matrix times it.
-    let nll = if grad { target_nll(model, &batch, mode)? } else { target_nll_eval(model, &batch, mode)? };
-    let nll = nll.to_dtype(DType::F32)?;
-    let rows: Vec<u32> = batch.rows.to_vec1()?;
-    let mut seg = vec![0f32; seqs.len() * batch.n_targets];
-    for (j, r) in rows.iter().enumerate() {
-        seg[(*r as usize / t) * batch.n_targets + j] = 1.0;
-    }
-    let seg = Tensor::from_vec(seg, (seqs.len(), batch.n_targets), model.device())?;
-    Ok(seg.matmul(&nll.unsqueeze(1)?)?.squeeze(1)?.neg()?)
+    // logits kept), then segment sums.
+    Ok(segment_nll(model, &batch, mode, grad)?.neg()?)
 }
 
 /// Policy log-probabilities of `pairs`: chosen and rejected answers in one

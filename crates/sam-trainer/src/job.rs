@@ -511,6 +511,7 @@ impl Job {
                         batch_size: 1,
                         pad_id: spec.train.batch.pad_id,
                         max_examples: Some(n),
+                        ..EvalConfig::default()
                     };
                     let r = evaluate(&model, &test, &cfg)?;
                     r.write(&self.run.eval_path())?;

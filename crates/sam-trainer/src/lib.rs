@@ -96,7 +96,7 @@ pub use checkpoint::{Checkpoint, LoopState};
 pub use config::{Arch, ModelConfig};
 pub use dpo::{DpoConfig, DpoLoss, Reference};
 pub use error::{Error, Result};
-pub use eval::{EvalConfig, EvalReport, Score, evaluate};
+pub use eval::{EvalConfig, EvalReport, ExampleScore, Score, Variants, evaluate};
 pub use fit::TrainOutcome;
 pub use generate::{GenerateConfig, generate};
 pub use job::{Job, JobControl, JobMode, JobOutcome, JobSpec, WeightType};

@@ -71,18 +71,22 @@ impl Batch {
 
 /// Cuts examples to `max_len` and drops those with nothing left to learn.
 pub fn sequences(examples: &[TokenizedExample], max_len: usize) -> (Vec<Sequence<'_>>, usize) {
+    let kept = indexed_sequences(examples, max_len);
+    let skipped = examples.len() - kept.len();
+    (kept.into_iter().map(|(_, s)| s).collect(), skipped)
+}
+
+/// [`sequences`], each with the index of its example in `examples`.
+pub(crate) fn indexed_sequences(examples: &[TokenizedExample], max_len: usize) -> Vec<(usize, Sequence<'_>)> {
     let mut out = Vec::with_capacity(examples.len());
-    let mut skipped = 0;
-    for ex in examples {
+    for (i, ex) in examples.iter().enumerate() {
         let n = ex.input_ids.len().min(ex.loss_mask.len()).min(max_len);
         let seq = Sequence { ids: &ex.input_ids[..n], mask: &ex.loss_mask[..n] };
         if n >= 2 && seq.mask[1..].iter().any(|&m| m) {
-            out.push(seq);
-        } else {
-            skipped += 1;
+            out.push((i, seq));
         }
     }
-    (out, skipped)
+    out
 }
 
 /// Sum of the negative log-likelihoods of the batch's targets (a scalar
@@ -104,15 +108,10 @@ fn nll_sum_impl(model: &Decoder, batch: &Batch, mode: Mode<'_>, grad: bool) -> R
 /// in [`Batch::rows`] order), differentiable into the adapters when `mode`
 /// uses them. On the CPU the final norm, the output head and the
 /// cross-entropy run fused, without keeping logits (DPO's per-sequence
-/// log-probabilities are segment sums of this).
+/// log-probabilities are segment sums of this, [`segment_nll`]).
+#[cfg(test)]
 pub fn target_nll(model: &Decoder, batch: &Batch, mode: Mode<'_>) -> Result<Tensor> {
     target_nll_impl(model, batch, mode, true)
-}
-
-/// [`target_nll`] without building a backward graph (evaluation, DPO
-/// reference log-probabilities): less memory, nothing to differentiate.
-pub fn target_nll_eval(model: &Decoder, batch: &Batch, mode: Mode<'_>) -> Result<Tensor> {
-    target_nll_impl(model, batch, mode, false)
 }
 
 fn target_nll_impl(model: &Decoder, batch: &Batch, mode: Mode<'_>, grad: bool) -> Result<Tensor> {
@@ -120,6 +119,42 @@ fn target_nll_impl(model: &Decoder, batch: &Batch, mode: Mode<'_>, grad: bool) -
         return Ok(Tensor::zeros(0, candle_core::DType::F32, model.device())?);
     }
     model.target_nll(&batch.ids, &batch.rows, &batch.targets, mode, grad)
+}
+
+/// The summed NLL of each sequence of `batch` (`[sequences]`, in batch
+/// order): the per-target NLL (without a backward graph when `grad` is
+/// false: evaluation, DPO reference log-probabilities) summed per sequence by a `[sequences, targets]` 0/1 matrix product.
+pub(crate) fn segment_nll(model: &Decoder, batch: &Batch, mode: Mode<'_>, grad: bool) -> Result<Tensor> {
+    let (n, t) = batch.ids.dims2()?;
+    let nll = target_nll_impl(model, batch, mode, grad)?.to_dtype(candle_core::DType::F32)?;
+    let rows: Vec<u32> = batch.rows.to_vec1()?;
+    let mut seg = vec![0f32; n * batch.n_targets];
+    for (j, r) in rows.iter().enumerate() {
+        seg[(*r as usize / t) * batch.n_targets + j] = 1.0;
+    }
+    let seg = Tensor::from_vec(seg, (n, batch.n_targets), model.device())?;
+    Ok(seg.matmul(&nll.unsqueeze(1)?)?.squeeze(1)?)
+}
+
+/// The summed NLL of each of `seqs`, `batch` at a time, without gradients.
+pub(crate) fn sequence_nll(
+    model: &Decoder,
+    seqs: &[Sequence<'_>],
+    batch: usize,
+    pad: u32,
+    mode: Mode<'_>,
+) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(seqs.len());
+    for chunk in seqs.chunks(batch.max(1)) {
+        let b = Batch::new(chunk, pad, model.device())?;
+        if b.n_targets == 0 {
+            out.extend(std::iter::repeat_n(0.0, chunk.len()));
+            continue;
+        }
+        let v: Vec<f32> = segment_nll(model, &b, mode, false)?.detach().to_vec1()?;
+        out.extend(v.into_iter().map(f64::from));
+    }
+    Ok(out)
 }
 
 /// Mean loss and token count over `seqs`, evaluated `batch` at a time

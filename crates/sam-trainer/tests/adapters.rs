@@ -129,12 +129,27 @@ fn evaluation_reports_base_and_adapter() {
         loss_mask: vec![false, false, true, true, true, true],
     };
     let cfg = sam_trainer::EvalConfig { max_seq_len: 512, batch_size: 2, ..Default::default() };
-    let r = sam_trainer::evaluate(&m, &[ex.clone(), ex], &cfg).unwrap();
+    let r = sam_trainer::evaluate(&m, &[ex.clone(), ex.clone()], &cfg).unwrap();
     assert_eq!(r.examples, 2);
     assert_eq!(r.tokens, 8);
-    let a = r.adapter.unwrap();
-    assert!((r.base.perplexity - r.base.loss.exp()).abs() < 1e-9);
-    assert!((a.loss - r.base.loss).abs() > 1e-4);
+    let (a, base) = (r.adapter.unwrap(), r.base.unwrap());
+    assert!((base.perplexity - base.loss.exp()).abs() < 1e-9);
+    assert!((a.loss - base.loss).abs() > 1e-4);
+    // One variant at a time, with each example's summed NLL: the same
+    // figures, and the per-example sums add up to the mean.
+    let one = |variants| {
+        let cfg = sam_trainer::EvalConfig { variants, per_example: true, ..cfg.clone() };
+        sam_trainer::evaluate(&m, &[ex.clone(), ex.clone()], &cfg).unwrap()
+    };
+    let only_a = one(sam_trainer::Variants::Adapter);
+    assert!(only_a.base.is_none());
+    assert!((only_a.adapter.unwrap().loss - a.loss).abs() < 1e-5);
+    let sums: Vec<f64> = only_a.per_example.iter().map(|e| e.adapter_nll.unwrap()).collect();
+    assert_eq!(only_a.per_example.iter().map(|e| e.tokens).sum::<usize>(), 8);
+    assert!((sums.iter().sum::<f64>() / 8.0 - a.loss).abs() < 1e-5, "{sums:?}");
+    let only_b = one(sam_trainer::Variants::Base);
+    assert!(only_b.adapter.is_none() && only_b.per_example[1].adapter_nll.is_none());
+    assert!((only_b.base.unwrap().loss - base.loss).abs() < 1e-5);
 }
 
 /// A Hugging Face folder whose weights are split over several
