@@ -268,19 +268,14 @@ impl Evaluator for ModelEvaluator {
             input_ids: p.prompt_ids.iter().chain(answer).copied().collect(),
             loss_mask: (0..p.prompt_ids.len() + answer.len()).map(|i| i >= p.prompt_ids.len()).collect(),
         };
-        let examples: Vec<TokenizedExample> = pairs
-            .iter()
-            .flat_map(|p| [seq(p, "chosen", &p.chosen_ids), seq(p, "rejected", &p.rejected_ids)])
-            .collect();
+        let examples: Vec<TokenizedExample> =
+            pairs.iter().flat_map(|p| [seq(p, "chosen", &p.chosen_ids), seq(p, "rejected", &p.rejected_ids)]).collect();
         if !examples.iter().any(|e| self.scorable(e)) {
             return Ok(Vec::new());
         }
         let r = self.evaluate(&examples, variants, true)?;
-        let logp: HashMap<&str, f64> = r
-            .per_example
-            .iter()
-            .filter_map(|e| Some((e.id.as_str(), -(e.adapter_nll.or(e.base_nll)?))))
-            .collect();
+        let logp: HashMap<&str, f64> =
+            r.per_example.iter().filter_map(|e| Some((e.id.as_str(), -(e.adapter_nll.or(e.base_nll)?)))).collect();
         // A pair counts when both its answers kept a token (as in DPO).
         Ok(pairs
             .iter()

@@ -17,7 +17,7 @@ use sam_home::SamHome;
 use sam_prep::prepare::PrepConfig;
 use sam_schema::Tier;
 use sam_store::near_dup::NearDupConfig;
-use sam_trainer::{DpoConfig, TrainConfig};
+use sam_trainer::{BatchConfig, ComputeConfig, DpoConfig, OptimConfig, OutputConfig, TrainConfig};
 
 use crate::error::{Error, Result};
 use crate::stages::{DeploySettings, Rollout};
@@ -133,15 +133,20 @@ impl PipelineConfig {
                 layers: sam_trainer::Layers::All,
                 rslora: false,
             },
-            lr: t.lr,
-            warmup_steps: Some(t.warmup_steps),
-            batch_size: t.batch_size.max(1),
-            grad_accum: t.grad_accum.max(1),
-            max_seq_len: s.max_seq_len,
+            optim: OptimConfig { lr: t.lr, warmup_steps: Some(t.warmup_steps), ..OptimConfig::default() },
+            batch: BatchConfig {
+                batch_size: t.batch_size.max(1),
+                grad_accum: t.grad_accum.max(1),
+                max_seq_len: s.max_seq_len,
+                ..BatchConfig::default()
+            },
             duration: sam_trainer::Duration::Iters(steps),
             eval_every: steps,
-            save_every: if t.save_every > 0 { t.save_every } else { (steps / 4).max(1) },
-            checkpoint_every: t.checkpoint_every,
+            output: OutputConfig {
+                save_every: if t.save_every > 0 { t.save_every } else { (steps / 4).max(1) },
+                ..OutputConfig::default()
+            },
+            compute: ComputeConfig { recompute_every: t.checkpoint_every },
             ..TrainConfig::default()
         };
         let dpo = (t.dpo_steps > 0).then(|| DpoSettings {
@@ -309,7 +314,7 @@ mod tests {
         let lib = sam_capture::capture::CaptureConfig { spool: Some(home.capture_spool()), ..Default::default() };
         assert_eq!(settings::capture(&home, &f.capture), lib);
         let cfg = PipelineConfig::new("/h", "/m");
-        assert_eq!(cfg.train.save_every, 8);
+        assert_eq!(cfg.train.output.save_every, 8);
         assert_eq!(cfg.train.duration, sam_trainer::Duration::Iters(32));
         assert_eq!(cfg.prep.split, sam_prep::split::SplitRatios::default());
         assert_eq!(cfg.dpo.map(|d| (d.steps, d.config)), Some((8, DpoConfig::default())));

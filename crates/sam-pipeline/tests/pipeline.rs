@@ -66,11 +66,11 @@ fn config(home: &Path, repo: &Path) -> PipelineConfig {
     cfg.captures = sample_captures();
     cfg.train.duration = sam_trainer::Duration::Iters(2);
     cfg.train.eval_every = 2;
-    cfg.train.save_every = 1;
+    cfg.train.output.save_every = 1;
     if let Some(d) = &mut cfg.dpo {
         d.steps = 2;
     }
-    cfg.train.max_seq_len = 128;
+    cfg.train.batch.max_seq_len = 128;
     cfg.prep.max_seq_len = 128;
     cfg.prep.split = "60,20,20".parse().unwrap();
     cfg.max_eval_examples = Some(3);
@@ -154,9 +154,9 @@ fn pipeline_trains_then_finds_nothing_new_then_resumes_an_interrupted_training()
     assert!(train.adapter_dir.join("adapter_model.safetensors").exists());
     assert!(train.run_dir.join("loss.svg").exists() && train.run_dir.join("eval.json").exists());
     let eval = s.eval.as_ref().unwrap();
-    let adapter = eval.adapter.unwrap();
-    assert!(eval.examples > 0 && eval.base.loss.is_finite() && adapter.loss.is_finite(), "{eval:?}");
-    assert_ne!(eval.base.loss, adapter.loss, "the adapter changed nothing");
+    let (base, adapter) = (eval.base.unwrap(), eval.adapter.unwrap());
+    assert!(eval.examples > 0 && base.loss.is_finite() && adapter.loss.is_finite(), "{eval:?}");
+    assert_ne!(base.loss, adapter.loss, "the adapter changed nothing");
     let store = SqliteStore::open(SamHome::new(&home).store_db()).unwrap();
     let runs = store.training_runs().unwrap();
     assert_eq!(runs.len(), 1);

@@ -202,7 +202,13 @@ impl TrainTrigger {
 
     fn training_bytes(&self) -> u64 {
         let t = &self.pipeline.train;
-        training_bytes(&self.pipeline.model, t.max_seq_len, t.batch_size, false, &self.pipeline.home.runs_dir())
+        training_bytes(
+            &self.pipeline.model,
+            t.batch.max_seq_len,
+            t.batch.batch_size,
+            false,
+            &self.pipeline.home.runs_dir(),
+        )
     }
 }
 

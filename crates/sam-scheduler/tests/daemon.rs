@@ -48,8 +48,8 @@ fn pipeline(home: &Path) -> PipelineConfig {
     let mut cfg = PipelineConfig::new(home, model);
     cfg.train.duration = sam_trainer::Duration::Iters(2);
     cfg.train.eval_every = 2;
-    cfg.train.save_every = 1;
-    cfg.train.max_seq_len = 64;
+    cfg.train.output.save_every = 1;
+    cfg.train.batch.max_seq_len = 64;
     cfg.prep.max_seq_len = 64;
     cfg.dpo = None;
     cfg.max_eval_examples = Some(3);

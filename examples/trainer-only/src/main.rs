@@ -13,7 +13,9 @@
 use std::path::PathBuf;
 
 use sam_prep::cache::{PreparedData, Split};
-use sam_trainer::{Duration, LoadOptions, SftTrainer, TrainConfig, Trainer as _};
+use sam_trainer::{
+    BatchConfig, ComputeConfig, Duration, EvalConfig, Job, JobControl, JobMode, JobSpec, OptimConfig, TrainConfig,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args_os().skip(1);
@@ -31,31 +33,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let info = sam_models::BaseModel::open(&model_path)?;
     let pad_id = info.special_tokens().pad_id();
 
-    let mut model = sam_trainer::load_model(&model_path, &LoadOptions::default())?;
-    let cfg = TrainConfig {
-        lr: 1e-3,
-        max_seq_len: 128,
+    // One training job in its own run folder (resumable: run it again after
+    // a stop and it continues where it was).
+    let mut spec = JobSpec::new(model_path.as_path(), &data_dir, JobMode::Sft);
+    spec.train = TrainConfig {
+        optim: OptimConfig { lr: 1e-3, ..OptimConfig::default() },
+        batch: BatchConfig { max_seq_len: 128, grad_accum: 2, pad_id, ..BatchConfig::default() },
         duration: Duration::Iters(3),
-        grad_accum: 2,
         eval_every: 0,
-        pad_id,
-        out_dir: Some(tmp.path().join("run")),
-        checkpoint_every: 0,
-        ..TrainConfig::default()
+        compute: ComputeConfig { recompute_every: 0 },
+        ..spec.train
     };
-    let mut observer = Steps;
-    let outcome = SftTrainer::new(&mut model).train(&cfg, &data, &mut observer)?;
-    let adapter = outcome.adapter_dir.clone().expect("out_dir was set");
-    println!("{} steps at {:.0} tokens/s; adapter in {}", outcome.steps, outcome.tokens_per_s, adapter.display());
+    spec.eval_examples = None;
+    let job = Job::create(&tmp.path().join("runs"), "trainer-only", spec)?;
+    let outcome = job.run(&mut Steps, JobControl::default())?;
+    let sft = outcome.sft.as_ref().expect("an SFT job reports its phase");
+    let adapter = &outcome.adapter_dir;
+    println!("{} steps at {:.0} tokens/s; adapter in {}", sft.steps, sft.tokens_per_s, adapter.display());
     assert!(adapter.join("adapter_model.safetensors").exists());
 
+    let model = outcome.model.expect("a completed job returns its model");
     let mut held_out = data.sft(Split::Test)?;
     if held_out.is_empty() {
         held_out = data.sft(Split::Train)?;
     }
-    let r = sam_trainer::evaluate(&model, "held-out", &held_out, cfg.max_seq_len, 1, pad_id)?;
-    let a = r.adapter.expect("the adapter is attached");
-    println!("loss: base {:.4} · adapter {:.4} ({} examples)", r.base.loss, a.loss, r.examples);
+    let cfg = EvalConfig { split: "held-out".into(), max_seq_len: 128, pad_id, ..EvalConfig::default() };
+    let r = sam_trainer::evaluate(&model, &held_out, &cfg)?;
+    let (base, a) = (r.base.expect("the base is scored"), r.adapter.expect("the adapter is attached"));
+    println!("loss: base {:.4} · adapter {:.4} ({} examples)", base.loss, a.loss, r.examples);
     Ok(())
 }
 

@@ -389,7 +389,8 @@ fn stage_line(stage: &str, output: &serde_json::Value) -> String {
         "evaluate" => get::<EvalReport>(output).map(|r| {
             let ad =
                 r.adapter.map(|a| format!(" → adapter {:.4} (ppl {:.2})", a.loss, a.perplexity)).unwrap_or_default();
-            format!("{} {} examples: base {:.4} (ppl {:.2}){ad}", r.examples, r.split, r.base.loss, r.base.perplexity)
+            let base = r.base.map(|b| format!("{:.4} (ppl {:.2})", b.loss, b.perplexity)).unwrap_or_else(|| "-".into());
+            format!("{} {} examples: base {base}{ad}", r.examples, r.split)
         }),
         "report" => get::<ReportInfo>(output).map(|r| format!("training run {} recorded as {}", r.run_id, r.state)),
         "register" => get::<Option<RegisterInfo>>(output).map(|r| match r {
@@ -609,8 +610,11 @@ fn print_summary(s: &Summary) {
     }
     if let Some(e) = &s.eval {
         print!(
-            "  test        {} held-out {} examples, {} tokens: base loss {:.4} (ppl {:.2})",
-            e.examples, e.split, e.tokens, e.base.loss, e.base.perplexity
+            "  test        {} held-out {} examples, {} tokens: base loss {}",
+            e.examples,
+            e.split,
+            e.tokens,
+            e.base.map(|b| format!("{:.4} (ppl {:.2})", b.loss, b.perplexity)).unwrap_or_else(|| "-".into())
         );
         match (e.adapter, e.loss_delta()) {
             (Some(a), Some(d)) => {

@@ -197,17 +197,17 @@ fn show(dir: &Path, ctx: &Ctx) -> anyhow::Result<()> {
     println!("status   {}{reason} · updated {}", status_text(&s), ago(s.updated_at));
     if let Some(spec) = &spec {
         let t = &spec.train;
-        println!("job      {} · model {} · data {}", spec.mode.as_str(), spec.model.display(), spec.data.display());
+        println!("job      {} · model {} · data {}", spec.mode.as_str(), spec.model, spec.data.display());
         let targets: Vec<&str> = t.lora.targets.iter().map(|x| x.module_name()).collect();
         println!(
             "settings rank {} alpha {} on {} · lr {:e} · batch {}×{} · max {} tokens · seed {}",
             t.lora.rank,
             t.lora.alpha,
             targets.join(","),
-            t.lr,
-            t.batch_size,
-            t.grad_accum,
-            t.max_seq_len,
+            t.optim.lr,
+            t.batch.batch_size,
+            t.batch.grad_accum,
+            t.batch.max_seq_len,
             t.seed
         );
     }

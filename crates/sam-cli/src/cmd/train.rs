@@ -10,9 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sam_models::BaseModel;
 use sam_prep::cache::{PreparedData, Split};
 use sam_trainer::{
-    AdapterFormat, DType, DpoConfig, DpoLoss, Duration, EvalMetrics, GenerateConfig, Job, JobControl, JobMode,
-    JobOutcome, JobSpec, Layers, LoadOptions, LoraConfig, Mode, Observer, PreferenceMetrics, Reference, StepMetrics,
-    Target, TrainConfig,
+    AdapterFormat, BatchConfig, ComputeConfig, DType, DpoConfig, DpoLoss, Duration, EvalConfig, EvalMetrics,
+    GenerateConfig, Job, JobControl, JobMode, JobOutcome, JobSpec, Layers, LoadOptions, LoraConfig, Observer,
+    OptimConfig, OutputConfig, PreferenceMetrics, Reference, StepMetrics, Target, TrainConfig,
 };
 
 use sam_store::RunState;
@@ -178,7 +178,11 @@ pub struct TrainArgs {
     /// (0: keep all activations, fastest; 1: least memory; 2: in between —
     /// for the test model 1.0 GB peak vs 1.35 GB and 0.76 GB)
     #[arg(long, default_value_t = 2, value_name = "N")]
-    checkpoint_every: usize,
+    recompute_every: usize,
+    /// Deprecated name of --recompute-every (gradient recomputation is not
+    /// a checkpoint: checkpoints are the resume points --save-every writes)
+    #[arg(long, value_name = "N", hide = true)]
+    checkpoint_every: Option<usize>,
     /// Training method
     #[arg(long, value_enum, default_value_t = TrainMode::Sft)]
     mode: TrainMode,
@@ -471,8 +475,9 @@ fn print_outcome(o: &JobOutcome, ctx: &Ctx) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(r) = &o.eval {
-        let ad = r.adapter.map(|s| format!(" · adapter {:.4} (ppl {:.2})", s.loss, s.perplexity)).unwrap_or_default();
-        println!("test: base {:.4} (ppl {:.2}){ad}", r.base.loss, r.base.perplexity);
+        let score = |s: Option<sam_trainer::Score>| s.map(|s| format!("{:.4} (ppl {:.2})", s.loss, s.perplexity));
+        let ad = score(r.adapter).map(|s| format!(" · adapter {s}")).unwrap_or_default();
+        println!("test: base {}{ad}", score(r.base).unwrap_or_else(|| "-".into()));
     }
     println!("adapter: {}", o.adapter_dir.display());
     Ok(())
@@ -512,6 +517,13 @@ fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     // Fail early on a folder that is not a prepared dataset, or an unreadable model.
     let data = PreparedData::open(data_dir)?;
     let info = BaseModel::open(model_path).with_context(|| format!("reading {}", model_path.display()))?;
+    let recompute_every = match a.checkpoint_every {
+        Some(n) => {
+            tracing::warn!("--checkpoint-every is deprecated: it is now --recompute-every");
+            n
+        }
+        None => a.recompute_every,
+    };
     let train = TrainConfig {
         lora: LoraConfig {
             rank: a.rank,
@@ -521,26 +533,26 @@ fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             layers: a.layers.map(Layers::Last).unwrap_or(Layers::All),
             rslora: a.rslora,
         },
-        lr: a.lr,
-        warmup_steps: a.warmup,
-        weight_decay: a.weight_decay,
-        batch_size: a.batch,
-        grad_accum: a.grad_accum,
-        max_seq_len: a.max_seq_len,
+        optim: OptimConfig { lr: a.lr, warmup_steps: a.warmup, weight_decay: a.weight_decay, ..OptimConfig::default() },
+        batch: BatchConfig {
+            batch_size: a.batch,
+            grad_accum: a.grad_accum,
+            max_seq_len: a.max_seq_len,
+            pad_id: pad_id(&info),
+        },
         duration: a.epochs.map(Duration::Epochs).unwrap_or(Duration::Iters(a.iters)),
         eval_every: a.eval_every,
         patience: a.patience,
         seed: a.seed,
-        pad_id: pad_id(&info),
-        out_dir: None,
-        save_every: a.save_every,
-        checkpoint_every: a.checkpoint_every,
-        adapter_format: match a.format {
-            Format::Peft => AdapterFormat::Peft,
-            Format::Mlx => AdapterFormat::Mlx,
+        output: OutputConfig {
+            save_every: a.save_every,
+            adapter_format: match a.format {
+                Format::Peft => AdapterFormat::Peft,
+                Format::Mlx => AdapterFormat::Mlx,
+            },
+            base_model: Some(model_path.display().to_string()),
         },
-        base_model: Some(model_path.display().to_string()),
-        ..Default::default()
+        compute: ComputeConfig { recompute_every },
     };
     let dpo = DpoConfig {
         beta: a.beta,
@@ -570,7 +582,7 @@ fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
     }
     let spec = JobSpec {
-        model: model_path.clone(),
+        model: model_path.into(),
         data: data_dir.clone(),
         weights: a.weights.trainer(),
         mode,
@@ -617,11 +629,12 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
         repetition_penalty: a.repetition_penalty,
         seed: a.seed,
         stop_tokens: stop,
+        adapter: true,
     };
     let mut out_ids = Vec::new();
     let mut printed = 0usize;
     let mut stdout = std::io::stdout();
-    sam_trainer::generate(&model, &prompt, &cfg, Mode::INFER, |id| {
+    sam_trainer::generate(&model, &prompt, &cfg, |id| {
         out_ids.push(id);
         if let Ok(s) = tok.decode(&out_ids, true)
             && s.len() > printed
@@ -651,7 +664,9 @@ fn eval(a: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
         sam_trainer::load_adapter(&mut model, dir)?;
     }
     let examples = data.sft(split)?;
-    let r = sam_trainer::evaluate(&model, &a.split, &examples, a.max_seq_len, 1, pad_id(&info))?;
+    let cfg =
+        EvalConfig { split: a.split.clone(), max_seq_len: a.max_seq_len, pad_id: pad_id(&info), ..Default::default() };
+    let r = sam_trainer::evaluate(&model, &examples, &cfg)?;
     if let Some(p) = &a.out {
         r.write(p)?;
     }
@@ -659,7 +674,9 @@ fn eval(a: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!("{} split: {} examples, {} tokens", r.split, r.examples, r.tokens);
-        println!("base:    loss {:.4} · ppl {:.2}", r.base.loss, r.base.perplexity);
+        if let Some(s) = r.base {
+            println!("base:    loss {:.4} · ppl {:.2}", s.loss, s.perplexity);
+        }
         if let Some(s) = r.adapter {
             println!(
                 "adapter: loss {:.4} · ppl {:.2} ({:+.1}%)",

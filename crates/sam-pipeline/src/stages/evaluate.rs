@@ -4,7 +4,7 @@
 
 use sam_prep::cache::{PreparedData, Split};
 use sam_runs::RunDir;
-use sam_trainer::{EvalReport, LoadOptions};
+use sam_trainer::{EvalConfig, EvalReport, LoadOptions};
 
 use crate::error::Result;
 use crate::event::Warning;
@@ -48,10 +48,14 @@ impl Stage for EvaluateStage {
             cx.events().warn(Warning::EvaluatedOn { split: split.name().to_string() });
             examples = data.sft(split)?;
         }
-        if let Some(n) = cfg.max_eval_examples {
-            examples.truncate(n);
-        }
-        let report = sam_trainer::evaluate(&model, split.name(), &examples, cfg.train.max_seq_len, 1, prep.pad_id)?;
+        let eval = EvalConfig {
+            split: split.name().into(),
+            max_seq_len: cfg.train.batch.max_seq_len,
+            pad_id: prep.pad_id,
+            max_examples: cfg.max_eval_examples,
+            ..EvalConfig::default()
+        };
+        let report = sam_trainer::evaluate(&model, &examples, &eval)?;
         report.write(&RunDir::open(&train.run_dir)?.eval_path())?;
         Ok(Flow::Next(report))
     }

@@ -169,7 +169,10 @@ fn train_config(cx: &mut Context<'_>, prep: &PrepInfo) -> Result<TrainConfig> {
         Some(b) => b.name(),
         None => BaseModel::open(&cfg.model)?.name(),
     };
-    Ok(TrainConfig { pad_id: prep.pad_id, base_model: Some(name), ..cfg.train.clone() })
+    let mut train = cfg.train.clone();
+    train.batch.pad_id = prep.pad_id;
+    train.output.base_model = Some(name);
+    Ok(train)
 }
 
 /// The run's job: the interrupted one when there is one (its id is marked
