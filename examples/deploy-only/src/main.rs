@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use sam_deploy::registry::{self, BaseRef};
 use sam_deploy::{Approval, EvalOptions, GateSettings, ModelEvaluator, Registration, Registry, VerdictRecord, gate};
 use sam_prep::cache::PreparedData;
-use sam_trainer::{Duration, LoadOptions, SftTrainer, TrainConfig, Trainer as _};
+use sam_trainer::{BatchConfig, ComputeConfig, Duration, Job, JobControl, JobMode, JobSpec, OptimConfig, TrainConfig};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -107,26 +107,28 @@ fn show(name: &str, rec: &VerdictRecord) {
 
 /// A few steps of LoRA SFT on the dataset's training split, saved in PEFT's layout.
 fn train(model_path: &Path, data_dir: &Path, out: &Path) -> Res<PathBuf> {
-    let data = PreparedData::open(data_dir)?;
+    PreparedData::open(data_dir)?;
     let info = sam_models::BaseModel::open(model_path)?;
-    let mut model = sam_trainer::load_model(model_path, &LoadOptions::default())?;
-    let mut cfg = TrainConfig {
-        lr: 2e-3,
-        batch_size: 2,
-        grad_accum: 1,
-        max_seq_len: MAX_SEQ_LEN,
+    let mut spec = JobSpec::new(model_path, data_dir, JobMode::Sft);
+    spec.train = TrainConfig {
+        optim: OptimConfig { lr: 2e-3, ..OptimConfig::default() },
+        batch: BatchConfig {
+            batch_size: 2,
+            grad_accum: 1,
+            max_seq_len: MAX_SEQ_LEN,
+            pad_id: info.special_tokens().eos.as_ref().map_or(0, |t| t.id),
+        },
         duration: Duration::Iters(6),
         eval_every: 0,
-        checkpoint_every: 0,
-        pad_id: info.special_tokens().eos.as_ref().map_or(0, |t| t.id),
-        out_dir: Some(out.to_path_buf()),
-        ..TrainConfig::default()
+        compute: ComputeConfig { recompute_every: 0 },
+        ..spec.train
     };
-    cfg.lora.rank = 4;
-    cfg.lora.alpha = 8.0;
-    let outcome = SftTrainer::new(&mut model).train(&cfg, &data, &mut sam_trainer::NoopObserver)?;
-    println!("trained {} steps", outcome.steps);
-    Ok(outcome.adapter_dir.ok_or("out_dir was set")?)
+    spec.train.lora.rank = 4;
+    spec.train.lora.alpha = 8.0;
+    spec.eval_examples = None;
+    let outcome = Job::create_at(out, spec)?.run(&mut sam_trainer::NoopObserver, JobControl::default())?;
+    println!("trained {} steps", outcome.sft.as_ref().map_or(0, |o| o.steps));
+    Ok(outcome.adapter_dir)
 }
 
 /// A copy of a PEFT adapter with every LoRA B matrix zero.
