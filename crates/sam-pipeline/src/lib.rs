@@ -50,7 +50,8 @@
 //! })?;
 //! if summary.outcome == Outcome::Trained {
 //!     let eval = summary.eval.unwrap();
-//!     println!("{steps} steps; test loss: base {:.3}, adapter {:.3}", eval.base.loss, eval.adapter.unwrap().loss);
+//!     let (base, adapter) = (eval.base.unwrap(), eval.adapter.unwrap());
+//!     println!("{steps} steps; test loss: base {:.3}, adapter {:.3}", base.loss, adapter.loss);
 //! }
 //! # Ok::<(), sam_pipeline::Error>(())
 //! ```
