@@ -37,7 +37,7 @@
 //! let dir = tempfile::tempdir()?;
 //! let m = trl::write(&Input { examples: vec![ex], sources: vec![] }, &TrlConfig::default(), dir.path())?;
 //! assert_eq!(m.sft.train + m.sft.valid + m.sft.test, 1);
-//! # Ok::<(), sam_prep::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::collections::HashSet;

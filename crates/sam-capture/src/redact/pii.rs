@@ -501,8 +501,11 @@ fn cards(p: &Patterns, scan: &Scan<'_>, out: &mut Vec<Cand>) {
         {
             continue;
         }
+        // Written in groups (`4000 0000 0000 0002`) the number is in a card's
+        // own form: a word such as `id` or `ts` before it does not make it
+        // something else, as it may for a bare run of digits.
         let grouped = scan.text[range.clone()].contains([' ', '-']);
-        let score = context(scan, range.start, if grouped { 0.9 } else { 0.6 }, CARD_CONTEXT, NUMBER_NOT_CARD);
+        let score = if grouped { 0.9 } else { context(scan, range.start, 0.6, CARD_CONTEXT, NUMBER_NOT_CARD) };
         cand(out, 70, "credit-card", SecretKind::CreditCard, range, score);
     }
 }

@@ -27,6 +27,9 @@ fn personal_data() {
         ("amex 3782-822463-10005", "amex <CREDIT_CARD>"),
         ("pay 4539 1488 0343 6468 now", "pay 4539 1488 0343 6468 now"),
         ("qty 2 4539 1488 0343 6467", "qty 2 <CREDIT_CARD>"),
+        // Grouped, a number is in a card's own form whatever word comes before it.
+        ("A ts 4000 0000 0000 0002", "A ts <CREDIT_CARD>"),
+        ("order id 4539-1488-0343-6467", "order id <CREDIT_CARD>"),
         ("trace id 45391488034364670123", "trace id 45391488034364670123"),
         ("order_id=4539148803436467", "order_id=4539148803436467"),
         ("from 203.0.113.42:8080", "from <IPV4>:8080"),
