@@ -45,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..spec.train
     };
     spec.eval_examples = None;
-    let job = Job::create(&tmp.path().join("runs"), "trainer-only", spec)?;
+    let job = Job::create(&tmp.path().join("jobs"), "trainer-only", spec)?;
     let outcome = job.run(&mut Steps, JobControl::default())?;
     let sft = outcome.sft.as_ref().expect("an SFT job reports its phase");
     let adapter = &outcome.adapter_dir;
