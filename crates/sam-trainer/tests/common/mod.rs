@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests (and the crate's own unit tests,
+//! which include this file).
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -6,11 +7,7 @@ use std::path::PathBuf;
 /// The test model: `$SAM_TEST_MODEL`, else the fetched SmolLM2 GGUF. Panics
 /// with the fix when it is missing (tests never skip silently).
 pub fn test_model() -> PathBuf {
-    let p = match std::env::var_os("SAM_TEST_MODEL").filter(|v| !v.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-            .join(".cache/sam/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
+    let p = sam_models::default_test_model();
     assert!(
         p.is_file(),
         "test model {} is missing: run scripts/fetch-test-model.sh (or set SAM_TEST_MODEL)",
