@@ -39,7 +39,6 @@
 
 pub mod clock;
 pub mod daemon;
-mod error;
 pub mod jobs;
 pub mod lock;
 pub mod schedule;
@@ -48,6 +47,5 @@ pub mod trigger;
 pub mod units;
 
 pub use daemon::{DaemonError, HistoryEntry, Scheduler, SchedulerFiles, SchedulerState, Tick};
-pub use error::{Error, Result};
 pub use sam_pipeline::PipelineConfig;
 pub use schedule::{JobState, Outcome as JobOutcome, Policy, Timing, Trigger};

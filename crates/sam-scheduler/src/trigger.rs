@@ -60,8 +60,8 @@ pub fn unseen(store: &SqliteStore, tiers: &[Tier], seen: &HashSet<String>) -> Re
 }
 
 /// The export the last trained pipeline run under `home` trained on.
-pub fn last_trained_export(home: &SamHome) -> Result<Option<PathBuf>, crate::Error> {
-    let trained = |s: &PipelineState| -> Result<Option<PathBuf>, crate::Error> {
+pub fn last_trained_export(home: &SamHome) -> Result<Option<PathBuf>, sam_pipeline::Error> {
+    let trained = |s: &PipelineState| -> Result<Option<PathBuf>, sam_pipeline::Error> {
         if s.outcome != Some(Outcome::Trained) {
             return Ok(None);
         }
