@@ -764,14 +764,15 @@ fn is_var_ref(rest: &str) -> bool {
 fn has_reference(v: &str) -> bool {
     let b = v.as_bytes();
     for (i, w) in b.windows(2).enumerate() {
-        let rest = &v[i + 2..];
+        // Only after an ASCII pair is `i + 2` a char boundary.
+        let rest = || &v[i + 2..];
         let ok = match w {
-            b"${" => rest.find('}').is_some_and(|e| {
-                let name = rest[..e].split([':', '-', '?', '=']).next().unwrap_or("");
+            b"${" => rest().find('}').is_some_and(|e| {
+                let name = rest()[..e].split([':', '-', '?', '=']).next().unwrap_or("");
                 !name.is_empty() && name.bytes().all(|c| is_word_byte(c) || c == b'.')
             }),
-            b"$(" => rest.find(')').is_some_and(|e| rest[..e].starts_with(|c: char| c.is_ascii_lowercase())),
-            b"{{" => rest.contains("}}"),
+            b"$(" => rest().find(')').is_some_and(|e| rest()[..e].starts_with(|c: char| c.is_ascii_lowercase())),
+            b"{{" => rest().contains("}}"),
             _ => false,
         };
         if ok {

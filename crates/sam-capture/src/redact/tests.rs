@@ -236,6 +236,8 @@ fn findings_say_rule_kind_and_span() {
     );
 }
 
+use proptest::strategy::Strategy as _;
+
 proptest::proptest! {
     #[test]
     fn any_text_redacts_without_panic_idempotently(
@@ -256,6 +258,36 @@ proptest::proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(s in "[ -~\\n\\t]{0,200}") {
         let _ = Redactor::default().redact(&s);
+    }
+
+    /// The rules' triggers (`pw:`, `${`, `://`, `@`, …) beside multi-byte
+    /// characters: every look-around must stay on char boundaries.
+    #[test]
+    fn triggers_beside_multibyte_chars_never_panic(parts in proptest::collection::vec(
+        proptest::prop_oneof![
+            proptest::sample::select(vec![
+                "pw:", "password=", "token: ", "key=", "secret", "${", "$(", "{{", "}}", "}", ")", "$", "://",
+                "@", ":", "=", "\"", "'", "Bearer ", "AKIA", "ghp_", "sk-", "-----BEGIN ", " ", "\n", ".", "/",
+            ]).prop_map(|s: &str| s.to_owned()),
+            "[\\PC]{1,3}",
+            "[a-zA-Z0-9_]{1,12}",
+        ],
+        0..24,
+    )) {
+        let text = parts.concat();
+        let r = Redactor::default();
+        let (out, _) = r.redact(&text);
+        let _ = r.find(&out);
+    }
+}
+
+#[test]
+fn a_reference_check_after_multibyte_chars() {
+    // Found by the property test above: `pw:` then a value whose second
+    // byte is inside a multi-byte character.
+    for text in ["pw:𞓐 AKIAZ7Q3L4M5N6P2R3S4 ", "pw:[ቲ//ൣ𞓤V AKIAZ7Q3L4M5N6P2R3S4 "] {
+        let (out, _) = Redactor::default().redact(text);
+        assert!(!out.contains("AKIAZ7Q3L4M5N6P2R3S4"), "{out}");
     }
 }
 
