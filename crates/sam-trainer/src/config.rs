@@ -215,13 +215,13 @@ impl ModelConfig {
 
     /// Checks the shape arithmetic the decoder relies on.
     pub fn validate(&self) -> Result<()> {
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(Error::InvalidConfig(format!(
                 "{} query heads are not a multiple of {} key/value heads",
                 self.num_heads, self.num_kv_heads
             )));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::InvalidConfig(format!("odd head_dim {}", self.head_dim)));
         }
         Ok(())

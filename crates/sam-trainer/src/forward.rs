@@ -80,7 +80,8 @@ pub(crate) struct Pass<'a> {
 impl Pass<'_> {
     /// Whether layer `li` is recomputed in the backward pass.
     pub(crate) fn recomputed(&self, li: usize) -> bool {
-        self.recompute_every > 0 && self.lowest.is_some_and(|lo| li >= lo && (li - lo) % self.recompute_every == 0)
+        self.recompute_every > 0
+            && self.lowest.is_some_and(|lo| li >= lo && (li - lo).is_multiple_of(self.recompute_every))
     }
 }
 

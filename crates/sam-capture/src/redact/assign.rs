@@ -1187,10 +1187,11 @@ fn command(scan: &Scan<'_>, hit: &Range<usize>, out: &mut Vec<Cand>) {
     } else if word == "identified by " {
         // MySQL: `CREATE USER 'u'@'%' IDENTIFIED BY 'S3cret!'`.
         let s = hit.end;
-        if s < end && matches!(b[s], b'"' | b'\'') {
-            if let Some(v) = word_at(scan, s, end) {
-                push(v, "sql-password");
-            }
+        if s < end
+            && matches!(b[s], b'"' | b'\'')
+            && let Some(v) = word_at(scan, s, end)
+        {
+            push(v, "sql-password");
         }
     } else if word.starts_with("requirepass") || word.starts_with("masterauth") {
         if let Some(v) = word_at(scan, skip_blanks(b, hit.end), end) {
@@ -1198,10 +1199,11 @@ fn command(scan: &Scan<'_>, hit: &Range<usize>, out: &mut Vec<Cand>) {
         }
     } else if word == "convertto-securestring" && line.to_ascii_lowercase().contains("-asplaintext") {
         let s = skip_blanks(b, hit.end);
-        if s < end && matches!(b[s], b'"' | b'\'') {
-            if let Some(v) = word_at(scan, s, end) {
-                push(v, "powershell-plaintext-password");
-            }
+        if s < end
+            && matches!(b[s], b'"' | b'\'')
+            && let Some(v) = word_at(scan, s, end)
+        {
+            push(v, "powershell-plaintext-password");
         }
     }
 }

@@ -17,7 +17,7 @@ pub fn luhn(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The IBAN mod-97 check over a compact IBAN (no spaces).

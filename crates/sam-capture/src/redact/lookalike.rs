@@ -38,10 +38,11 @@ pub(crate) fn mask(r: &Redactor, scan: &mut Scan<'_>) {
         for hit in hits {
             let word = &scan.text[hit.clone()];
             if word.eq_ignore_ascii_case("-----begin") {
-                if let Some((label, range)) = pem_block(scan, hit.start) {
-                    if !label.ends_with("PRIVATE KEY") && !label.ends_with("PRIVATE KEY BLOCK") {
-                        hard.push(range);
-                    }
+                if let Some((label, range)) = pem_block(scan, hit.start)
+                    && !label.ends_with("PRIVATE KEY")
+                    && !label.ends_with("PRIVATE KEY BLOCK")
+                {
+                    hard.push(range);
                 }
             } else if word.eq_ignore_ascii_case("---- begin") {
                 let b = scan.b;

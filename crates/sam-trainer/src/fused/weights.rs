@@ -173,7 +173,7 @@ pub(super) fn view<'p>(
 
 fn check(lv: &LayerView<'_>, geo: &Geometry) -> candle_core::Result<()> {
     let (h, q, kv, i) = (geo.hidden, geo.dq(), geo.dkv(), geo.inter);
-    if geo.kv_heads == 0 || geo.heads % geo.kv_heads != 0 || geo.head_dim % 2 != 0 {
+    if geo.kv_heads == 0 || !geo.heads.is_multiple_of(geo.kv_heads) || !geo.head_dim.is_multiple_of(2) {
         bail!("fused layer: {} heads over {} key/value heads of width {}", geo.heads, geo.kv_heads, geo.head_dim);
     }
     if lv.norm1.len() != h || lv.norm2.len() != h {
