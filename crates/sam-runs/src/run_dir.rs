@@ -391,7 +391,8 @@ impl RunDir {
     }
 
     /// Whether the process recorded in `status.json` as running this run is
-    /// still alive (`false` when no process is recorded, or it is gone: the
+    /// still alive (`false` when no process is recorded, or it is gone or a
+    /// zombie, see [`process_alive`]: the
     /// run crashed or was killed and can be resumed).
     pub fn owner_alive(&self) -> Result<bool, RunError> {
         let st = self.status()?;
@@ -430,19 +431,40 @@ fn civil_from_unix(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
     (y, m, d, (rem / 3600) as u32, ((rem % 3600) / 60) as u32, (rem % 60) as u32)
 }
 
-/// Whether a process with this id exists.
+/// Whether a process with this id is alive: it exists and is not a zombie.
+///
+/// A zombie is a process that has exited but whose parent has not reaped it
+/// yet (the parent did not `wait` for it: a shell, a supervisor, or a test
+/// that spawned the trainer). It still holds its pid, so `kill(pid, 0)`
+/// succeeds on it, yet it will never step, checkpoint or release its run
+/// again: counting it as alive would show a dead run as `running` and
+/// refuse to resume it. So after the existence check the process's state is
+/// read through sysinfo (on Linux the state letter of `/proc/PID/stat`, `Z`
+/// for a zombie; on macOS and the BSDs the kernel's `SZOMB`). A process
+/// whose state cannot be read (another user's, on some systems) counts as
+/// alive, as the existence check says.
 pub fn process_alive(pid: u32) -> bool {
     #[cfg(unix)]
     {
         // SAFETY: signal 0 only checks that the process exists.
         let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-        rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        let exists = rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        exists && !is_zombie(pid)
     }
     #[cfg(not(unix))]
     {
-        let _ = pid;
-        true
+        !is_zombie(pid)
     }
+}
+
+/// Whether the process is a zombie (exited, not yet reaped), as far as the
+/// system lets us see.
+fn is_zombie(pid: u32) -> bool {
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System};
+    let Ok(mut sys) = System::new() else { return false };
+    let pid = Pid::from_u32(pid);
+    sys.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, ProcessRefreshKind::nothing());
+    sys.process(pid).is_some_and(|p| p.status() == ProcessStatus::Zombie)
 }
 
 /// Serialise to pretty JSON and write atomically ([`sam_home::atomic::write`]).
@@ -536,6 +558,42 @@ mod tests {
         f.write_all(b"\n{\"step\":3}\n").unwrap();
         let err = run.metrics().unwrap_err().to_string();
         assert!(err.contains("metrics.jsonl:2"), "{err}");
+    }
+
+    /// A child that has exited but is not reaped yet (a zombie) still has
+    /// its pid, and `kill(pid, 0)` succeeds on it: its run must still count
+    /// as having no live process.
+    #[cfg(unix)]
+    #[test]
+    fn a_zombie_owner_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Wait for it to exit without reaping it (WNOWAIT): now a zombie.
+        // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        // SAFETY: signal 0 only checks that the process exists.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, 0) }, 0, "the zombie still has its pid");
+
+        let root = tempfile::tempdir().unwrap();
+        let run = RunDir::create(root.path(), "r", &()).unwrap();
+        let st = StatusFile {
+            status: RunStatus::Running,
+            reason: None,
+            step: 1,
+            total_steps: 2,
+            updated_at: unix_now(),
+            pid: Some(pid),
+        };
+        write_json_atomic(&run.status_path(), &st).unwrap();
+        assert!(!process_alive(pid), "a zombie counts as alive");
+        assert!(!run.owner_alive().unwrap());
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+        // This process is alive, and so is its run while it holds it.
+        run.set_status(RunStatus::Running, None, 1, 2).unwrap();
+        assert!(process_alive(std::process::id()) && run.owner_alive().unwrap());
     }
 
     #[test]
