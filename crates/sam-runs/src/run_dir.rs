@@ -392,8 +392,8 @@ impl RunDir {
 
     /// Whether the process recorded in `status.json` as running this run is
     /// still alive (`false` when no process is recorded, or it is gone or a
-    /// zombie, see [`process_alive`]: the
-    /// run crashed or was killed and can be resumed).
+    /// zombie, see [`process_alive`]: the run crashed or was killed and can
+    /// be resumed).
     pub fn owner_alive(&self) -> Result<bool, RunError> {
         let st = self.status()?;
         Ok(st.pid.is_some_and(process_alive))
