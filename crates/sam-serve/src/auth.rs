@@ -64,7 +64,12 @@ impl Token {
     }
 
     /// Write a new token to `path` (replacing any old one, atomically) and
-    /// return it.
+    /// return it. The write is sam-home's atomic write
+    /// ([`sam_home::atomic::write_via`]: a temporary file of its own beside
+    /// `path`, fsynced, renamed, the folder fsynced), the temporary file
+    /// created with mode 0600 so the secret is never readable by others,
+    /// not even for a moment. Rotations at once each succeed; the file
+    /// holds the last one whole.
     pub fn rotate(path: &Path) -> Result<Token, ServeError> {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
@@ -72,13 +77,14 @@ impl Token {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             create_private_dir(dir)?;
         }
-        let tmp = path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = private_file(&tmp)?;
-        f.write_all(format!("{secret}\n").as_bytes()).map_err(|e| ServeError::io(&tmp, e))?;
-        f.sync_all().map_err(|e| ServeError::io(&tmp, e))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(|e| ServeError::io(path, e))?;
+        sam_home::atomic::write_via(
+            path,
+            |e| ServeError::io(path, e),
+            |tmp| {
+                let mut f = private_file(tmp)?;
+                f.write_all(format!("{secret}\n").as_bytes()).map_err(|e| ServeError::io(tmp, e))
+            },
+        )?;
         Ok(Token::from_secret(secret, path))
     }
 
@@ -197,5 +203,29 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
         assert!(matches!(Token::load_or_create(&path), Err(ServeError::BadToken(_))));
+    }
+
+    #[test]
+    fn rotations_at_once_all_succeed_and_leave_one_private_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve/token");
+        let secrets: Vec<String> = std::thread::scope(|s| {
+            let rotating: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..25).map(|_| Token::rotate(&path).map(|t| t.secret().to_string())).collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            rotating.into_iter().flat_map(|t| t.join().unwrap()).map(|r| r.unwrap()).collect()
+        });
+        assert_eq!(secrets.len(), 200);
+        let kept = Token::load_or_create(&path).unwrap();
+        assert!(secrets.iter().any(|s| s == kept.secret()), "the file holds one of the rotated tokens, whole");
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["token"], "no temporary file is left beside the token");
     }
 }
