@@ -410,10 +410,11 @@ impl Registry {
             return Err(Error::SlotExists(name.to_string()));
         }
         let golden_path = dir.join("golden.bin");
-        let tmp = dir.join(".golden.bin.tmp");
-        sam_prep::cache::write_sft(&tmp, golden)?;
-        File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &golden_path).map_err(io_err(&golden_path))?;
+        sam_home::atomic::write_via(
+            &golden_path,
+            |source| Error::Io { path: golden_path.clone(), source },
+            |tmp| Ok(sam_prep::cache::write_sft(tmp, golden)?),
+        )?;
         let slot = Slot {
             name: name.to_string(),
             base,
