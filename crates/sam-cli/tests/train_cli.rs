@@ -1,8 +1,9 @@
 //! `sam train` and `sam runs`, run as a user runs them, on the test model:
 //! a training process killed with SIGKILL after a checkpoint is resumed with
 //! `sam runs resume` and logs the same per-step losses as an uninterrupted
-//! twin; `sam runs stop` stops a live run with a checkpoint; `sam train
-//! --mode sft+dpo` trains both phases in one run.
+//! twin (and resuming it once complete only reports it); `sam runs stop`
+//! stops a live run with a checkpoint; `sam train --mode sft+dpo` trains
+//! both phases in one run.
 
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -153,9 +154,17 @@ fn a_run_killed_after_a_checkpoint_resumes_to_the_same_losses() {
     let shown: Value = serde_json::from_str(ok(h, &["--json", "runs", "show", "killed"]).trim()).unwrap();
     assert_eq!(shown["metrics"].as_array().unwrap().iter().filter(|m| m.get("train_loss").is_some()).count(), 6);
     assert!(shown["events"].as_array().unwrap().iter().any(|e| e["kind"] == "resumed_from_checkpoint"));
-    // A completed run cannot be stopped or resumed again.
+    // A completed run cannot be stopped; resuming it says it is complete
+    // and names its adapter (exit 0), and changes nothing.
     assert!(!sam(h, &["runs", "stop", "killed"]).status.success());
-    assert!(!sam(h, &["runs", "resume", "killed"]).status.success());
+    let events = std::fs::read_to_string(killed.join("events.jsonl")).unwrap();
+    let again = ok(h, &["runs", "resume", "killed"]);
+    assert!(again.contains("is complete") && !again.contains("failed"), "{again}");
+    assert!(again.contains(killed.join("adapter").to_str().unwrap()), "{again}");
+    let v: Value = serde_json::from_str(ok(h, &["--json", "train", "--resume", "killed"]).trim()).unwrap();
+    assert_eq!((v["status"].as_str(), v["resumed"].as_bool()), (Some("completed"), Some(false)), "{v}");
+    assert_eq!(status(&killed)["status"], "completed");
+    assert_eq!(std::fs::read_to_string(killed.join("events.jsonl")).unwrap(), events);
 }
 
 #[test]

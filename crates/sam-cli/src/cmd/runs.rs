@@ -26,6 +26,7 @@ pub enum Runs {
     /// (--json: everything, with every metrics line)
     Show(RunArg),
     /// Continue a stopped, failed or crashed run from its last checkpoint
+    /// (a completed run is only reported: it has its adapter already)
     Resume(RunArg),
     /// Ask a running run to stop after its current step (with a checkpoint)
     Stop(StopArgs),
@@ -53,11 +54,7 @@ pub fn run(cmd: RunsCommand, ctx: &Ctx) -> anyhow::Result<()> {
     match cmd {
         Runs::List => list(ctx),
         Runs::Show(a) => show(&resolve_run(&a.run, ctx)?, ctx),
-        Runs::Resume(a) => {
-            let dir = resolve_run(&a.run, ctx)?;
-            let job = Job::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
-            run_job(&job, ctx)
-        }
+        Runs::Resume(a) => resume(&resolve_run(&a.run, ctx)?, ctx),
         Runs::Stop(a) => stop(&resolve_run(&a.run, ctx)?, a.wait, ctx),
         Runs::Plot(a) => {
             let run = RunDir::open(resolve_run(&a.run, ctx)?)?;
@@ -248,6 +245,44 @@ fn show(dir: &Path, ctx: &Ctx) -> anyhow::Result<()> {
         println!("continue with `sam runs resume {}`", s.id);
     }
     Ok(())
+}
+
+/// `sam runs resume` and `sam train --resume`: continue what can be
+/// continued (a stopped, failed, queued or crashed run); a completed run is
+/// reported with its adapter (exit 0), a run still trained by a live process
+/// is refused.
+pub(crate) fn resume(dir: &Path, ctx: &Ctx) -> anyhow::Result<()> {
+    let run = RunDir::open(dir)?;
+    let st = run.status()?;
+    match st.status {
+        RunStatus::Completed => {
+            let adapter = run.adapter_dir();
+            if ctx.json {
+                let v = serde_json::json!({
+                    "id": run.id(), "status": st.status, "resumed": false, "step": st.step,
+                    "total_steps": st.total_steps, "adapter_dir": adapter.is_dir().then_some(&adapter),
+                });
+                println!("{v}");
+            } else {
+                println!("run {} is complete (step {}/{}): nothing to resume", run.id(), st.step, st.total_steps);
+                if adapter.is_dir() {
+                    println!("adapter: {}", adapter.display());
+                }
+                println!("train again with a new run (`sam train`)");
+            }
+            return Ok(());
+        }
+        RunStatus::Running | RunStatus::Paused if run.owner_alive()? => bail!(
+            "run {} is being trained by process {}; it cannot be resumed while it runs \
+             (`sam runs stop {}` stops it after its current step)",
+            run.id(),
+            st.pid.unwrap_or(0),
+            run.id()
+        ),
+        _ => {}
+    }
+    let job = Job::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    run_job(&job, ctx)
 }
 
 fn stop(dir: &Path, wait: bool, ctx: &Ctx) -> anyhow::Result<()> {

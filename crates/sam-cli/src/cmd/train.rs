@@ -399,6 +399,9 @@ pub(crate) fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atom
 /// Runs (or continues) a job with a progress bar and signal handling, then
 /// prints its summary.
 pub(crate) fn run_job(job: &Job, ctx: &Ctx) -> anyhow::Result<()> {
+    // A run that may not start (completed, or trained by another process)
+    // is refused before anything is recorded: the store keeps what it has.
+    job.check_runnable()?;
     let flag = stop_on_signals()?;
     let mut progress = Progress::new(ctx.json)?;
     if !ctx.json {
@@ -502,9 +505,7 @@ pub(crate) fn resolve_run(arg: &str, ctx: &Ctx) -> anyhow::Result<PathBuf> {
 
 fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if let Some(r) = &a.resume {
-        let dir = resolve_run(r, ctx)?;
-        let job = Job::open(&dir)?;
-        return run_job(&job, ctx);
+        return crate::cmd::runs::resume(&resolve_run(r, ctx)?, ctx);
     }
     let (Some(data_dir), Some(model_path)) = (&a.data, &a.model) else {
         bail!("--data and --model are needed to start a run (or --resume RUN to continue one)");
