@@ -928,6 +928,16 @@ fn the_dashboard_renders_its_charts_in_headless_chromium() {
     assert_eq!(console, Vec::<String>::new(), "console messages while following the live run");
     let charts = dom.matches("<svg class=\"chart").count();
     assert!(charts >= 7, "tiers, kinds, sources, domains, daily, two loss charts: {charts}");
+    // The "training runs" figure counts every run the home has, the same
+    // figure as `sam runs list` and /v1/stats (the first run was trained
+    // before the home had a store, so the store does not know it).
+    let listed: Value = serde_json::from_str(ok(h, &["--json", "runs", "list"]).trim()).unwrap();
+    let listed = listed.as_array().unwrap().len();
+    assert_eq!(listed, 2);
+    let figure = &dom[dom.find("data-figure=\"training runs\"").expect("the training runs figure")..];
+    let figure = &figure[figure.find("class=\"n\">").unwrap() + 10..];
+    assert_eq!(&figure[..figure.find('<').unwrap()], listed.to_string(), "the dashboard's training runs");
+    assert_eq!(s.get("/v1/stats").json()["training_runs"], listed, "/v1/stats' training runs");
     for needle in
         ["By tier", "Daily trend", "Source health", "Pipeline runs", "Training runs", "distillation", "Registry"]
     {

@@ -103,7 +103,7 @@ pub(crate) fn render(p: &Page) -> Markup {
                 }
                 main {
                     @match &p.stats {
-                        Ok(stats) => (store_section(stats)),
+                        Ok(stats) => (store_section(stats, training_runs(p, stats))),
                         Err(e) => section.card.error { h2 { "Store" } p { "The store could not be read: " (e) } },
                     }
                     @match &p.pipelines {
@@ -131,11 +131,19 @@ pub(crate) fn render(p: &Page) -> Markup {
     }
 }
 
+/// Every training run the home knows: its run folders, what `sam runs
+/// list` and `GET /v1/runs` list (`sam train`, `sam run` and the scheduler
+/// all make one). The store's own count misses the runs trained while the
+/// home had no store, so it stands in only when the folders cannot be read.
+fn training_runs(p: &Page, stats: &Stats) -> u64 {
+    p.runs.as_ref().map_or(stats.training_runs, |r| r.len() as u64)
+}
+
 fn is_live(s: &RunSummary) -> bool {
     matches!(s.status.as_str(), "running" | "paused" | "queued")
 }
 
-fn store_section(s: &Stats) -> Markup {
+fn store_section(s: &Stats, training_runs: u64) -> Markup {
     let tiers: Vec<(String, u64)> = s.by_tier.iter().map(|(t, n)| (t.as_str().to_string(), *n)).collect();
     let kinds: Vec<(String, u64)> = s.by_kind.iter().map(|(k, n)| (k.as_str().to_string(), *n)).collect();
     let mut sources: Vec<(String, u64)> = s.sources.iter().map(|h| (h.source.clone(), h.examples)).collect();
@@ -149,7 +157,7 @@ fn store_section(s: &Stats) -> Markup {
             (figure("sources", s.sources.len() as u64))
             (figure("quarantined", s.quarantined))
             (figure("exports", s.exports))
-            (figure("training runs", s.training_runs))
+            (figure("training runs", training_runs))
         }
         section.grid {
             div.card { h2 { "By tier" } (chart::bars(&tiers, tier_color)) }
@@ -209,7 +217,7 @@ fn continuous_days(daily: &[sam_store::DailyCount]) -> Vec<(String, u64)> {
 }
 
 fn figure(name: &str, n: u64) -> Markup {
-    html! { div.figure { div.n { (n) } div.label { (name) } } }
+    html! { div.figure data-figure=(name) { div.n { (n) } div.label { (name) } } }
 }
 
 fn runs_section(runs: &[(RunSummary, Vec<MetricRecord>)]) -> Markup {

@@ -70,7 +70,9 @@ pub struct StatsResponse {
     pub quarantined: u64,
     /// Exports written.
     pub exports: u64,
-    /// Training runs recorded in the store.
+    /// Training runs the home knows: its run folders, the runs `GET
+    /// /v1/runs` and `sam runs list` list (also those trained while the
+    /// home had no store yet).
     pub training_runs: u64,
     /// When the figures were computed (Unix seconds).
     pub computed_at: i64,
@@ -166,7 +168,10 @@ impl From<&sam_store::SourceHealth> for SourceHealth {
     responses((status = 200, body = StatsResponse), (status = 503, description = "The store is busy", body = ErrorBody))
 )]
 pub(crate) async fn totals(State(s): State<Arc<AppState>>) -> Result<Json<StatsResponse>, ApiError> {
-    Ok(Json(StatsResponse::from(current(&s).await?.as_ref())))
+    let mut totals = StatsResponse::from(current(&s).await?.as_ref());
+    let root = s.runs.clone();
+    totals.training_runs = blocking(move || Ok(sam_runs::RunDir::list(&root)?.len() as u64)).await?;
+    Ok(Json(totals))
 }
 
 /// Examples per day over the last 30 days that have any.
