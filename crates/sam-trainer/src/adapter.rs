@@ -219,12 +219,12 @@ pub fn load_adapter(model: &mut Decoder, dir: &Path) -> Result<LoraConfig> {
 pub fn save_hf_model(model: &Decoder, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let tensors: HashMap<String, Tensor> =
-        model.named_weights().into_iter().map(|(k, t)| Ok((k, t.contiguous()?))).collect::<Result<_>>()?;
+        model.named_weights()?.into_iter().map(|(k, t)| Ok((k, t.contiguous()?))).collect::<Result<_>>()?;
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
     let mut cfg = model.config().to_hf_json();
     let dt = match model.embed.dtype() {
-        DType::BF16 => "bfloat16",
-        DType::F16 => "float16",
+        Some(DType::BF16) => "bfloat16",
+        Some(DType::F16) => "float16",
         _ => "float32",
     };
     cfg["torch_dtype"] = serde_json::json!(dt);

@@ -6,6 +6,7 @@
 //! path knows the other or the decoder.
 
 use crate::config::ModelConfig;
+use crate::frozen::Frozen;
 use crate::layer::Layer;
 use crate::lora::DropoutRng;
 use candle_core::{Tensor, TensorId};
@@ -97,5 +98,5 @@ pub(crate) trait Path {
     /// last-layer rows `x` (`[m, hidden]`, before the final norm), through
     /// the final norm `norm` and the output head `head` (`[vocab, hidden]`).
     /// Differentiable in `x` when `x` is part of a graph.
-    fn nll(&self, x: &Tensor, norm: &Tensor, head: &Tensor, targets: &Tensor, eps: f64) -> candle_core::Result<Tensor>;
+    fn nll(&self, x: &Tensor, norm: &Tensor, head: &Frozen, targets: &Tensor, eps: f64) -> candle_core::Result<Tensor>;
 }

@@ -57,24 +57,35 @@ impl JobMode {
     }
 }
 
-/// Storage type of the frozen base weights.
+/// How the frozen base weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightType {
-    /// 32-bit floats.
+    /// Quantized weights (a GGUF's blocks, an mlx 4-bit folder) stay
+    /// quantized and are dequantized per product a tile at a time; dense
+    /// ones are held in f32. What [`JobSpec::new`] picks.
+    Auto,
+    /// Everything in 32-bit floats (quantized weights dequantized on load).
+    /// What a run folder without this setting (older runs) used.
     #[default]
     F32,
-    /// bfloat16 (half the memory; widened to f32 inside the matmuls).
+    /// Dense matrices in bfloat16 (half the memory of f32; quantized
+    /// weights dequantized to it on load).
     Bf16,
 }
 
 impl WeightType {
-    /// The candle type the weights are held in.
+    /// The storage type of dense matrices.
     pub fn dtype(self) -> DType {
         match self {
-            WeightType::F32 => DType::F32,
+            WeightType::Auto | WeightType::F32 => DType::F32,
             WeightType::Bf16 => DType::BF16,
         }
+    }
+
+    /// The options that load a model this way.
+    pub fn load_options(self) -> LoadOptions {
+        LoadOptions { dtype: self.dtype(), keep_quantized: self == WeightType::Auto, ..Default::default() }
     }
 }
 
@@ -86,7 +97,7 @@ pub struct JobSpec {
     pub model: ModelSource,
     /// Prepared dataset folder (from sam-prep).
     pub data: PathBuf,
-    /// Storage type of the frozen weights.
+    /// How the frozen weights are held.
     #[serde(default)]
     pub weights: WeightType,
     /// SFT, DPO or both.
@@ -134,7 +145,7 @@ impl JobSpec {
         Self {
             model: model.into(),
             data: data.into(),
-            weights: WeightType::F32,
+            weights: WeightType::Auto,
             mode,
             train: TrainConfig {
                 output: OutputConfig { save_every: 100, ..OutputConfig::default() },
@@ -415,7 +426,7 @@ impl Job {
         }
         let data = PreparedData::open(&spec.data)
             .map_err(|e| Error::InvalidData(format!("prepared data at {}: {e}", spec.data.display())))?;
-        let opts = LoadOptions { dtype: spec.weights.dtype(), ..Default::default() };
+        let opts = spec.weights.load_options();
         let mut model = spec.model.load(&opts)?;
         let probe = ctl.probe.unwrap_or_else(|| Box::new(SystemProbe::new()));
         let mut guard = MemoryGuard::new(spec.memory, probe);

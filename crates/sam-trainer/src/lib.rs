@@ -75,6 +75,7 @@ mod error;
 mod eval;
 mod fit;
 mod forward;
+mod frozen;
 mod fused;
 mod generate;
 mod job;
@@ -87,6 +88,7 @@ mod observe;
 mod ops;
 mod optim;
 mod plain;
+mod quant;
 mod settings;
 mod sft;
 

@@ -7,6 +7,7 @@
 //! `alpha / sqrt(r)` under rsLoRA.
 
 use crate::error::{Error, Result};
+use crate::frozen::Frozen;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
@@ -173,7 +174,7 @@ pub struct LoraWeights {
 /// A frozen linear layer with an optional LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: Frozen,
     bias: Option<Tensor>,
     lora: Option<LoraWeights>,
 }
@@ -205,14 +206,21 @@ impl DropoutRng {
 }
 
 impl Linear {
-    /// A frozen layer from its `[out, in]` weight and optional `[out]` bias.
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias, lora: None }
+    /// A frozen layer from its `[out, in]` weight (dense or quantized) and
+    /// optional `[out]` bias.
+    pub(crate) fn new(weight: impl Into<Frozen>, bias: Option<Tensor>) -> Self {
+        Self { weight: weight.into(), bias, lora: None }
     }
 
     /// The frozen weight, `[out, in]`.
-    pub fn weight(&self) -> &Tensor {
+    pub(crate) fn weight(&self) -> &Frozen {
         &self.weight
+    }
+
+    /// Replaces the frozen weight (same shape).
+    pub(crate) fn set_weight(&mut self, w: Frozen) {
+        debug_assert_eq!(w.dims(), self.weight.dims());
+        self.weight = w;
     }
 
     /// The bias, if any.
@@ -227,12 +235,12 @@ impl Linear {
 
     /// Input width.
     pub fn in_dim(&self) -> usize {
-        self.weight.dims()[1]
+        self.weight.dims().1
     }
 
     /// Output width.
     pub fn out_dim(&self) -> usize {
-        self.weight.dims()[0]
+        self.weight.dims().0
     }
 
     /// Attaches a fresh adapter: A Kaiming-uniform (PEFT's `a = sqrt(5)`,
@@ -242,8 +250,8 @@ impl Linear {
         let bound = 1.0 / (inp as f32).sqrt();
         let a: Vec<f32> = (0..r * inp).map(|_| rng.random_range(-bound..bound)).collect();
         let dev = self.weight.device();
-        let a = Tensor::from_vec(a, (r, inp), dev)?;
-        let b = Tensor::zeros((out, r), DType::F32, dev)?;
+        let a = Tensor::from_vec(a, (r, inp), &dev)?;
+        let b = Tensor::zeros((out, r), DType::F32, &dev)?;
         self.set_lora(a, b, cfg.scale(), cfg.dropout)
     }
 
@@ -275,11 +283,13 @@ impl Linear {
     }
 
     /// Folds the adapter into the base weight (`W + s · B A`) and drops it.
+    /// A quantized weight becomes a dense f32 one (requantizing would lose
+    /// the adapter's small update).
     pub fn merge(&mut self) -> Result<()> {
         if let Some(l) = self.lora.take() {
             let delta = (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?;
-            let dt = self.weight.dtype();
-            self.weight = (self.weight.to_dtype(DType::F32)? + delta)?.to_dtype(dt)?;
+            let dt = self.weight.dtype().unwrap_or(DType::F32);
+            self.weight = Frozen::Dense((self.weight.to_f32()? + delta)?.to_dtype(dt)?);
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 pub use crate::forward::KvCache;
 use crate::forward::{Pass, Path, SideGrads};
+use crate::frozen::Frozen;
 use crate::fused::Fused;
 use crate::layer::Layer;
 use crate::lora::{DropoutRng, LoraConfig, Target};
@@ -46,10 +47,10 @@ impl Mode<'_> {
 #[derive(Debug)]
 pub struct Decoder {
     cfg: ModelConfig,
-    pub(crate) embed: Tensor,
+    pub(crate) embed: Frozen,
     pub(crate) layers: Vec<Layer>,
     pub(crate) norm: Tensor,
-    pub(crate) lm_head: Option<Tensor>,
+    pub(crate) lm_head: Option<Frozen>,
     lora: Option<LoraConfig>,
     device: Device,
     recompute_every: usize,
@@ -62,12 +63,12 @@ pub struct Decoder {
 impl Decoder {
     pub(crate) fn from_parts(
         cfg: ModelConfig,
-        embed: Tensor,
+        embed: Frozen,
         layers: Vec<Layer>,
         norm: Tensor,
-        lm_head: Option<Tensor>,
+        lm_head: Option<Frozen>,
     ) -> Self {
-        let device = embed.device().clone();
+        let device = norm.device().clone();
         Self {
             cfg,
             embed,
@@ -138,6 +139,48 @@ impl Decoder {
         Ok(())
     }
 
+    /// The same model with every quantized matrix dequantized to `dtype`
+    /// (tests hold the quantized paths to this).
+    pub(crate) fn dequantized(mut self, dtype: DType) -> Result<Self> {
+        let dense = |w: &Frozen| -> Result<Frozen> {
+            Ok(match w {
+                Frozen::Quant(_) => Frozen::Dense(w.to_f32()?.to_dtype(dtype)?),
+                Frozen::Dense(_) => w.clone(),
+            })
+        };
+        self.embed = dense(&self.embed)?;
+        if let Some(h) = &self.lm_head {
+            self.lm_head = Some(dense(h)?);
+        }
+        for l in &mut self.layers {
+            for t in Target::ALL {
+                let lin = l.linear_mut(t);
+                let w = dense(lin.weight())?;
+                lin.set_weight(w);
+            }
+        }
+        Ok(self)
+    }
+
+    /// Bytes the frozen weights take in memory (matrices as stored, norms
+    /// and biases), for reports and memory planning.
+    pub fn weight_bytes(&self) -> usize {
+        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let f = |w: &Frozen| match w {
+            Frozen::Dense(d) => t(d),
+            Frozen::Quant(q) => q.nbytes(),
+        };
+        let mut n = f(&self.embed) + self.lm_head.as_ref().map_or(0, f) + t(&self.norm);
+        for l in &self.layers {
+            n += t(&l.attn_norm) + t(&l.mlp_norm);
+            for tg in Target::ALL {
+                let lin = l.linear(tg);
+                n += f(lin.weight()) + lin.bias().map_or(0, t);
+            }
+        }
+        n
+    }
+
     /// A short fingerprint of the base model: its configuration and a sample
     /// of its weights (the first embedding rows, the last layer's output
     /// projection, the final norm). Caches keyed on it are not reused for
@@ -145,19 +188,15 @@ impl Decoder {
     pub fn fingerprint(&self) -> Result<String> {
         let mut h = blake3::Hasher::new();
         h.update(serde_json::to_string(&self.cfg).unwrap_or_default().as_bytes());
-        let mut sample = |t: &Tensor, rows: usize| -> Result<()> {
-            let t = if t.rank() >= 2 { t.narrow(0, 0, rows.min(t.dim(0)?))? } else { t.clone() };
-            h.update(format!("{:?}", t.dtype()).as_bytes());
-            for x in t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()? {
-                h.update(&x.to_le_bytes());
-            }
-            Ok(())
-        };
-        sample(&self.embed, 64)?;
+        let rows = |w: &Frozen, n: usize| w.rows_f32(0, n.min(w.dims().0), &self.device);
+        h.update(self.embed.kind().as_bytes());
+        sample_values(&mut h, &rows(&self.embed, 64)?)?;
         if let Some(last) = self.layers.last() {
-            sample(last.attn.o.weight(), 16)?;
+            h.update(last.attn.o.weight().kind().as_bytes());
+            sample_values(&mut h, &rows(last.attn.o.weight(), 16)?)?;
         }
-        sample(&self.norm, 0)?;
+        h.update(format!("{:?}", self.norm.dtype()).as_bytes());
+        sample_values(&mut h, &self.norm)?;
         Ok(h.finalize().to_hex()[..16].to_string())
     }
 
@@ -212,7 +251,7 @@ impl Decoder {
         }
     }
 
-    fn head_weight(&self) -> &Tensor {
+    fn head_weight(&self) -> &Frozen {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
@@ -252,7 +291,7 @@ impl Decoder {
     /// the fused path then keeps no graph.
     fn hidden_prenorm(&self, ids: &Tensor, mode: Mode<'_>, cache: Option<&mut KvCache>, grad: bool) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let x = self.embed.index_select(&ids.flatten_all()?, 0)?.to_dtype(DType::F32)?;
+        let x = self.embed.lookup(&ids.flatten_all()?)?;
         let pass = self.pass(b, t, mode, grad);
         let path = self.layer_path(&pass, cache.is_some());
         Ok(path.layers(&pass, x, cache)?)
@@ -303,8 +342,7 @@ impl Decoder {
 
     /// The output head applied to hidden rows `[n, hidden]` → `[n, vocab]`.
     pub(crate) fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(crate::ops::frozen_matmul(hidden, w)?)
+        Ok(crate::ops::frozen_matmul(hidden, self.head_weight())?)
     }
 
     /// Logits `[b, t, vocab]` for token ids `[b, t]` (every position).
@@ -327,14 +365,15 @@ impl Decoder {
         Ok(self.head(&last)?.squeeze(0)?)
     }
 
-    /// All base weights with their Hugging Face names (`fuse` writes these).
-    pub fn named_weights(&self) -> Vec<(String, Tensor)> {
+    /// All base weights with their Hugging Face names (`fuse` writes these);
+    /// quantized matrices come dequantized to f32.
+    pub fn named_weights(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![
-            ("model.embed_tokens.weight".to_string(), self.embed.clone()),
+            ("model.embed_tokens.weight".to_string(), dense(&self.embed)?),
             ("model.norm.weight".to_string(), self.norm.clone()),
         ];
         if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), h.clone()));
+            out.push(("lm_head.weight".to_string(), dense(h)?));
         }
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
@@ -342,14 +381,30 @@ impl Decoder {
             out.push((format!("{p}.post_attention_layernorm.weight"), l.mlp_norm.clone()));
             for t in Target::ALL {
                 let lin = l.linear(t);
-                out.push((format!("{p}.{}.weight", t.path()), lin.weight().clone()));
+                out.push((format!("{p}.{}.weight", t.path()), dense(lin.weight())?));
                 if let Some(b) = lin.bias() {
                     out.push((format!("{p}.{}.bias", t.path()), b.clone()));
                 }
             }
         }
-        out
+        Ok(out)
     }
+}
+
+/// Hashes the f32 values of `t` into `h`.
+fn sample_values(h: &mut blake3::Hasher, t: &Tensor) -> Result<()> {
+    for x in t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()? {
+        h.update(&x.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// A frozen matrix as a dense tensor: as stored, or dequantized to f32.
+fn dense(w: &Frozen) -> Result<Tensor> {
+    Ok(match w {
+        Frozen::Dense(t) => t.clone(),
+        Frozen::Quant(_) => w.to_f32()?,
+    })
 }
 
 #[cfg(test)]

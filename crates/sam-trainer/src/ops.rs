@@ -4,49 +4,49 @@
 //! *both* operands, even a frozen weight nobody asked about: for a LoRA step
 //! that is a third of the matmul work and a weight-sized gradient per layer.
 //! Here the product is a custom op on `x` alone whose backward only yields
-//! `dL/dx = dL/dy · W`. Weights stored in bf16/f16 are widened to f32 a block
-//! of rows at a time (candle's own bf16 matmul widens the whole matrix and
+//! `dL/dx = dL/dy · W`. Weights stored in bf16/f16 or quantized are read
+//! into f32 a block of rows at a time (candle's own bf16 matmul widens the whole matrix and
 //! rounds the activations to bf16).
 
+use crate::frozen::Frozen;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 
-/// Most weight elements widened to f32 at once (64 MB).
-const WIDEN_BLOCK: usize = 16 << 20;
-
-/// `x · Wᵀ` with `x: [n, in]` f32 and `w: [out, in]` of any float type.
-fn matmul_wt(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    if w.dtype() == DType::F32 {
-        return x.matmul(&w.t()?);
+/// `x · Wᵀ` with `x: [n, in]` f32 and `w: [out, in]` stored in any way.
+fn matmul_wt(x: &Tensor, w: &Frozen) -> candle_core::Result<Tensor> {
+    if let Frozen::Dense(t) = w
+        && t.dtype() == DType::F32
+    {
+        return x.matmul(&t.t()?);
     }
-    let (out, inp) = w.dims2()?;
-    let rows = (WIDEN_BLOCK / inp.max(1)).clamp(1, out);
+    let (out, _) = w.dims();
+    let rows = w.block_rows();
     if rows == out {
-        return x.matmul(&w.to_dtype(DType::F32)?.t()?);
+        return x.matmul(&w.to_f32()?.t()?);
     }
     let mut parts = Vec::with_capacity(out.div_ceil(rows));
     let mut s = 0;
     while s < out {
         let n = rows.min(out - s);
-        let blk = w.narrow(0, s, n)?.to_dtype(DType::F32)?;
-        parts.push(x.matmul(&blk.t()?)?);
+        parts.push(x.matmul(&w.rows_f32(s, n, x.device())?.t()?)?);
         s += n;
     }
     Tensor::cat(&parts, 1)
 }
 
-/// `g · W` with `g: [n, out]` f32 and `w: [out, in]` of any float type.
-fn matmul_w(g: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    if w.dtype() == DType::F32 {
-        return g.matmul(w);
+/// `g · W` with `g: [n, out]` f32 and `w: [out, in]` stored in any way.
+fn matmul_w(g: &Tensor, w: &Frozen) -> candle_core::Result<Tensor> {
+    if let Frozen::Dense(t) = w
+        && t.dtype() == DType::F32
+    {
+        return g.matmul(t);
     }
-    let (out, inp) = w.dims2()?;
-    let rows = (WIDEN_BLOCK / inp.max(1)).clamp(1, out);
+    let (out, _) = w.dims();
+    let rows = w.block_rows();
     let mut acc: Option<Tensor> = None;
     let mut s = 0;
     while s < out {
         let n = rows.min(out - s);
-        let blk = w.narrow(0, s, n)?.to_dtype(DType::F32)?;
-        let part = g.narrow(1, s, n)?.matmul(&blk)?;
+        let part = g.narrow(1, s, n)?.matmul(&w.rows_f32(s, n, g.device())?)?;
         acc = Some(match acc {
             None => part,
             Some(a) => (a + part)?,
@@ -57,8 +57,8 @@ fn matmul_w(g: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 struct FrozenLinear {
-    /// `[out, in]`, possibly bf16/f16.
-    weight: Tensor,
+    /// `[out, in]`, dense or quantized.
+    weight: Frozen,
 }
 
 impl candle_core::CustomOp1 for FrozenLinear {
@@ -81,14 +81,14 @@ impl candle_core::CustomOp1 for FrozenLinear {
 
 /// `x · Wᵀ` for a frozen `w: [out, in]` and f32 `x: [n, in]`; gradients flow
 /// to `x` only.
-pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn frozen_matmul(x: &Tensor, w: &Frozen) -> candle_core::Result<Tensor> {
     if !x.track_op() {
         return matmul_wt(x, w);
     }
     if !x.device().is_cpu() || x.dtype() != DType::F32 {
         // Other backends: the plain graph (correct; it also computes the
         // unused weight gradient).
-        return x.matmul(&w.to_dtype(x.dtype())?.t()?);
+        return x.matmul(&w.to_f32()?.to_dtype(x.dtype())?.t()?);
     }
     x.contiguous()?.apply_op1(FrozenLinear { weight: w.clone() })
 }
@@ -308,6 +308,7 @@ pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> candle_core::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frozen::BLOCK_ELEMS;
 
     #[test]
     fn causal_softmax_matches_masked_reference() {
@@ -343,11 +344,12 @@ mod tests {
         let d = &Device::Cpu;
         // More rows than one widening block holds, to exercise the blocks.
         let inp = 4;
-        let out = WIDEN_BLOCK / inp + 3;
+        let out = BLOCK_ELEMS / inp + 3;
         let w = Tensor::arange(0u32, (out * inp) as u32, d).unwrap().to_dtype(DType::F32).unwrap();
         let w = ((w.reshape((out, inp)).unwrap() * 1e-7).unwrap()).to_dtype(DType::BF16).unwrap();
         let x = Tensor::new(&[[1f32, -1.0, 0.5, 2.0]], d).unwrap();
-        let a: Vec<f32> = frozen_matmul(&x, &w).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let a: Vec<f32> =
+            frozen_matmul(&x, &Frozen::from(w.clone())).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let b: Vec<f32> =
             x.matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(a.len(), out);

@@ -8,6 +8,7 @@
 
 use crate::config::ModelConfig;
 use crate::forward::{KvCache, Pass, Path, SideGrads, add_side_grad};
+use crate::frozen::Frozen;
 use crate::layer::Layer;
 use crate::lora::{DropoutRng, Target};
 use candle_core::{D, Device, Tensor, Var};
@@ -87,7 +88,7 @@ impl Path for Plain {
         Ok(x)
     }
 
-    fn nll(&self, x: &Tensor, norm: &Tensor, head: &Tensor, targets: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    fn nll(&self, x: &Tensor, norm: &Tensor, head: &Frozen, targets: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
         let hidden = rms_norm(x, norm, eps)?;
         let m = targets.dim(0)?;
         let mut parts = Vec::new();

@@ -5,14 +5,15 @@
 
 use super::in_pool;
 use super::kernels;
-use super::linear::stored;
+use super::linear::{Out, Term, frozen_bwd_terms, frozen_fwd};
 use super::norm::{rms_norm, rms_norm_bwd};
 use super::pool::Pool;
-use super::weights::{Pinned, f32_data};
+use super::weights::{Pinned, WRef, f32_data};
+use crate::frozen::Frozen;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, bail};
 use rayon::prelude::*;
 use sam_kernels::profile::span;
-use sam_kernels::{Grad, Precision, Rows, Target, Weight};
+use sam_kernels::Precision;
 use std::sync::{Arc, Mutex};
 
 /// Most bytes of logits the output head holds at once: rows are evaluated
@@ -25,7 +26,7 @@ const HEAD_BYTES: usize = 100 << 20;
 /// against its target, fused; see the module docs.
 struct HeadNll {
     norm: Tensor,
-    head: Tensor,
+    head: Frozen,
     targets: Vec<u32>,
     eps: f32,
     grad: bool,
@@ -40,7 +41,8 @@ struct HeadNll {
 fn head_nll(
     pool: &Arc<Pool>,
     norm: &[f32],
-    head: Weight<'_>,
+    head: WRef<'_>,
+    vocab: usize,
     x: &[f32],
     targets: &[u32],
     eps: f32,
@@ -52,10 +54,9 @@ fn head_nll(
         return Ok((Vec::new(), grad.then(Vec::new)));
     }
     let h = x.len() / m;
-    if h == 0 || norm.len() != h || head.cols() != h {
+    if h == 0 || norm.len() != h || head.len() != vocab * h {
         bail!("fused head: inconsistent shapes");
     }
-    let vocab = head.rows();
     if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
         bail!("fused head: target {bad} outside the vocabulary of {vocab}");
     }
@@ -67,12 +68,12 @@ fn head_nll(
     let mut dh = pool.take(if grad { m * h } else { 0 });
     let rows = (HEAD_BYTES / (4 * vocab)).max(16).min(m);
     let mut logits = pool.take(rows * vocab);
-    let w = head;
     for c0 in (0..m).step_by(rows) {
         let c = rows.min(m - c0);
         let lg = &mut logits[..c * vocab];
         let sp = span("head/logits");
-        sam_kernels::forward(Rows::new(&hn[c0 * h..], c, h), &mut [Target::new(w, lg, vocab)], prec);
+        let out = Out { w: head, rows: vocab, cols: h, out: &mut *lg, ld: vocab, acc: false };
+        frozen_fwd(pool, &hn[c0 * h..(c0 + c) * h], c, h, &mut [out], prec);
         drop(sp);
         let sp = span("head/cross_entropy");
         lg.par_chunks_mut(vocab)
@@ -82,7 +83,8 @@ fn head_nll(
         drop(sp);
         if grad {
             let _sp = span("head/dh");
-            sam_kernels::backward(&[Grad::new(Rows::new(lg, c, vocab), w)], &mut dh[c0 * h..], h, false, prec);
+            let term = Term { w: head, rows: vocab, cols: h, dy: lg, ld: vocab };
+            frozen_bwd_terms(pool, &[term], c, &mut dh[c0 * h..], h, false, prec);
         }
     }
     if !grad {
@@ -108,9 +110,8 @@ impl CustomOp1 for HeadNll {
             let mut p = Pinned::new();
             let ni = p.add(&self.norm)?;
             let hi = p.add_matrix(&self.head)?;
-            let (vocab, h) = self.head.dims2()?;
-            let w = stored(p.get_matrix(hi), vocab, h);
-            head_nll(&self.pool, p.get(ni), w, x, &self.targets, self.eps, self.grad, self.prec)
+            let vocab = self.head.dims().0;
+            head_nll(&self.pool, p.get(ni), p.get_matrix(hi), vocab, x, &self.targets, self.eps, self.grad, self.prec)
         })?;
         *self.dx.lock().map_err(|_| candle_core::Error::Msg("fused head: poisoned".into()))? = dx;
         Ok((CpuStorage::F32(nll), Shape::from(self.targets.len())))
@@ -132,12 +133,13 @@ impl CustomOp1 for HeadNll {
 
 /// Per-row negative log-likelihood (`[m]`) of `targets` given last-layer
 /// rows `x` (`[m, hidden]`, before the final norm), through the final norm
-/// `norm` and the output head `head` (`[vocab, hidden]`, f32, bf16 or f16). Differentiable
+/// `norm` and the output head `head` (`[vocab, hidden]`: f32, bf16, f16 or
+/// quantized). Differentiable
 /// in `x` when `x` is part of a graph.
 pub(super) fn nll_rows(
     x: &Tensor,
     norm: &Tensor,
-    head: &Tensor,
+    head: &Frozen,
     targets: &[u32],
     eps: f64,
     pool: &Arc<Pool>,
@@ -165,9 +167,7 @@ pub(super) fn nll_rows(
         let mut p = Pinned::new();
         let ni = p.add(norm)?;
         let hi = p.add_matrix(head)?;
-        let (vocab, h) = head.dims2()?;
-        let w = stored(p.get_matrix(hi), vocab, h);
-        head_nll(pool, p.get(ni), w, data, targets, eps as f32, false, prec)
+        head_nll(pool, p.get(ni), p.get_matrix(hi), head.dims().0, data, targets, eps as f32, false, prec)
     })?;
     drop(px);
     Tensor::from_vec(nll, targets.len(), x.device())

@@ -66,7 +66,7 @@ fn layer_fwd(geo: &Geometry, pool: &Arc<Pool>, lv: &LayerView<'_>, x: &[f32], ke
     let mut k = pool.take(n * dkv);
     let mut v = pool.take(n * dkv);
     let qkv = [lv.lin(Target::Q), lv.lin(Target::K), lv.lin(Target::V)];
-    let xs = lin_fwd(&qkv, prec, &h1, n, &mut [(&mut q, false), (&mut k, false), (&mut v, false)]);
+    let xs = lin_fwd(pool, &qkv, prec, &h1, n, &mut [(&mut q, false), (&mut k, false), (&mut v, false)]);
     for (t, a) in [Target::Q, Target::K, Target::V].into_iter().zip(xs) {
         xa[t as usize] = a;
     }
@@ -84,7 +84,7 @@ fn layer_fwd(geo: &Geometry, pool: &Arc<Pool>, lv: &LayerView<'_>, x: &[f32], ke
     let sp = span("fwd/o");
     let mut x1 = pool.take(n * hdim);
     x1.copy_from_slice(x);
-    xa[Target::O as usize] = lin_fwd(&[lv.lin(Target::O)], prec, &ao, n, &mut [(&mut x1, true)]).pop().flatten();
+    xa[Target::O as usize] = lin_fwd(pool, &[lv.lin(Target::O)], prec, &ao, n, &mut [(&mut x1, true)]).pop().flatten();
     drop(sp);
 
     let sp = span("fwd/norm");
@@ -95,7 +95,7 @@ fn layer_fwd(geo: &Geometry, pool: &Arc<Pool>, lv: &LayerView<'_>, x: &[f32], ke
     let mut g = pool.take(n * inter);
     let mut u = pool.take(n * inter);
     let gu = [lv.lin(Target::Gate), lv.lin(Target::Up)];
-    let mut xs = lin_fwd(&gu, prec, &h2, n, &mut [(&mut g, false), (&mut u, false)]).into_iter();
+    let mut xs = lin_fwd(pool, &gu, prec, &h2, n, &mut [(&mut g, false), (&mut u, false)]).into_iter();
     xa[Target::Gate as usize] = xs.next().flatten();
     xa[Target::Up as usize] = xs.next().flatten();
     drop(sp);
@@ -108,7 +108,7 @@ fn layer_fwd(geo: &Geometry, pool: &Arc<Pool>, lv: &LayerView<'_>, x: &[f32], ke
         drop(sp);
         let _sp = span("fwd/down");
         xa[Target::Down as usize] =
-            lin_fwd(&[lv.lin(Target::Down)], prec, &act, n, &mut [(&mut out, true)]).pop().flatten();
+            lin_fwd(pool, &[lv.lin(Target::Down)], prec, &act, n, &mut [(&mut out, true)]).pop().flatten();
     }
 
     let saved = (keep != Keep::Output).then(|| Saved {
@@ -165,7 +165,7 @@ fn layer_bwd(
         pool.take(0)
     };
     grads[Target::Down as usize] =
-        lin_bwd(lv.lin(Target::Down), prec, dy, n, &act, xa(&s, Target::Down).as_deref(), Some((&mut dact, false)));
+        lin_bwd(pool, lv.lin(Target::Down), prec, dy, n, &act, xa(&s, Target::Down).as_deref(), Some((&mut dact, false)));
     drop(act);
     drop(sp);
     let sp = span("bwd/swiglu");
@@ -181,7 +181,7 @@ fn layer_bwd(
     let need_x1 = need_dx || attn_adapted;
     let mut dh2 = pool.take(if need_x1 { n * hdim } else { 0 });
     if need_x1 {
-        frozen_bwd(&[(lv.lin(Target::Gate), dg), (lv.lin(Target::Up), du)], prec, n, &mut dh2, false);
+        frozen_bwd(pool, &[(lv.lin(Target::Gate), dg), (lv.lin(Target::Up), du)], prec, n, &mut dh2, false);
     }
     for (t, d) in [(Target::Gate, dg), (Target::Up, du)] {
         let d2 = need_x1.then_some(&mut dh2[..]);
@@ -204,6 +204,7 @@ fn layer_bwd(
     let mut dao = pool.take(if need_dao { n * dqw } else { 0 });
     let ao = s.ao.take().unwrap_or_else(|| pool.take(0));
     grads[Target::O as usize] = lin_bwd(
+        pool,
         lv.lin(Target::O),
         prec,
         &dx1,
@@ -239,7 +240,7 @@ fn layer_bwd(
     if need_dx {
         // Every projection's dy is there when the input's gradient is wanted.
         let terms: Vec<_> = qkv.iter().filter_map(|&(t, d)| Some((lv.lin(t), d?))).collect();
-        frozen_bwd(&terms, prec, n, &mut dh1, false);
+        frozen_bwd(pool, &terms, prec, n, &mut dh1, false);
     }
     for (t, d) in qkv {
         let Some(d) = d else { continue };

@@ -38,6 +38,7 @@ mod pool;
 mod weights;
 
 use crate::forward::{KvCache, Pass, Path};
+use crate::frozen::Frozen;
 use candle_core::{DType, Tensor, Var};
 use geometry::Geometry;
 use layer::{FusedLayer, forward_no_graph};
@@ -69,12 +70,11 @@ impl Fused {
         layers.iter().all(weights::supported)
     }
 
-    /// Whether the output head can take the fused loss: an f32 norm and an
-    /// f32, bf16 or f16 head on the CPU.
-    pub(crate) fn supports_head(norm: &Tensor, head: &Tensor) -> bool {
-        norm.dtype() == DType::F32
-            && matches!(head.dtype(), DType::F32 | DType::BF16 | DType::F16)
-            && [norm, head].iter().all(|t| t.device().is_cpu())
+    /// Whether the output head can take the fused loss: an f32 norm on the
+    /// CPU, a head the layers' products can read (f32, bf16, f16 or
+    /// quantized).
+    pub(crate) fn supports_head(norm: &Tensor, head: &Frozen) -> bool {
+        norm.dtype() == DType::F32 && norm.device().is_cpu() && weights::matrix_supported(head)
     }
 
     /// Frees the pooled buffers (the decoder calls it when a forward pass
@@ -123,7 +123,7 @@ impl Path for Fused {
         Ok(x)
     }
 
-    fn nll(&self, x: &Tensor, norm: &Tensor, head: &Tensor, targets: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    fn nll(&self, x: &Tensor, norm: &Tensor, head: &Frozen, targets: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
         head::nll_rows(x, norm, head, &targets.to_vec1::<u32>()?, eps, &self.pool, self.prec)
     }
 }

@@ -1,30 +1,49 @@
 //! A layer's frozen weights as slices for the kernels: read guards on the
 //! tensors' storages ([`Pinned`]), each matrix as stored ([`WRef`]: f32,
-//! bf16 or f16, read as such by the products of `sam-kernels`), and the
-//! whole layer checked against the pass's geometry ([`view`]).
+//! bf16 or f16, read as such by the products of `sam-kernels`, or
+//! quantized, dequantized a tile of rows at a time by
+//! [`super::linear`]), and the whole layer checked against the pass's
+//! geometry ([`view`]).
 
 use super::geometry::Geometry;
+use crate::frozen::Frozen;
 use crate::layer::Layer;
 use crate::lora::Target;
+use crate::quant::QMatrix;
 use candle_core::{CpuStorage, DType, Layout, Storage, StorageRef, Tensor, bail};
 
+/// Whether a frozen matrix can take the fused path: on the CPU, dense in
+/// f32, bf16 or f16, or quantized.
+pub(super) fn matrix_supported(w: &Frozen) -> bool {
+    match w {
+        Frozen::Dense(t) => matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16) && t.device().is_cpu(),
+        Frozen::Quant(_) => true,
+    }
+}
+
 /// Whether a layer's weights can take the fused path: on the CPU, norms and
-/// biases in f32, matrices in f32, bf16 or f16.
+/// biases in f32, matrices as [`matrix_supported`].
 pub(super) fn supported(layer: &Layer) -> bool {
     let ok = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
-    let matrix = |t: &Tensor| matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16) && t.device().is_cpu();
     ok(&layer.attn_norm)
         && ok(&layer.mlp_norm)
         && Target::ALL.iter().all(|&tg| {
             let l = layer.linear(tg);
-            matrix(l.weight()) && l.bias().is_none_or(ok)
+            matrix_supported(l.weight()) && l.bias().is_none_or(ok)
         })
+}
+
+/// One pinned tensor: a read guard on its storage and its element range,
+/// or a quantized matrix.
+enum Pin<'a> {
+    Dense(StorageRef<'a>, usize, usize),
+    Quant(&'a QMatrix),
 }
 
 /// Read guards on the storages of a set of tensors, so their data can be
 /// borrowed as slices while a kernel runs.
 pub(super) struct Pinned<'a> {
-    refs: Vec<(StorageRef<'a>, usize, usize)>,
+    refs: Vec<Pin<'a>>,
 }
 
 impl<'a> Pinned<'a> {
@@ -37,18 +56,29 @@ impl<'a> Pinned<'a> {
         if t.dtype() != DType::F32 {
             bail!("fused: expected an f32 tensor");
         }
-        self.add_matrix(t)
+        self.add_tensor(t)
     }
 
     /// Pins an f32, bf16 or f16 tensor.
-    pub(super) fn add_matrix(&mut self, t: &'a Tensor) -> candle_core::Result<usize> {
+    fn add_tensor(&mut self, t: &'a Tensor) -> candle_core::Result<usize> {
         let (st, l) = t.storage_and_layout();
         let Some((a, b)) = l.contiguous_offsets() else { bail!("fused: weight is not contiguous") };
         if !matches!(&*st, Storage::Cpu(CpuStorage::F32(_) | CpuStorage::BF16(_) | CpuStorage::F16(_))) {
             bail!("fused: expected an f32, bf16 or f16 tensor on the CPU");
         }
-        self.refs.push((st, a, b));
+        self.refs.push(Pin::Dense(st, a, b));
         Ok(self.refs.len() - 1)
+    }
+
+    /// Pins a frozen matrix.
+    pub(super) fn add_matrix(&mut self, w: &'a Frozen) -> candle_core::Result<usize> {
+        match w {
+            Frozen::Dense(t) => self.add_tensor(t),
+            Frozen::Quant(q) => {
+                self.refs.push(Pin::Quant(q));
+                Ok(self.refs.len() - 1)
+            }
+        }
     }
 
     pub(super) fn get(&self, i: usize) -> &[f32] {
@@ -59,12 +89,14 @@ impl<'a> Pinned<'a> {
     }
 
     pub(super) fn get_matrix(&self, i: usize) -> WRef<'_> {
-        let (st, a, b) = &self.refs[i];
-        match &**st {
-            Storage::Cpu(CpuStorage::F32(v)) => WRef::F32(&v[*a..*b]),
-            Storage::Cpu(CpuStorage::BF16(v)) => WRef::Bf16(&v[*a..*b]),
-            Storage::Cpu(CpuStorage::F16(v)) => WRef::F16(&v[*a..*b]),
-            _ => WRef::F32(&[]),
+        match &self.refs[i] {
+            Pin::Dense(st, a, b) => match &**st {
+                Storage::Cpu(CpuStorage::F32(v)) => WRef::F32(&v[*a..*b]),
+                Storage::Cpu(CpuStorage::BF16(v)) => WRef::Bf16(&v[*a..*b]),
+                Storage::Cpu(CpuStorage::F16(v)) => WRef::F16(&v[*a..*b]),
+                _ => WRef::F32(&[]),
+            },
+            Pin::Quant(q) => WRef::Quant(q),
         }
     }
 }
@@ -75,6 +107,19 @@ pub(super) enum WRef<'a> {
     F32(&'a [f32]),
     Bf16(&'a [half::bf16]),
     F16(&'a [half::f16]),
+    Quant(&'a QMatrix),
+}
+
+impl WRef<'_> {
+    /// Number of elements.
+    pub(super) fn len(&self) -> usize {
+        match self {
+            WRef::F32(v) => v.len(),
+            WRef::Bf16(v) => v.len(),
+            WRef::F16(v) => v.len(),
+            WRef::Quant(q) => q.rows() * q.cols(),
+        }
+    }
 }
 
 pub(super) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -190,11 +235,7 @@ fn check(lv: &LayerView<'_>, geo: &Geometry) -> candle_core::Result<()> {
     ];
     for (t, out, inp) in want {
         let l = lv.lin(t);
-        let wlen = match l.w {
-            WRef::F32(v) => v.len(),
-            WRef::Bf16(v) => v.len(),
-            WRef::F16(v) => v.len(),
-        };
+        let wlen = l.w.len();
         let lora_ok = l.lora.as_ref().is_none_or(|lo| lo.a.len() == lo.r * inp && lo.b.len() == out * lo.r);
         if l.out != out || l.inp != inp || wlen != out * inp || l.bias.is_some_and(|b| b.len() != out) || !lora_ok {
             bail!("fused layer: {} is [{}, {}], the configuration wants [{out}, {inp}]", t.module_name(), l.out, l.inp);

@@ -5,6 +5,7 @@
 
 mod dpo;
 mod gradients;
+mod quantized;
 
 // The helpers are the integration tests' own, in one file.
 #[path = "../../tests/common/mod.rs"]
