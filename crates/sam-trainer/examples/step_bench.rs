@@ -5,9 +5,11 @@
 //! ```text
 //! cargo run --release -p sam-trainer --example step_bench -- MODEL [seq] [steps] [rank] [dtype] [RECOMPUTE_EVERY|nockpt] [sft|sft2|dpo]
 //! ```
-//! MODEL is a GGUF file, a Hugging Face folder, or `qwen2.5-coder-1.5b-random`
-//! (that shape, random weights); dtype is f32 (default) or
-//! bf16 for the frozen weights; RECOMPUTE_EVERY (default 1) recomputes every
+//! MODEL is a GGUF file, a Hugging Face or mlx folder, or
+//! `qwen2.5-coder-1.5b-random` / `qwen2.5-3b-random` (that shape, random
+//! weights); dtype is how the frozen weights are held: f32 (default), bf16,
+//! `auto` (a quantized file's weights kept quantized), or q4 / q8 (a random
+//! model quantized in mlx's 4- or 8-bit format, kept quantized); RECOMPUTE_EVERY (default 1) recomputes every
 //! N-th layer in the backward pass, `nockpt` keeps all activations.
 //! The last argument picks the step, each on `seq` tokens in all:
 //! - `sft` (default): one sequence of `seq` tokens, loss on every position;
@@ -103,15 +105,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seq: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(512);
     let steps: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(8);
     let rank: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(8);
-    let weights = match args.get(5).map(String::as_str) {
-        Some("bf16") => WeightType::Bf16,
-        _ => WeightType::F32,
+    let dtype = args.get(5).map(String::as_str).unwrap_or("f32");
+    let (weights, bits) = match dtype {
+        "f32" => (WeightType::F32, None),
+        "bf16" => (WeightType::Bf16, None),
+        "auto" => (WeightType::Auto, None),
+        "q4" => (WeightType::Auto, Some(4)),
+        "q8" => (WeightType::Auto, Some(8)),
+        other => return Err(format!("unknown dtype `{other}` (f32, bf16, auto, q4, q8)").into()),
     };
     let t0 = Instant::now();
-    let model = if model_path == "qwen2.5-coder-1.5b-random" {
-        ModelSource::random(ModelConfig::qwen2_5_coder_1_5b(), 0)
-    } else {
-        ModelSource::from(model_path)
+    let shape = match model_path.as_str() {
+        "qwen2.5-coder-1.5b-random" => Some(ModelConfig::qwen2_5_coder_1_5b()),
+        "qwen2.5-3b-random" => Some(ModelConfig::qwen2_5_3b()),
+        _ => None,
+    };
+    let model = match (shape, bits) {
+        (Some(cfg), Some(b)) => ModelSource::random_quantized(cfg, b, 0),
+        (Some(cfg), None) => ModelSource::random(cfg, 0),
+        (None, None) => ModelSource::from(model_path),
+        (None, Some(_)) => return Err("q4 and q8 quantize a random model: use dtype auto for a file".into()),
     };
     let vocab = model.config()?.vocab_size as u32;
     let mut rng = StdRng::seed_from_u64(0);
@@ -217,7 +230,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         serde_json::json!({
             "peer": "sam",
             "threads": candle_core::utils::get_num_threads(),
-            "kind": kind, "seq": seq, "rank": rank, "dtype": format!("{:?}", weights.dtype()),
+            "kind": kind, "seq": seq, "rank": rank, "dtype": dtype,
             "recompute_every": cfg.compute.recompute_every,
             "lora_layers": format!("{:?}", cfg.lora.layers),
             "load_s": (load_s * 100.0).round() / 100.0,

@@ -577,6 +577,19 @@ impl ModelConfig {
         }
     }
 
+    /// The shape of Qwen2.5-3B (36 layers, hidden 2048, MLP 11008, 16 query
+    /// / 2 key-value heads of 128, vocabulary 151936, tied embeddings, q/k/v
+    /// biases, rope theta 1e6).
+    pub fn qwen2_5_3b() -> Self {
+        ModelConfig {
+            hidden_size: 2048,
+            intermediate_size: 11_008,
+            num_layers: 36,
+            num_heads: 16,
+            ..Self::qwen2_5_coder_1_5b()
+        }
+    }
+
     /// The shape of Qwen2.5-Coder-1.5B (28 layers, hidden 1536, MLP 8960,
     /// 12 query / 2 key-value heads of 128, vocabulary 151936, tied
     /// embeddings, q/k/v biases, rope theta 1e6).
