@@ -10,7 +10,7 @@
 //! cargo run --release -p sam-trainer --example mlx_quant_export -- MLX_FOLDER OUT_DIR
 //! ```
 
-use sam_prep::cache::{Split, sft_cache_path, write_sft};
+use sam_dataset::{Split, sft_cache_path, write_sft};
 use sam_trainer::{
     AdapterFormat, BatchConfig, ComputeConfig, Decoder, Duration, GenerateConfig, Job, JobControl, JobMode, JobSpec,
     Layers, LoadOptions, LoraConfig, Mode, ModelSource, OptimConfig, OutputConfig, Target, TokenizedExample,

@@ -12,8 +12,8 @@ use super::weights::{Pinned, WRef, f32_data};
 use crate::frozen::Frozen;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, bail};
 use rayon::prelude::*;
-use sam_kernels::profile::span;
 use sam_kernels::Precision;
+use sam_kernels::profile::span;
 use std::sync::{Arc, Mutex};
 
 /// Most bytes of logits the output head holds at once: rows are evaluated

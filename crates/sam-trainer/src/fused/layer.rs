@@ -164,8 +164,16 @@ fn layer_bwd(
     } else {
         pool.take(0)
     };
-    grads[Target::Down as usize] =
-        lin_bwd(pool, lv.lin(Target::Down), prec, dy, n, &act, xa(&s, Target::Down).as_deref(), Some((&mut dact, false)));
+    grads[Target::Down as usize] = lin_bwd(
+        pool,
+        lv.lin(Target::Down),
+        prec,
+        dy,
+        n,
+        &act,
+        xa(&s, Target::Down).as_deref(),
+        Some((&mut dact, false)),
+    );
     drop(act);
     drop(sp);
     let sp = span("bwd/swiglu");
