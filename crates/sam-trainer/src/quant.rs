@@ -129,7 +129,7 @@ impl QMatrix {
         if matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::Q8_1) {
             return Err(Error::UnsupportedModel(format!("{dtype:?} is not a quantized weight type sam keeps")));
         }
-        if cols % bs != 0 {
+        if !cols.is_multiple_of(bs) {
             return Err(Error::UnsupportedModel(format!("{dtype:?} rows of {cols} values (blocks of {bs})")));
         }
         let row_bytes = cols / bs * dtype.type_size();
@@ -167,7 +167,7 @@ impl QMatrix {
         if !matches!(bits, 2 | 3 | 4 | 5 | 6 | 8) {
             return bad("sam reads 2, 3, 4, 5, 6 and 8 bits".into());
         }
-        if group == 0 || cols % group != 0 || (cols * bits) % 32 != 0 {
+        if group == 0 || !cols.is_multiple_of(group) || !(cols * bits).is_multiple_of(32) {
             return bad(format!("columns are not a whole number of groups of {group} and of 32-bit words"));
         }
         let row_bytes = cols * bits / 8;
@@ -335,7 +335,11 @@ impl QMatrix {
         group: usize,
         mut fill: impl FnMut(usize, &mut [f32]),
     ) -> Result<Self> {
-        if !matches!(bits, 2 | 3 | 4 | 5 | 6 | 8) || group == 0 || cols % group != 0 || (cols * bits) % 32 != 0 {
+        if !matches!(bits, 2 | 3 | 4 | 5 | 6 | 8)
+            || group == 0
+            || !cols.is_multiple_of(group)
+            || !(cols * bits).is_multiple_of(32)
+        {
             return Err(Error::InvalidConfig(format!("mlx {bits}-bit groups of {group} over {cols} columns")));
         }
         let levels = ((1u32 << bits) - 1) as f32;
