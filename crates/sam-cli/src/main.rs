@@ -60,6 +60,9 @@ enum Commands {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Commands::Serve(_)) {
+        quiet_on_closed_pipe();
+    }
     ctx::init_tracing(cli.verbose);
     let ctx = match ctx::Ctx::new(cli.home, cli.json) {
         Ok(c) => c,
@@ -79,5 +82,19 @@ fn main() -> std::process::ExitCode {
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => ctx::report(e),
+    }
+}
+
+/// A reader that goes away (`sam runs list | head -3`) ends the command
+/// quietly, as it ends `ls` or `git log`, instead of a panic in `println!`:
+/// Rust ignores SIGPIPE by default, so the default action is put back.
+/// `sam serve` keeps ignoring it: a client that hangs up must not stop the
+/// server.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default, before any
+    // thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

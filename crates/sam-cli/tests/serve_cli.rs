@@ -679,6 +679,27 @@ fn serve_refuses_a_remote_address_and_token_prints_the_token() {
     assert_ne!(rotated, token);
 }
 
+/// A reader that has gone (`sam runs list | head`) ends a command quietly
+/// by SIGPIPE, as it ends other Unix tools, not with a panic.
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+    let home = home();
+    for args in [&["runs", "list"][..], &["deploy", "status"], &["--json", "runs", "list"]] {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills both descriptors; each is owned once below.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        drop(read);
+        let out = cmd(home.path(), args).stdout(write).stderr(Stdio::piped()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "sam {args:?}: {err}");
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "sam {args:?}: {:?} {err}", out.status);
+    }
+}
+
 /// Debian's Chromium, as `scripts/setup-chromium.sh` installs it. A missing
 /// browser fails the test: the dashboard check must not pass by not running.
 fn chromium() -> PathBuf {
@@ -949,6 +970,7 @@ fn the_dashboard_renders_its_charts_in_headless_chromium() {
         assert!(registry.contains(needle), "{needle} missing from the registry section");
     }
     assert!(registry.contains(">pass<") || registry.contains(">refused<"), "the gate's verdict");
+    assert!(registry.contains(&format!("production: base → {}", &v1[..8])), "the first promotion, from the base");
     // Bars were drawn for the stored tiers, and the trained run's curves
     // have their points.
     assert!(dom.matches("<rect").count() > 20, "bars");
