@@ -321,6 +321,13 @@ fn done_text(s: &PipelineSummary) -> String {
 
 fn registry_section(slots: &[(SlotSummary, Vec<sam_deploy::HistoryEntry>)]) -> Markup {
     let short = |id: &str| id.chars().take(8).collect::<String>();
+    // An alias's end of a move: a version, else nothing (production on no
+    // version is the base model, as `sam deploy history` says).
+    let end = |alias: &str, id: Option<&str>| match id {
+        Some(id) => short(id),
+        None if alias == "production" => "base".to_string(),
+        None => "—".to_string(),
+    };
     html! {
         section.card {
             h2 { "Registry" span.sub { " adapter versions, aliases and every deployment with its verdict" } }
@@ -369,8 +376,7 @@ fn registry_section(slots: &[(SlotSummary, Vec<sam_deploy::HistoryEntry>)]) -> M
                                 td { (action(e.action)) @if e.forced { " " span.badge.fail { "forced" } } }
                                 td { code { (e.version.as_deref().map(short).unwrap_or_else(|| "—".into())) } }
                                 td { @if let Some(a) = &e.alias {
-                                    (a) ": " (e.from.as_deref().map(short).unwrap_or_else(|| "—".into())) " → "
-                                    (e.to.as_deref().map(short).unwrap_or_else(|| "—".into()))
+                                    (a) ": " (end(a, e.from.as_deref())) " → " (end(a, e.to.as_deref()))
                                 } }
                                 td.verdict { @if let Some(v) = &e.verdict {
                                     (verdict_badge(v.pass))
