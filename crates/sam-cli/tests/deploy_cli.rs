@@ -151,6 +151,20 @@ fn register_gate_promote_canary_rollback_and_export() {
     assert_eq!(st["slots"][0]["aliases"]["production"]["version"], trained.as_str());
     let dir = ok(h, &["deploy", "which"]);
     assert!(Path::new(dir.trim()).join("adapter_model.safetensors").is_file(), "{dir}");
+    // `list` names each version with the aliases on it and its last verdict.
+    let l = json(h, &["deploy", "list"]);
+    let vs = l["slots"][0]["versions"].as_array().unwrap();
+    assert_eq!(vs.len(), 2, "{l}");
+    assert_eq!(
+        (vs[0]["version"].as_str(), &vs[0]["aliases"]),
+        (Some(trained.as_str()), &serde_json::json!(["production"]))
+    );
+    assert_eq!(
+        (vs[1]["version"].as_str(), &vs[1]["last_verdict"]["pass"]),
+        (Some(untrained.as_str()), &Value::Bool(false))
+    );
+    let table = ok(h, &["deploy", "list"]);
+    assert!(table.contains(&trained) && table.contains("production") && table.contains("refused vs base"), "{table}");
 
     // Canary: keys route by their bucket; feedback rolls it back.
     json(h, &["deploy", "canary", &untrained, "--percent", "50", "--force"]);

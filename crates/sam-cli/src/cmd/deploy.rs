@@ -57,6 +57,9 @@ pub enum Deploy {
     CanaryAbort(ReasonArgs),
     /// Slots, their base models, aliases and versions
     Status(SlotOpt),
+    /// The versions of a slot (every slot without --slot), oldest first:
+    /// the aliases on each, its run and its last verdict
+    List(ListArgs),
     /// A slot's history: registrations, verdicts, every alias move
     History(HistoryArgs),
     /// The adapter folder to load (canary-aware with --key)
@@ -73,6 +76,13 @@ pub enum Deploy {
 #[derive(Args, Debug)]
 pub struct SlotOpt {
     /// The slot [default: `[deploy] default_slot`, "default"]
+    #[arg(long)]
+    slot: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only this slot [default: every slot]
     #[arg(long)]
     slot: Option<String>,
 }
@@ -321,6 +331,7 @@ pub fn run(cmd: DeployCommand, ctx: &Ctx) -> anyhow::Result<()> {
             print_entry(&env, &e)
         }
         Deploy::Status(a) => status(&env, a),
+        Deploy::List(a) => list(&env, a),
         Deploy::History(a) => history(&env, a),
         Deploy::Which(a) => which(&env, a),
         Deploy::Export(a) => export(&env, a),
@@ -653,7 +664,70 @@ fn status(env: &Env<'_>, a: SlotOpt) -> anyhow::Result<()> {
             println!("  {name:<11} {shown}");
         }
         let vs = s["versions"].as_array().map(|v| v.len()).unwrap_or(0);
-        println!("  versions    {vs}");
+        println!("  versions    {vs} (`sam deploy list` lists them)");
+    }
+    Ok(())
+}
+
+/// `sam deploy list`: each slot's versions with the aliases on them.
+fn list(env: &Env<'_>, a: ListArgs) -> anyhow::Result<()> {
+    let slots = match &a.slot {
+        Some(s) => vec![env.reg.slot(s)?],
+        None => env.reg.slots()?,
+    };
+    let mut out = Vec::new();
+    for s in &slots {
+        let al = env.reg.aliases(&s.name)?;
+        let versions: Vec<Value> = env
+            .reg
+            .versions(&s.name)?
+            .iter()
+            .map(|v| {
+                let on: Vec<&str> =
+                    al.aliases.iter().filter(|(_, id)| **id == v.id).map(|(name, _)| name.as_str()).collect();
+                let last = env.reg.verdicts(v).ok().and_then(|mut r| r.pop());
+                json!({"version": v.id, "number": v.number, "created_at": v.created_at, "aliases": on,
+                       "run_id": v.run_id, "source": v.source, "rank": v.adapter.rank, "adapter_dir": env.reg.adapter_dir(v),
+                       "last_verdict": last.map(|r| json!({"pass": r.verdict.pass, "against": r.against, "at": r.at}))})
+            })
+            .collect();
+        out.push(json!({"slot": s.name, "base": s.base.id, "versions": versions}));
+    }
+    if env.ctx.json {
+        println!("{}", json!({"slots": out}));
+        return Ok(());
+    }
+    if out.is_empty() {
+        println!("no slots yet: `sam deploy register RUN_DIR` registers a run's adapter (and creates the slot)");
+    }
+    for s in &out {
+        println!("slot {} · base {}", s["slot"].as_str().unwrap_or(""), s["base"].as_str().unwrap_or(""));
+        let versions = s["versions"].as_array().map(Vec::as_slice).unwrap_or_default();
+        if versions.is_empty() {
+            println!("  no versions yet (`sam deploy register RUN_DIR`)");
+            continue;
+        }
+        println!("  {:<4} {:<12}  {:<19}  {:<20} {:<22} RUN", "#", "VERSION", "REGISTERED", "ALIASES", "LAST VERDICT");
+        for v in versions {
+            let aliases: Vec<&str> = v["aliases"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let verdict = match &v["last_verdict"] {
+                Value::Null => "-".to_string(),
+                r => format!(
+                    "{} vs {}",
+                    if r["pass"].as_bool() == Some(true) { "pass" } else { "refused" },
+                    r["against"].as_str().unwrap_or("")
+                ),
+            };
+            println!(
+                "  {:<4} {:<12}  {:<19}  {:<20} {:<22} {}",
+                v["number"],
+                v["version"].as_str().unwrap_or(""),
+                when(v["created_at"].as_i64().unwrap_or(0)),
+                if aliases.is_empty() { "-".to_string() } else { aliases.join(",") },
+                verdict,
+                v["run_id"].as_str().unwrap_or("-")
+            );
+        }
     }
     Ok(())
 }
