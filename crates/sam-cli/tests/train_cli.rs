@@ -151,6 +151,7 @@ fn a_run_killed_after_a_checkpoint_resumes_to_the_same_losses() {
 
     let shown = ok(h, &["runs", "show", "killed"]);
     assert!(shown.contains("completed") && shown.contains("step 6/6"), "{shown}");
+    assert!(shown.matches("(best)").count() <= 1, "one best checkpoint: {shown}");
     let shown: Value = serde_json::from_str(ok(h, &["--json", "runs", "show", "killed"]).trim()).unwrap();
     assert_eq!(shown["metrics"].as_array().unwrap().iter().filter(|m| m.get("train_loss").is_some()).count(), 6);
     assert!(shown["events"].as_array().unwrap().iter().any(|e| e["kind"] == "resumed_from_checkpoint"));

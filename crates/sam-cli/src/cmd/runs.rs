@@ -221,8 +221,17 @@ fn show(dir: &Path, ctx: &Ctx) -> anyhow::Result<()> {
             .map(|e| format!(" · ETA {}", format_duration(std::time::Duration::from_secs_f64(e))))
             .unwrap_or_default()
     );
+    // The best step of a phase is what its newest checkpoint knows (an
+    // older one only knew the best up to its own step).
+    let best_of = |phase: &str| {
+        checkpoints
+            .iter()
+            .filter(|c| c.state.phase == phase)
+            .max_by_key(|c| c.state.step)
+            .and_then(|c| c.state.best_step)
+    };
     for c in &checkpoints {
-        let best = if c.state.best_step == Some(c.state.step) { " (best)" } else { "" };
+        let best = if best_of(&c.state.phase) == Some(c.state.step) { " (best)" } else { "" };
         println!("checkpoint {} step {}{best}: {}", c.state.phase, c.state.step, c.dir.display());
     }
     if run.adapter_dir().is_dir() {
