@@ -39,8 +39,10 @@ pub struct RunArgs {
     /// repeat for several [default: the repository of the current folder]
     #[arg(long = "repo", value_name = "PATH")]
     repos: Vec<PathBuf>,
-    /// Base model: a Hugging Face folder or a .gguf file [default: the test
-    /// model, SmolLM2-135M-Instruct, fetched with scripts/fetch-test-model.sh]
+    /// Base model: a Hugging Face or mlx-lm folder or a .gguf file; a
+    /// quantized one (mlx 4-bit, GGUF Q4_K, …) is trained and evaluated
+    /// kept quantized [default: the test model, SmolLM2-135M-Instruct,
+    /// fetched with scripts/fetch-test-model.sh]
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
     /// Leave out the sample captures shipped with sam

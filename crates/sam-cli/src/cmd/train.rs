@@ -60,25 +60,45 @@ pub enum DpoLossArg {
     Hinge,
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy)]
+/// How the frozen base weights are held in memory.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightType {
-    /// 32-bit floats (exact, 4 bytes per weight)
+    /// Quantized bases stay quantized (a GGUF's Q4_0, Q4_1, Q8_0, Q4_K,
+    /// Q5_K or Q6_K blocks, an mlx folder's 2–8-bit groups), read a tile at
+    /// a time per product; dense ones in 32-bit floats
+    Auto,
+    /// 32-bit floats (quantized weights widened on load: 4 bytes per weight)
     F32,
-    /// bfloat16 frozen weights (half the memory)
+    /// bfloat16 (quantized weights widened on load: 2 bytes per weight)
     Bf16,
 }
+
+/// What `--weights` explains in `--help`.
+const WEIGHTS_HELP: &str = "How the frozen base weights are held in memory. `auto` (the default) keeps a \
+quantized base quantized as stored (a GGUF's Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K blocks, an mlx-lm quantized \
+folder's 2-8-bit groups) and dequantizes a bounded tile of rows per product: 4-bit weights with their \
+scales take about a seventh of f32's bytes. A dense base is held in f32. `f32` and `bf16` widen every \
+matrix on load (more memory; the same values in f32, rounded once more in bf16). LoRA weights, gradients \
+and optimiser state are f32 either way; an adapter trained on an mlx 4-bit folder is what mlx-lm loads \
+on top of that same folder.";
 
 impl WeightType {
     fn trainer(self) -> sam_trainer::WeightType {
         match self {
+            WeightType::Auto => sam_trainer::WeightType::Auto,
             WeightType::F32 => sam_trainer::WeightType::F32,
             WeightType::Bf16 => sam_trainer::WeightType::Bf16,
         }
     }
+}
 
-    fn dtype(self) -> DType {
-        self.trainer().dtype()
-    }
+/// Storage type of the weights `sam fuse` writes.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum WrittenWeights {
+    /// 32-bit floats
+    F32,
+    /// bfloat16 (half the size)
+    Bf16,
 }
 
 /// Trains in a run folder (SAM_HOME/runs/<id>/: config.json, status.json,
@@ -91,7 +111,8 @@ pub struct TrainArgs {
     /// Prepared dataset folder (from `sam prep`)
     #[arg(long, value_name = "DIR", required_unless_present = "resume")]
     data: Option<PathBuf>,
-    /// Base model: a Hugging Face folder or a .gguf file
+    /// Base model: a Hugging Face or mlx-lm folder (quantized mlx folders
+    /// too) or a .gguf file (quantized ones too)
     #[arg(long, value_name = "PATH", required_unless_present = "resume")]
     model: Option<PathBuf>,
     /// Continue this run (an id under SAM_HOME/runs, or a run folder) from
@@ -171,8 +192,9 @@ pub struct TrainArgs {
     /// Adapter layout
     #[arg(long, value_enum, default_value_t = Format::Peft)]
     format: Format,
-    /// Storage type of the frozen weights
-    #[arg(long, value_enum, default_value_t = WeightType::F32)]
+    /// How the frozen base weights are held: auto (a quantized base stays
+    /// quantized), f32 or bf16
+    #[arg(long, value_enum, default_value_t = WeightType::Auto, long_help = WEIGHTS_HELP)]
     weights: WeightType,
     /// Recompute every N-th layer in the backward pass to save memory
     /// (0: keep all activations, fastest; 1: least memory; 2: in between —
@@ -210,7 +232,8 @@ pub struct TrainArgs {
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Base model: a Hugging Face folder or a .gguf file
+    /// Base model: a Hugging Face or mlx-lm folder (quantized mlx folders
+    /// too) or a .gguf file (quantized ones too)
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
     /// Adapter folder (PEFT or mlx-lm layout)
@@ -234,13 +257,18 @@ pub struct GenerateArgs {
     /// Sampling seed
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// How the frozen base weights are held: auto (a quantized base stays
+    /// quantized), f32 or bf16
+    #[arg(long, value_enum, default_value_t = WeightType::Auto, long_help = WEIGHTS_HELP)]
+    weights: WeightType,
     /// The user's message
     prompt: String,
 }
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// Base model: a Hugging Face folder or a .gguf file
+    /// Base model: a Hugging Face or mlx-lm folder (quantized mlx folders
+    /// too) or a .gguf file (quantized ones too)
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
     /// Prepared dataset folder
@@ -258,11 +286,16 @@ pub struct EvalArgs {
     /// Write the report here as JSON
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// How the frozen base weights are held: auto (a quantized base stays
+    /// quantized), f32 or bf16
+    #[arg(long, value_enum, default_value_t = WeightType::Auto, long_help = WEIGHTS_HELP)]
+    weights: WeightType,
 }
 
 #[derive(Args, Debug)]
 pub struct FuseArgs {
-    /// Base model: a Hugging Face folder or a .gguf file
+    /// Base model: a Hugging Face or mlx-lm folder (quantized mlx folders
+    /// too) or a .gguf file (quantized ones too)
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
     /// Adapter folder (PEFT or mlx-lm layout)
@@ -272,8 +305,8 @@ pub struct FuseArgs {
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Storage type of the written weights
-    #[arg(long, value_enum, default_value_t = WeightType::F32)]
-    weights: WeightType,
+    #[arg(long, value_enum, default_value_t = WrittenWeights::F32)]
+    weights: WrittenWeights,
 }
 
 pub fn run(cmd: TrainCommand, ctx: &Ctx) -> anyhow::Result<()> {
@@ -285,9 +318,8 @@ pub fn run(cmd: TrainCommand, ctx: &Ctx) -> anyhow::Result<()> {
     }
 }
 
-fn load(path: &Path, weights: WeightType) -> anyhow::Result<sam_trainer::Decoder> {
-    let opts = LoadOptions { dtype: weights.dtype(), ..Default::default() };
-    sam_trainer::load_model(path, &opts).with_context(|| format!("loading the model at {}", path.display()))
+fn load(path: &Path, opts: &LoadOptions) -> anyhow::Result<sam_trainer::Decoder> {
+    sam_trainer::load_model(path, opts).with_context(|| format!("loading the model at {}", path.display()))
 }
 
 fn pad_id(model: &BaseModel) -> u32 {
@@ -617,7 +649,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let text = template.render(&messages, true)?;
     let enc = tok.encode(text.as_str(), false).map_err(|e| anyhow::anyhow!("tokenising: {e}"))?;
     let prompt: Vec<u32> = enc.get_ids().to_vec();
-    let mut model = load(&a.model, WeightType::F32)?;
+    let mut model = load(&a.model, &a.weights.trainer().load_options())?;
     if let Some(dir) = &a.adapter {
         sam_trainer::load_adapter(&mut model, dir).with_context(|| format!("loading adapter {}", dir.display()))?;
     }
@@ -660,7 +692,7 @@ fn eval(a: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let data = PreparedData::open(&a.data)?;
     let info = BaseModel::open(&a.model)?;
-    let mut model = load(&a.model, WeightType::F32)?;
+    let mut model = load(&a.model, &a.weights.trainer().load_options())?;
     if let Some(dir) = &a.adapter {
         sam_trainer::load_adapter(&mut model, dir)?;
     }
@@ -691,7 +723,12 @@ fn eval(a: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn fuse(a: FuseArgs) -> anyhow::Result<()> {
-    let mut model = load(&a.model, a.weights)?;
+    // The merged weights are dense: a quantized base is widened on load.
+    let dtype = match a.weights {
+        WrittenWeights::F32 => DType::F32,
+        WrittenWeights::Bf16 => DType::BF16,
+    };
+    let mut model = load(&a.model, &LoadOptions { dtype, keep_quantized: false, ..Default::default() })?;
     sam_trainer::load_adapter(&mut model, &a.adapter)?;
     model.merge_lora()?;
     sam_trainer::save_hf_model(&model, &a.out)?;
