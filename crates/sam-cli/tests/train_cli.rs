@@ -228,3 +228,155 @@ fn sigterm_stops_a_run_after_its_step_with_a_checkpoint() {
     let shown = ok(h, &["runs", "show", "term"]);
     assert!(shown.contains("stopped") && shown.contains("sam runs resume term"), "{shown}");
 }
+
+/// A home for `sam run` on the test model: `sam.toml` with lean settings
+/// (plus `extra`), and `n` distinct examples ingested and validated.
+fn run_home(n: usize, split: &str, extra: &str) -> (tempfile::TempDir, String) {
+    let model = sam_models::require_test_model().unwrap_or_else(|e| panic!("{e}"));
+    let model = model.to_str().unwrap().to_string();
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let toml = format!(
+        "[prep]\nmax_seq_len = 64\nsplit = \"{split}\"\n\n[train]\nsteps = 6\nsave_every = 1\nwarmup_steps = 1\ngrad_accum = 1\nrank = 4\ndpo_steps = 0\n\n\
+         [pipeline]\nsample_captures = false\nnear_dup = false\nmax_valid_examples = 2\nmax_eval_examples = 2\n{extra}"
+    );
+    std::fs::write(sam_home::SamHome::new(h).config_file(), toml).unwrap();
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "instruction": format!("What does `cache_op_{i}` do in the cachey crate?"),
+                "output": format!("`cache_op_{i}` returns entry number {i} of the cache; expired entries are skipped, and the call never blocks."),
+                "domain": "code",
+            })
+            .to_string()
+        })
+        .collect();
+    let data = h.join("new.jsonl");
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    ok(h, &["init"]);
+    ok(h, &["ingest", data.to_str().unwrap()]);
+    ok(h, &["validate"]);
+    (home, model)
+}
+
+/// `sam run --json ARGS`: the summary.
+fn run_json(home: &Path, model: &str, args: &[&str]) -> Value {
+    let out = sam_run(home, model, &[&["--json"], args].concat()).output().unwrap();
+    assert!(out.status.success(), "sam run {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `sam run ARGS` on `home`, from a folder that is not a git repository.
+fn sam_run(home: &Path, model: &str, args: &[&str]) -> std::process::Command {
+    let mut c = cmd(home, &[&["run", "--model", model], args].concat());
+    c.current_dir(home);
+    c
+}
+
+fn run_ok(home: &Path, model: &str, args: &[&str]) -> String {
+    let out = sam_run(home, model, args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "sam run {args:?} failed: {}\n{text}", out.status);
+    text
+}
+
+/// Ctrl-C in training stops `sam run` at the checkpoint after the current
+/// step (exit 130, saying how to continue); `sam run` continues that
+/// training run there. `--no-deploy` ends after evaluation with nothing
+/// registered. A store too small for a test split to gate on trains and
+/// evaluates, registers nothing, and says what to do next.
+#[test]
+fn sam_run_stops_on_ctrl_c_and_continues_and_a_store_too_small_to_gate_says_so() {
+    let (home, model) = run_home(8, "90,5,5", "");
+    let h = home.path();
+    let sh = sam_home::SamHome::new(h);
+    let mut child = sam_run(h, &model, &["--no-deploy"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut run = None;
+    wait_for("a checkpointed step", &mut child, Duration::from_secs(300), || {
+        let Ok(rd) = std::fs::read_dir(sh.runs_dir()) else { return false };
+        run = rd
+            .flatten()
+            .map(|e| e.path())
+            .find(|r| std::fs::read_to_string(r.join("events.jsonl")).is_ok_and(|t| t.contains("\"checkpoint\"")));
+        run.is_some()
+    });
+    let run = run.unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(text.contains("stopped in the train stage") && text.contains("`sam run` continues"), "{text}");
+    let st = status(&run);
+    assert_eq!(st["status"], "stopped", "{st}");
+    let stopped_at = st["step"].as_u64().unwrap();
+    assert!((1..6).contains(&stopped_at), "{st}");
+
+    // `sam run` continues the same training run from its checkpoint; with
+    // --no-deploy nothing is registered.
+    let s = run_json(h, &model, &["--no-deploy"]);
+    assert_eq!((s["outcome"].as_str(), s["resumed_at"].as_str()), (Some("trained"), Some("train")), "{s}");
+    assert_eq!(s["train"]["run_dir"].as_str(), run.to_str());
+    assert_eq!(s["train"]["resumed_from"], serde_json::json!(["sft", stopped_at]));
+    assert_eq!(s["train"]["steps"], 6);
+    assert!(s["deploy"].is_null() && s["not_gated"].is_null(), "{s}");
+    assert_eq!(s["stages"].as_array().unwrap().last().unwrap(), "register");
+    assert!(!sh.registry_dir().exists() || std::fs::read_dir(sh.registry_dir()).unwrap().count() == 0);
+
+    // With deployment on, 16 examples leave too few held out to gate on:
+    // an outcome, not an error, and the way out is printed.
+    let text = run_ok(h, &model, &["--force"]);
+    assert!(text.contains("not gated"), "{text}");
+    assert!(text.contains("the gate needs 2") && text.contains("min_test_examples"), "{text}");
+    assert!(text.contains("[prep] split"), "{text}");
+    let st: Value = serde_json::from_str(&ok(h, &["--json", "deploy", "status"])).unwrap();
+    assert_eq!(st["slots"].as_array().unwrap().len(), 0, "{st}");
+    // And the next run waits for new data.
+    let text = run_ok(h, &model, &[]);
+    assert!(text.contains("nothing new"), "{text}");
+}
+
+/// `[deploy] rollout = "canary"` through `sam run`: the adapter the gate
+/// passes goes on canary traffic; the same data and settings trained again
+/// give the same adapter: registered once, not judged against itself, and
+/// left where it is.
+#[test]
+fn sam_run_starts_a_canary_and_the_same_adapter_again_is_unchanged() {
+    // A gate every adapter passes (the rollout is under test, not the gate).
+    let deploy = "\n[deploy]\nrollout = \"canary\"\nmax_seq_len = 64\n\n[deploy.gate]\nmargin = -1.0\n\
+                  golden_tolerance = 100.0\nmax_answer_loss = 100.0\nmax_repeated = 1.0\n\
+                  prompts = [\"What is a unit test?\"]\nmax_new_tokens = 4\n\n[deploy.canary]\npercent = 25.0\n";
+    let (home, model) = run_home(24, "60,10,30", deploy);
+    let h = home.path();
+    let s = run_json(h, &model, &[]);
+    let d = &s["deploy"];
+    assert_eq!(d["register"]["new"], true, "{s}");
+    let version = d["register"]["version"].as_str().unwrap().to_string();
+    assert_eq!(d["gate"]["pass"], true, "{d}");
+    assert_eq!(d["gate"]["against"], "base");
+    let p = &d["promote"];
+    assert_eq!((p["decision"].as_str(), p["canary_percent"].as_f64()), (Some("canary"), Some(25.0)), "{p}");
+    assert_eq!(p["production"], "base");
+    let st: Value = serde_json::from_str(&ok(h, &["--json", "deploy", "status"])).unwrap();
+    let aliases = &st["slots"][0]["aliases"];
+    assert_eq!(aliases["canary"]["version"], version.as_str(), "{st}");
+    assert_eq!(aliases["canary"]["percent"], 25.0, "{st}");
+    assert!(aliases["production"].is_null(), "{st}");
+
+    // The same data and settings again: the same content, the same version;
+    // not judged against itself, left on the canary.
+    let s = run_json(h, &model, &["--force"]);
+    let d = &s["deploy"];
+    assert_eq!(
+        (d["register"]["version"].as_str(), d["register"]["new"].as_bool()),
+        (Some(&*version), Some(false)),
+        "{d}"
+    );
+    assert!(d["gate"].is_null(), "judged again: {d}");
+    assert_eq!(d["promote"]["decision"], "unchanged", "{d}");
+    let hist: Value = serde_json::from_str(&ok(h, &["--json", "deploy", "history"])).unwrap();
+    let actions: Vec<&str> = hist.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["register", "gate", "canary"], "{hist}");
+    let st: Value = serde_json::from_str(&ok(h, &["--json", "deploy", "status"])).unwrap();
+    assert_eq!(st["slots"][0]["aliases"]["canary"]["version"], version.as_str(), "{st}");
+}

@@ -344,6 +344,9 @@ pub struct PipelineSection {
     /// After evaluation, register the adapter, judge it with the gate and
     /// roll it out (`[deploy] rollout`); false stops after evaluation.
     pub deploy: bool,
+    /// The fewest held-out test examples an adapter is gated on; with fewer
+    /// the run trains and evaluates it, and registers and gates nothing.
+    pub min_test_examples: usize,
 }
 
 impl Default for PipelineSection {
@@ -355,6 +358,7 @@ impl Default for PipelineSection {
             max_valid_examples: 16,
             max_eval_examples: 32,
             deploy: true,
+            min_test_examples: 2,
         }
     }
 }
@@ -714,6 +718,12 @@ pub const SECTIONS: &[Section] = &[
                 "deploy",
                 "After evaluation: register the adapter, gate it against production and roll it out\n\
                  ([deploy] rollout); false stops after evaluation (`sam run --no-deploy`).",
+            ),
+            key(
+                "min_test_examples",
+                "The fewest held-out test examples an adapter is gated on. With fewer (a small store),\n\
+                 the run trains and evaluates, and registers nothing: capture more, or give [prep] split\n\
+                 a larger test share.",
             ),
         ],
     },

@@ -62,8 +62,9 @@ pub struct PipelineConfig {
     pub max_valid_examples: Option<usize>,
     /// Train even when the export holds nothing new.
     pub force: bool,
-    /// Set it (a signal handler, the scheduler's stop) to stop the training
-    /// after its current step with a checkpoint: the run ends with
+    /// Set it (a signal handler, the scheduler's stop) to stop the run at
+    /// the next safe point — before the next stage, or in training after
+    /// its current step with a checkpoint: the run ends with
     /// [`Error::Stopped`] and the next run continues it (`None`: no stop).
     pub stop: Option<Arc<AtomicBool>>,
     /// After evaluation: register the adapter, gate it against production
@@ -182,6 +183,7 @@ impl PipelineConfig {
                     sam_home::config::Rollout::Promote => Rollout::Promote,
                     sam_home::config::Rollout::Canary => Rollout::Canary,
                 },
+                min_test_examples: p.min_test_examples,
             }),
         })
     }

@@ -54,12 +54,17 @@ pub enum Error {
         /// Where it was looked for.
         path: PathBuf,
     },
-    /// The training was stopped on request ([`crate::PipelineConfig::stop`])
-    /// after a checkpoint; the next run continues it.
-    #[error("stopped on request: training run {run_id} checkpointed; run the pipeline again to continue it")]
+    /// The run was stopped on request ([`crate::PipelineConfig::stop`]) at a
+    /// safe point: between two stages, or in training after a checkpoint.
+    /// The state file holds every finished stage; the next run continues at
+    /// `stage`.
+    #[error("stopped on request at the {stage} stage{}; run the pipeline again to continue it",
+        run_id.as_ref().map(|r| format!(" (training run {r} checkpointed)")).unwrap_or_default())]
     Stopped {
-        /// The training run.
-        run_id: String,
+        /// The stage the next run continues at.
+        stage: String,
+        /// The training run that checkpointed, when the stop came during training.
+        run_id: Option<String>,
     },
     /// There is nothing to train on at all.
     #[error("nothing to train on: {0}")]

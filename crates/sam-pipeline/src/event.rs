@@ -172,6 +172,9 @@ pub enum Warning {
         /// The split used.
         split: String,
     },
+    /// The test and validation splits are both empty (a small store):
+    /// nothing was scored, and the adapter is not gated.
+    NothingHeldOut,
     /// The events file could not be written (the run goes on).
     EventsNotWritten {
         /// The file.

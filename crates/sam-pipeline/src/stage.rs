@@ -345,6 +345,11 @@ impl Pipeline {
             if st.finished(name) {
                 continue;
             }
+            // A stop request: end here, between two stages (the state file
+            // holds every finished one); the next run continues at this one.
+            if cfg.stop.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst)) {
+                return Err(Error::Stopped { stage: name.to_string(), run_id: None });
+            }
             events.stage = name;
             events.emit(Event::StageStarted { stage: name.to_string(), index, total });
             let t = Instant::now();

@@ -10,7 +10,7 @@ use crate::config::PipelineConfig;
 use crate::error::Result;
 use crate::stages::{
     CleanReport, CleanStage, DeployReport, EvaluateStage, ExportInfo, ExportStage, GateStage, MineReport, MineStage,
-    PrepInfo, PrepStage, PromoteStage, RegisterInfo, RegisterStage, TrainInfo, TrainStage,
+    NotGated, PrepInfo, PrepStage, PromoteStage, RegisterStage, Registered, TrainInfo, TrainStage,
 };
 use crate::state::{Outcome, PipelineState};
 
@@ -69,6 +69,10 @@ pub struct Summary {
     /// Registration, the gate's verdict and the rollout (`None`: the run
     /// did not get there, or deployment is off).
     pub deploy: Option<DeployReport>,
+    /// The adapter was not registered or gated: too few held-out test
+    /// examples (an outcome, like a refusal; production is as it was).
+    #[serde(default)]
+    pub not_gated: Option<NotGated>,
     /// Files.
     pub paths: Paths,
     /// Wall time of this invocation, seconds.
@@ -81,14 +85,15 @@ impl Summary {
         let export: Option<ExportInfo> = st.output(ExportStage::NAME)?;
         let prep: Option<PrepInfo> = st.output(PrepStage::NAME)?;
         let train: Option<TrainInfo> = st.output(TrainStage::NAME)?;
-        let register: Option<Option<RegisterInfo>> = st.output(RegisterStage::NAME)?;
-        let deploy = match register.flatten() {
-            Some(register) => Some(DeployReport {
-                register,
-                gate: st.output(GateStage::NAME)?,
-                promote: st.output(PromoteStage::NAME)?,
-            }),
-            None => None,
+        let register: Option<Registered> = st.output(RegisterStage::NAME)?;
+        let (deploy, not_gated) = match register {
+            Some(Registered::Version(register)) => {
+                let gate: Option<Option<_>> = st.output(GateStage::NAME)?;
+                let report = DeployReport { register, gate: gate.flatten(), promote: st.output(PromoteStage::NAME)? };
+                (Some(report), None)
+            }
+            Some(Registered::NotGated(n)) => (None, Some(n)),
+            Some(Registered::Off) | None => (None, None),
         };
         let production = deploy.as_ref().and_then(|d| d.promote.as_ref()).and_then(|p| p.load.clone());
         let home = &cfg.home;
@@ -114,6 +119,7 @@ impl Summary {
                 production,
             },
             deploy,
+            not_gated,
             export,
             prep,
             train,

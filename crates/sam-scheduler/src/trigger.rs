@@ -241,17 +241,21 @@ impl Task for TrainTrigger {
         let mut steps = StepRecorder::default();
         let summary = match sam_pipeline::run(&cfg, &mut steps) {
             Ok(s) => s,
-            Err(sam_pipeline::Error::Stopped { run_id }) => {
-                let output = json!({ "unseen": u, "threshold": self.threshold, "stopped_run": run_id });
+            Err(sam_pipeline::Error::Stopped { stage, run_id }) => {
+                let output =
+                    json!({ "unseen": u, "threshold": self.threshold, "stopped_at": stage, "stopped_run": run_id });
                 return Ok(TaskReport { done: Done::Stopped, steps: steps.finish(), output });
             }
             Err(e) => return Err(e.into()),
         };
         // The export just trained on is the new "seen" set.
         self.seen = None;
-        // A refusal by the gate is an outcome (production stays), not an error.
+        // A refusal by the gate is an outcome (production stays), not an
+        // error; so is an adapter not gated for too small a test split. The
+        // run is complete either way: the next one waits for new data.
         let refused = summary.deploy.as_ref().and_then(|d| d.promote.as_ref()).map(|p| p.decision)
-            == Some(sam_pipeline::stages::Decision::Refused);
+            == Some(sam_pipeline::stages::Decision::Refused)
+            || summary.not_gated.is_some();
         let done = match summary.outcome {
             Outcome::Trained if refused => Done::Refused,
             Outcome::Trained => Done::Succeeded,

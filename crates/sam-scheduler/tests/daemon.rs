@@ -170,3 +170,47 @@ fn new_data_trains_gates_and_deploys_no_new_data_does_nothing_and_a_refusal_leav
         (Some(JobOutcome::Refused), 0)
     );
 }
+
+/// A store too small to hold out a test split the gate can judge on: the
+/// trigger fires once, the pipeline trains and evaluates and registers
+/// nothing — recorded as a refusal, not a failure — and the next checks
+/// wait for new data instead of running the pipeline again.
+#[test]
+fn a_store_too_small_to_gate_is_refused_once_and_then_waits_for_new_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut cfg = pipeline(&home);
+    // No test share at all: what a store of a few dozen examples often gets
+    // from the default 90/5/5 split.
+    cfg.prep.split = "90,10,0".parse().unwrap();
+    let clock = ManualClock::new(T0);
+    let settings = ScheduleSection { randomized_delay_secs: 0, train_threshold: 10, ..Default::default() };
+    let files = SchedulerFiles::of(&sam_home::SamHome::new(&home));
+    let mut s = Scheduler::new(files.clone(), clock.clone());
+    add_standard(&mut s, &settings, &cfg);
+    s.start().unwrap();
+    step(&mut s);
+    ingest(&cfg.home.store_db(), 0, 20);
+    clock.advance(300);
+    assert_eq!(step(&mut s), ["train"]);
+    let h = files.history().unwrap();
+    let run = h.iter().rfind(|e| e.job == "train").unwrap();
+    assert_eq!(run.outcome, JobOutcome::Refused, "{run:?}");
+    let short = &run.output["pipeline"]["not_gated"];
+    assert_eq!(short["need"], 2, "{run:?}");
+    assert_eq!(short["test_examples"], 0, "{run:?}");
+    assert!(run.output["pipeline"]["deploy"].is_null());
+    let reg = sam_deploy::Registry::open(sam_home::SamHome::new(&home).registry_dir()).unwrap();
+    assert!(reg.slots().unwrap().is_empty());
+
+    // The next checks (past any retry backoff): nothing unseen, nothing run.
+    for _ in 0..2 {
+        clock.advance(3600);
+        step(&mut s);
+        let st = files.load_state().unwrap();
+        assert_eq!(st.jobs["train"].last_outcome, Some(JobOutcome::Idle), "{:?}", st.jobs["train"]);
+        assert_eq!(st.jobs["train"].consecutive_failures, 0);
+    }
+    assert_eq!(SqliteStore::open(cfg.home.store_db()).unwrap().training_runs().unwrap().len(), 1);
+}

@@ -13,8 +13,8 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use sam_pipeline::event::{Event, EventSink, SkipReason, Warning};
 use sam_pipeline::stages::{
-    CleanReport, Decision, DeployReport, DpoOutcome, ExportInfo, GateInfo, MineReport, PrepInfo, PromoteInfo,
-    RegisterInfo, ReportInfo, TrainInfo,
+    CleanReport, Decision, DeployReport, DpoOutcome, ExportInfo, GateInfo, MineReport, NotGated, PrepInfo, PromoteInfo,
+    Registered, ReportInfo, TrainInfo,
 };
 use sam_pipeline::{Outcome, PipelineConfig, Summary};
 use sam_trainer::EvalReport;
@@ -28,8 +28,10 @@ pub enum RunCommand {
     /// on the held-out test split, register it, judge it with the gate
     /// against production, and promote it (or start a canary, `[deploy]
     /// rollout`) when it passes. A refusal leaves production as it was.
-    /// Resumable: run it again after a crash; with no new data it trains
-    /// nothing and says so
+    /// Resumable: Ctrl-C stops at the next safe point (between stages, or
+    /// after the current training step with a checkpoint; a second Ctrl-C
+    /// exits at once) and `sam run` continues there, as after a crash; with
+    /// no new data it trains nothing and says so
     Run(RunArgs),
 }
 
@@ -132,14 +134,64 @@ pub fn run(cmd: RunCommand, ctx: &Ctx) -> anyhow::Result<()> {
         cfg.deploy = None;
     }
 
+    // The first Ctrl-C (or SIGTERM) stops at the next safe point; a second
+    // one exits at once.
+    let stop = crate::cmd::train::stop_on_signals()?;
+    cfg.stop = Some(stop.clone());
+    if !ctx.json {
+        announce_stop(stop);
+    }
+
     let show_bars = !ctx.json && std::io::stderr().is_terminal();
-    let mut events = CliEvents { bar: None, show_bars, quiet: ctx.json, last_val: None, dpo: cfg.dpo.is_some() };
-    let summary = sam_pipeline::run(&cfg, &mut events)?;
+    let mut events =
+        CliEvents { bar: None, show_bars, quiet: ctx.json, last_val: None, dpo: cfg.dpo.is_some(), not_gated: false };
+    let summary = match sam_pipeline::run(&cfg, &mut events) {
+        Ok(s) => s,
+        Err(sam_pipeline::Error::Stopped { stage, run_id }) => {
+            events.clear_bar();
+            stopped(ctx, &stage, run_id.as_deref())?;
+            // 128 + SIGINT, as a shell reports a command Ctrl-C ended.
+            std::process::exit(130);
+        }
+        Err(e) => return Err(e.into()),
+    };
     events.clear_bar();
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print_summary(&summary);
+    }
+    Ok(())
+}
+
+/// Says, once, that a stop was asked for and what happens next.
+fn announce_stop(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "\nnote: stopping at the next safe point (after the current training step, or before the next stage); \
+             Ctrl-C again exits at once"
+        );
+    });
+}
+
+/// What a stopped run prints: where it stopped and how to continue.
+fn stopped(ctx: &Ctx, stage: &str, run_id: Option<&str>) -> anyhow::Result<()> {
+    if ctx.json {
+        let v = serde_json::json!({ "outcome": "stopped", "stage": stage, "training_run": run_id });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    match run_id {
+        Some(id) => eprintln!(
+            "sam run: stopped in the {stage} stage; training run {id} checkpointed. `sam run` continues it \
+             from that checkpoint (`sam runs show {id}` shows it)"
+        ),
+        None => eprintln!(
+            "sam run: stopped before the {stage} stage; the stages before it are kept. `sam run` continues there"
+        ),
     }
     Ok(())
 }
@@ -198,6 +250,8 @@ struct CliEvents {
     last_val: Option<f64>,
     /// Whether DPO follows SFT (DPO on, and the dataset has preference pairs).
     dpo: bool,
+    /// The register stage ended the run: too few held-out test examples.
+    not_gated: bool,
 }
 
 impl CliEvents {
@@ -288,6 +342,9 @@ impl EventSink for CliEvents {
                 {
                     self.dpo &= p.preference[0] > 0;
                 }
+                if stage == "register" {
+                    self.not_gated = matches!(get::<Registered>(output), Some(Registered::NotGated(_)));
+                }
                 if !self.quiet {
                     eprintln!("[{}/{total}] {stage:<8} {}", index + 1, stage_line(stage, output));
                 }
@@ -299,6 +356,9 @@ impl EventSink for CliEvents {
                 let why = match reason {
                     SkipReason::FinishedEarlier => "finished by the interrupted run",
                     SkipReason::RunEnded { outcome: Outcome::NothingNew } => "nothing new to train on",
+                    SkipReason::RunEnded { outcome: Outcome::Trained } if self.not_gated => {
+                        "too few held-out test examples to gate the adapter"
+                    }
                     SkipReason::RunEnded { outcome: Outcome::Trained } => "deployment is off (--no-deploy)",
                     _ => "the run ended before it",
                 };
@@ -344,6 +404,9 @@ fn warning_line(w: &Warning) -> String {
             format!("training resumed: {:.2} GB available", *available_bytes as f64 / 1e9)
         }
         Warning::EvaluatedOn { split } => format!("the test split is empty: evaluating on the {split} split instead"),
+        Warning::NothingHeldOut => {
+            "the test and validation splits are empty (too few examples): nothing to evaluate on".to_string()
+        }
         Warning::EventsNotWritten { path, error } => {
             format!("cannot write the run's events to {} ({error}); the run goes on", path.display())
         }
@@ -351,11 +414,13 @@ fn warning_line(w: &Warning) -> String {
     }
 }
 
+/// A stage's output as its type.
+fn get<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Option<T> {
+    serde_json::from_value(v.clone()).ok()
+}
+
 /// One line about a finished stage, from its output.
 fn stage_line(stage: &str, output: &serde_json::Value) -> String {
-    fn get<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Option<T> {
-        serde_json::from_value(v.clone()).ok()
-    }
     let line = match stage {
         "mine" => get::<MineReport>(output).map(|m| {
             let each: Vec<String> =
@@ -395,8 +460,8 @@ fn stage_line(stage: &str, output: &serde_json::Value) -> String {
             format!("{} {} examples: base {base}{ad}", r.examples, r.split)
         }),
         "report" => get::<ReportInfo>(output).map(|r| format!("training run {} recorded as {}", r.run_id, r.state)),
-        "register" => get::<Option<RegisterInfo>>(output).map(|r| match r {
-            Some(r) => format!(
+        "register" => get::<Registered>(output).map(|r| match r {
+            Registered::Version(r) => format!(
                 "{} {} as #{} in slot {}{}",
                 if r.new { "registered" } else { "already registered" },
                 r.version,
@@ -408,12 +473,19 @@ fn stage_line(stage: &str, output: &serde_json::Value) -> String {
                     String::new()
                 }
             ),
-            None => "off: the run ends after evaluation".to_string(),
+            Registered::Off => "off: the run ends after evaluation".to_string(),
+            Registered::NotGated(n) => format!(
+                "not gated: the test split holds {} examples, the gate needs {}; nothing registered",
+                n.test_examples, n.need
+            ),
         }),
-        "gate" => get::<GateInfo>(output).map(|g| {
-            let loss = g.test_loss().map(|(p, c)| format!(": test loss {p:.4} → {c:.4}")).unwrap_or_default();
-            let verdict = if g.pass { "PASS".to_string() } else { format!("REFUSED ({})", g.summary) };
-            format!("{verdict} against {}{loss}", g.against)
+        "gate" => get::<Option<GateInfo>>(output).map(|g| match g {
+            Some(g) => {
+                let loss = g.test_loss().map(|(p, c)| format!(": test loss {p:.4} → {c:.4}")).unwrap_or_default();
+                let verdict = if g.pass { "PASS".to_string() } else { format!("REFUSED ({})", g.summary) };
+                format!("{verdict} against {}{loss}", g.against)
+            }
+            None => "not judged: the same adapter is in place already (unchanged)".to_string(),
         }),
         "promote" => get::<PromoteInfo>(output).map(|p| decision_line(&p)),
         _ => None,
@@ -457,6 +529,21 @@ fn decision_line(p: &PromoteInfo) -> String {
     }
 }
 
+/// Why the adapter was not gated, and what to do about it.
+fn print_not_gated(n: &NotGated) {
+    println!(
+        "  not gated   the test split holds {} held-out examples (sft {}/{}/{} train/valid/test); the gate needs {}",
+        n.test_examples, n.sft[0], n.sft[1], n.sft[2], n.need
+    );
+    println!("              nothing was registered; production is as it was. To gate the next run:");
+    println!("              - capture or mine more examples (`sam ingest FILE`, `sam run --repo PATH`), or");
+    println!("              - give the test split a larger share: [prep] split = \"80,10,10\" in sam.toml, or");
+    println!(
+        "              - lower [pipeline] min_test_examples in sam.toml (now {}), or `sam deploy register` the adapter",
+        n.need
+    );
+}
+
 /// The gate's verdict, leaf by leaf, and what moved.
 fn print_deploy(d: &DeployReport) {
     let r = &d.register;
@@ -467,6 +554,9 @@ fn print_deploy(d: &DeployReport) {
         r.slot,
         if r.new { "" } else { ", registered before" }
     );
+    if d.gate.is_none() && d.promote.as_ref().is_some_and(|p| p.decision == Decision::Unchanged) {
+        println!("  gate        not judged: this adapter ({}) is in place already", r.version);
+    }
     if let Some(g) = &d.gate {
         println!(
             "  gate        {} against {} on {} held-out test examples",
@@ -512,6 +602,9 @@ fn print_summary(s: &Summary) {
                 Some(Decision::Canary) => "trained and evaluated an adapter, now on canary traffic",
                 Some(Decision::Refused) => "trained and evaluated an adapter; the gate refused it",
                 Some(Decision::Unchanged) => "trained and evaluated an adapter, already in place",
+                None if s.not_gated.is_some() => {
+                    "trained and evaluated an adapter; too few held-out test examples to gate it"
+                }
                 None => "trained and evaluated an adapter",
             };
             println!("sam run: {what} in {mins} (pipeline run {})", s.id)
@@ -610,7 +703,10 @@ fn print_summary(s: &Summary) {
             println!("  dpo loss    validation {a:.4} → {b:.4}");
         }
     }
-    if let Some(e) = &s.eval {
+    if let Some(e) = s.eval.as_ref().filter(|e| e.examples == 0) {
+        println!("  test        no held-out examples to score ({} split empty)", e.split);
+    }
+    if let Some(e) = s.eval.as_ref().filter(|e| e.examples > 0) {
         print!(
             "  test        {} held-out {} examples, {} tokens: base loss {}",
             e.examples,
@@ -627,6 +723,9 @@ fn print_summary(s: &Summary) {
     }
     if let Some(d) = &s.deploy {
         print_deploy(d);
+    }
+    if let Some(n) = &s.not_gated {
+        print_not_gated(n);
     }
     let p = &s.paths;
     println!("  store       {}", p.store.display());

@@ -7,7 +7,16 @@
 //!
 //! With [`PipelineConfig::deploy`](crate::PipelineConfig::deploy) unset
 //! (`sam run --no-deploy`, `[pipeline] deploy = false`) the register stage
-//! ends the run after evaluation, as a complete run.
+//! ends the run after evaluation, as a complete run. So it does when the
+//! dataset's test split holds fewer than
+//! [`DeploySettings::min_test_examples`]: nothing is registered or judged
+//! ([`Registered::NotGated`]), an outcome like a refusal, and the next run
+//! waits for new data.
+//!
+//! An adapter that is in place already (the same data and settings trained
+//! again give the same content, hence the same version) is not judged
+//! against itself: the gate stage outputs `None` and the promote stage
+//! [`Decision::Unchanged`].
 
 use std::path::PathBuf;
 
@@ -41,12 +50,50 @@ pub struct DeploySettings {
     pub config: DeployConfig,
     /// Promote or canary.
     pub rollout: Rollout,
+    /// The fewest held-out test examples an adapter is gated on
+    /// (`[pipeline] min_test_examples`); with fewer nothing is registered.
+    pub min_test_examples: usize,
 }
 
 impl Default for DeploySettings {
     fn default() -> Self {
-        Self { config: DeployConfig::default(), rollout: Rollout::Promote }
+        Self { config: DeployConfig::default(), rollout: Rollout::Promote, min_test_examples: 2 }
     }
+}
+
+/// The register stage's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Registered {
+    /// Deployment is off: the run ended after evaluation.
+    Off,
+    /// Too few held-out test examples to judge the adapter by: nothing was
+    /// registered or gated; the run ended (as complete: the next run waits
+    /// for new data).
+    NotGated(NotGated),
+    /// The adapter is a version of the slot.
+    Version(RegisterInfo),
+}
+
+impl Registered {
+    /// The registration, when there is one.
+    pub fn version(&self) -> Option<&RegisterInfo> {
+        match self {
+            Registered::Version(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Why an adapter was not gated: the dataset's held-out test split is too small.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotGated {
+    /// Test examples in the dataset.
+    pub test_examples: u64,
+    /// The fewest the gate judges on (`[pipeline] min_test_examples`).
+    pub need: u64,
+    /// SFT rows of the dataset: train, valid, test.
+    pub sft: [u64; 3],
 }
 
 /// The register stage's output.
@@ -184,21 +231,25 @@ impl RegisterStage {
 }
 
 impl Stage for RegisterStage {
-    /// `None`: deployment is off; the run ends here.
-    type Output = Option<RegisterInfo>;
+    type Output = Registered;
 
     fn name(&self) -> &'static str {
         Self::NAME
     }
 
-    fn run(&mut self, cx: &mut Context<'_>) -> Result<Flow<Option<RegisterInfo>>> {
+    fn run(&mut self, cx: &mut Context<'_>) -> Result<Flow<Registered>> {
         if cx.config().deploy.is_none() {
-            return Ok(Flow::End(None, Outcome::Trained));
+            return Ok(Flow::End(Registered::Off, Outcome::Trained));
         }
         let cfg = cx.config();
         let d = settings(cx);
         d.config.validate()?;
         let prep: PrepInfo = cx.output(PrepStage::NAME)?;
+        let need = d.min_test_examples.max(1) as u64;
+        if prep.sft[2] < need {
+            let short = NotGated { test_examples: prep.sft[2], need, sft: prep.sft };
+            return Ok(Flow::End(Registered::NotGated(short), Outcome::Trained));
+        }
         let train: TrainInfo = cx.output(TrainStage::NAME)?;
         let mut r = Registration::from_run(&train.run_dir)?;
         r.model = Some(cfg.model.clone());
@@ -221,7 +272,7 @@ impl Stage for RegisterStage {
         };
         let (v, new) = reg.register(&slot.name, &r)?;
         let adapter_dir = reg.adapter_dir(&v);
-        Ok(Flow::Next(Some(RegisterInfo {
+        Ok(Flow::Next(Registered::Version(RegisterInfo {
             slot: slot.name.clone(),
             version: v.id,
             number: v.number,
@@ -233,11 +284,30 @@ impl Stage for RegisterStage {
     }
 }
 
+/// The registration of this run (an error when the register stage did not
+/// register one).
+fn registration(cx: &Context<'_>) -> Result<RegisterInfo> {
+    let r: Registered = cx.output(RegisterStage::NAME)?;
+    match r {
+        Registered::Version(r) => Ok(r),
+        _ => Err(crate::Error::MissingOutput(RegisterStage::NAME.into())),
+    }
+}
+
+/// Whether `v` is in place already: in production, or on the canary when
+/// the rollout is a canary.
+fn in_place(aliases: &sam_deploy::Aliases, v: &Version, rollout: Rollout) -> bool {
+    let on_canary = aliases.canary.as_ref().is_some_and(|c| c.version == v.id);
+    aliases.production() == Some(v.id.as_str()) || (rollout == Rollout::Canary && on_canary)
+}
+
 /// The gate stage: the standard gate (`sam_deploy::gate::standard`) judges
 /// the version against the slot's production on the held-out test split
 /// (at most `max_eval_examples` of it), the golden set, the held-out
 /// preference pairs and the generation check. The verdict is stored in the
-/// registry either way.
+/// registry either way. A version in place already (production, or the
+/// canary of a canary rollout) is not judged against itself: the output is
+/// `None`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct GateStage;
 
@@ -247,19 +317,22 @@ impl GateStage {
 }
 
 impl Stage for GateStage {
-    type Output = GateInfo;
+    /// `None`: the version is in place already; not judged.
+    type Output = Option<GateInfo>;
 
     fn name(&self) -> &'static str {
         Self::NAME
     }
 
-    fn run(&mut self, cx: &mut Context<'_>) -> Result<Flow<GateInfo>> {
-        let r: Option<RegisterInfo> = cx.output(RegisterStage::NAME)?;
-        let r = r.ok_or_else(|| crate::Error::MissingOutput(RegisterStage::NAME.into()))?;
+    fn run(&mut self, cx: &mut Context<'_>) -> Result<Flow<Option<GateInfo>>> {
+        let r = registration(cx)?;
         let d = settings(cx);
         let max = cx.config().max_eval_examples;
         let reg = registry(cx)?;
         let v = version(&reg, &r)?;
+        if in_place(&reg.aliases(&r.slot)?, &v, d.rollout) {
+            return Ok(Flow::Next(None));
+        }
         let mut data = reg.trial_data(&v, None, &d.config.gate.prompts)?;
         if let Some(n) = max {
             data.test.truncate(n.max(1));
@@ -268,7 +341,7 @@ impl Stage for GateStage {
         let gate = sam_deploy::gate::standard(&d.config.gate);
         let mut ev = take_evaluator(cx)?;
         let rec = reg.judge(&v, &gate, &mut ev, &data)?;
-        Ok(Flow::Next(GateInfo {
+        Ok(Flow::Next(Some(GateInfo {
             version: rec.version,
             against: rec.against,
             pass: rec.verdict.pass,
@@ -277,7 +350,7 @@ impl Stage for GateStage {
             at: rec.at,
             test_source: rec.test_source,
             test_examples: data.test.len() as u64,
-        }))
+        })))
     }
 }
 
@@ -299,27 +372,26 @@ impl Stage for PromoteStage {
     }
 
     fn run(&mut self, cx: &mut Context<'_>) -> Result<Flow<PromoteInfo>> {
-        let r: Option<RegisterInfo> = cx.output(RegisterStage::NAME)?;
-        let r = r.ok_or_else(|| crate::Error::MissingOutput(RegisterStage::NAME.into()))?;
-        let gate: GateInfo = cx.output(GateStage::NAME)?;
+        let r = registration(cx)?;
+        let gate: Option<GateInfo> = cx.output(GateStage::NAME)?;
         let d = settings(cx);
         let reg = registry(cx)?;
         let v = version(&reg, &r)?;
         let before = reg.aliases(&r.slot)?;
         let previous = before.production().unwrap_or(BASE).to_string();
-        let on_canary = before.canary.as_ref().is_some_and(|c| c.version == v.id);
-        let in_place = before.production() == Some(v.id.as_str()) || (d.rollout == Rollout::Canary && on_canary);
-        let (decision, entry) = if in_place {
-            (Decision::Unchanged, None)
-        } else if !gate.pass {
-            (Decision::Refused, None)
-        } else {
-            let approval = Approval::Verdict(gate.record());
-            match d.rollout {
-                Rollout::Promote => (Decision::Promoted, Some(reg.promote(&v, &approval)?)),
-                Rollout::Canary => {
-                    let CanarySettings { percent, .. } = d.config.canary;
-                    (Decision::Canary, Some(reg.start_canary(&v, percent, &approval)?))
+        let (decision, entry) = match gate {
+            _ if in_place(&before, &v, d.rollout) => (Decision::Unchanged, None),
+            // Not judged (in place when the gate looked) and moved since: nothing to approve it by.
+            None => (Decision::Refused, None),
+            Some(gate) if !gate.pass => (Decision::Refused, None),
+            Some(gate) => {
+                let approval = Approval::Verdict(gate.record());
+                match d.rollout {
+                    Rollout::Promote => (Decision::Promoted, Some(reg.promote(&v, &approval)?)),
+                    Rollout::Canary => {
+                        let CanarySettings { percent, .. } = d.config.canary;
+                        (Decision::Canary, Some(reg.start_canary(&v, percent, &approval)?))
+                    }
                 }
             }
         };
@@ -344,7 +416,8 @@ impl Stage for PromoteStage {
 pub struct DeployReport {
     /// The registration.
     pub register: RegisterInfo,
-    /// The verdict.
+    /// The verdict (`None`: the run did not get there, or the version was
+    /// in place already and not judged against itself).
     pub gate: Option<GateInfo>,
     /// The rollout.
     pub promote: Option<PromoteInfo>,

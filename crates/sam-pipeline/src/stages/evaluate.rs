@@ -1,6 +1,7 @@
 //! Evaluate: test loss and perplexity of the base model and of the adapter
 //! on the held-out test split (the validation split when the test split is
-//! empty), written to the run folder's `eval.json`.
+//! empty; nothing, with a warning, when both are), written to the run
+//! folder's `eval.json`.
 
 use sam_prep::cache::{PreparedData, Split};
 use sam_runs::RunDir;
@@ -45,8 +46,23 @@ impl Stage for EvaluateStage {
         let mut split = Split::Test;
         if examples.is_empty() {
             split = Split::Valid;
-            cx.events().warn(Warning::EvaluatedOn { split: split.name().to_string() });
             examples = data.sft(split)?;
+            if examples.is_empty() {
+                // A store this small holds nothing out: nothing to score
+                // (and nothing to gate on: the register stage ends the run).
+                cx.events().warn(Warning::NothingHeldOut);
+                let report = EvalReport {
+                    split: Split::Test.name().into(),
+                    examples: 0,
+                    tokens: 0,
+                    base: None,
+                    adapter: None,
+                    per_example: Vec::new(),
+                };
+                report.write(&RunDir::open(&train.run_dir)?.eval_path())?;
+                return Ok(Flow::Next(report));
+            }
+            cx.events().warn(Warning::EvaluatedOn { split: split.name().to_string() });
         }
         let eval = EvalConfig {
             split: split.name().into(),

@@ -16,8 +16,8 @@ mod train;
 
 pub use clean::{CleanReport, CleanStage};
 pub use deploy::{
-    Decision, DeployReport, DeploySettings, GateInfo, GateStage, PromoteInfo, PromoteStage, RegisterInfo,
-    RegisterStage, Rollout,
+    Decision, DeployReport, DeploySettings, GateInfo, GateStage, NotGated, PromoteInfo, PromoteStage, RegisterInfo,
+    RegisterStage, Registered, Rollout,
 };
 pub use evaluate::EvaluateStage;
 pub use export::{ExportInfo, ExportStage};

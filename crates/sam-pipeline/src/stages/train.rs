@@ -145,7 +145,7 @@ impl Stage for TrainStage {
         };
         if outcome.status == sam_runs::RunStatus::Stopped {
             cx.store().record_run(update(RunState::Stopped))?;
-            return Err(Error::Stopped { run_id });
+            return Err(Error::Stopped { stage: TrainStage::NAME.into(), run_id: Some(run_id) });
         }
         let (valid, last) = (fwd.last_valid, fwd.last_train);
         let info = train_info(&job, &outcome, &prep, t0.elapsed().as_secs_f64(), valid, last)?;
