@@ -27,7 +27,14 @@
 //!    model at first);
 //! 10. **promote** it, or start a canary ([`stages::Rollout`]), when the
 //!     gate passes; a refusal moves nothing and is a normal end.
-//!     [`PipelineConfig::deploy`] `None` ends the run after evaluation.
+//!     [`PipelineConfig::deploy`] `None` ends the run after evaluation; so
+//!     does a test split too small to gate on ([`stages::Registered::NotGated`],
+//!     [`Summary::not_gated`]). An adapter in place already is left as it
+//!     is, not judged against itself ([`stages::Decision::Unchanged`]).
+//!
+//! [`PipelineConfig::stop`] stops a run at the next safe point (before the
+//! next stage, or after a training step with a checkpoint) with
+//! [`Error::Stopped`]; the next run continues there.
 //!
 //! Main types: [`PipelineConfig`] (from `sam.toml`'s sections with
 //! [`PipelineConfig::from_config`]), [`event::Event`] (what a run emits, as
