@@ -7,7 +7,7 @@
 //! layout, and adds the adapter's logits, all to `OUT_DIR/sam_logits.json`.
 //!
 //! ```text
-//! cargo run --release -p sam-trainer --example mlx_quant_export -- MLX_FOLDER OUT_DIR
+//! cargo run -p sam-trainer --example mlx_quant_export -- MLX_FOLDER OUT_DIR
 //! ```
 
 use sam_dataset::{Split, sft_cache_path, write_sft};

@@ -1,8 +1,10 @@
 """Check sam on an mlx quantized folder against mlx-lm itself.
 
+    scripts/check-mlx-quantized.sh      (all four steps, one command), or:
+
     PEERS_PYTHON crates/sam-trainer/scripts/check_mlx_adapter.py --hf-from-gguf GGUF /tmp/smollm2-hf
     MLX_PYTHON -m mlx_lm convert --hf-path /tmp/smollm2-hf --mlx-path /tmp/smollm2-mlx4 -q --q-bits 4 --dtype float32
-    cargo run --release -p sam-trainer --example mlx_quant_export -- /tmp/smollm2-mlx4 /tmp/sam-mlx4
+    cargo run -p sam-trainer --example mlx_quant_export -- /tmp/smollm2-mlx4 /tmp/sam-mlx4
     MLX_PYTHON crates/sam-trainer/scripts/check_mlx_quantized.py /tmp/smollm2-mlx4 /tmp/sam-mlx4
 
 The example loads the folder in sam (kept quantized), writes its logits and
