@@ -85,8 +85,12 @@ pub trait Evaluator {
     /// The configuration of the loaded base model (for shape checks).
     fn model_config(&self) -> &ModelConfig;
 
-    /// The fingerprint of the loaded base model (sam-trainer's
-    /// `Decoder::fingerprint`).
+    /// The fingerprint of the loaded base model's files (sam-models'
+    /// `BaseModel::fingerprint`: its configuration and the head of each
+    /// weight file). It names the model on disk, so it is the same whatever
+    /// dtype the evaluator computes in and however the trainer holds the
+    /// weights (widened to f32, kept quantized), and a slot stays usable
+    /// when either changes.
     fn fingerprint(&mut self) -> Result<String>;
 
     /// Loads the subject's adapter onto the base model (an error when it
@@ -233,7 +237,8 @@ impl Evaluator for ModelEvaluator {
 
     fn fingerprint(&mut self) -> Result<String> {
         if self.fingerprint.is_none() {
-            self.fingerprint = Some(self.model.fingerprint()?);
+            let fp = self.info.fingerprint().map_err(|e| Error::Eval(format!("fingerprinting the base model: {e}")))?;
+            self.fingerprint = Some(fp);
         }
         Ok(self.fingerprint.clone().unwrap_or_default())
     }

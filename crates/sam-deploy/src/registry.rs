@@ -63,7 +63,7 @@ pub struct BaseRef {
     pub id: String,
     /// Where it is.
     pub path: PathBuf,
-    /// sam-trainer's fingerprint of its configuration and weights.
+    /// The fingerprint of its files ([`Evaluator::fingerprint`](crate::Evaluator::fingerprint)).
     pub fingerprint: String,
     /// Its shape.
     pub config: ModelConfig,

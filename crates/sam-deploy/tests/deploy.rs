@@ -159,6 +159,11 @@ fn trained_is_promoted_untrained_damaged_and_foreign_shapes_are_refused() {
     let path = model_path();
     let mut ev = ModelEvaluator::load(&path, EvalOptions { max_seq_len: 64, ..Default::default() }).unwrap();
     let base = BaseRef::of(&path, &mut ev).unwrap();
+    // The slot's fingerprint names the model's files (sam-models'), not
+    // how the trainer holds the weights in memory: an upgrade of the trainer
+    // (a new layout, weights kept quantized) leaves a slot usable.
+    let files = sam_models::BaseModel::open(&path).unwrap().fingerprint().unwrap();
+    assert_eq!(base.fingerprint, files, "the slot's base fingerprint is its files'");
     let golden = registry::golden_from_dataset(&t.data).unwrap();
     reg.create_slot("smol", base, &golden, "test split of the trained dataset").unwrap();
     let s = settings();
