@@ -164,7 +164,7 @@ fn register_gate_promote_canary_rollback_and_export() {
         (Some(untrained.as_str()), &Value::Bool(false))
     );
     let table = ok(h, &["deploy", "list"]);
-    assert!(table.contains(&trained) && table.contains("production") && table.contains("refused vs base"), "{table}");
+    assert!(table.contains(&format!("  #1   {trained}  ")) && table.contains("refused vs base"), "{table}");
 
     // Canary: keys route by their bucket; feedback rolls it back.
     json(h, &["deploy", "canary", &untrained, "--percent", "50", "--force"]);

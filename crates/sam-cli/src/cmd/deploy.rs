@@ -720,7 +720,7 @@ fn list(env: &Env<'_>, a: ListArgs) -> anyhow::Result<()> {
             };
             println!(
                 "  {:<4} {:<12}  {:<19}  {:<20} {:<22} {}",
-                v["number"],
+                format!("#{}", v["number"]),
                 v["version"].as_str().unwrap_or(""),
                 when(v["created_at"].as_i64().unwrap_or(0)),
                 if aliases.is_empty() { "-".to_string() } else { aliases.join(",") },
