@@ -441,3 +441,72 @@ fn the_driver_resumes_skips_and_ends_runs_on_a_store_in_memory() {
     assert_eq!((s3.outcome, s3.resumed_at.as_deref()), (Outcome::Trained, None));
     assert_eq!(store.count(&Filter::default()).unwrap(), 5);
 }
+
+/// Asks the run to stop at its first training step.
+struct StopAtFirstStep(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl sam_pipeline::EventSink for StopAtFirstStep {
+    fn event(&mut self, e: &Event) {
+        if let Event::TrainStep { .. } = e {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// A stop request (Ctrl-C in `sam run`) ends the run at a safe point: in
+/// training after the step with its checkpoint, else before the next stage;
+/// a training finished outside the pipeline meanwhile (`sam runs resume`)
+/// is taken as it is by the next run, which goes on from there.
+#[test]
+fn a_stop_ends_the_run_at_a_safe_point_and_a_training_finished_outside_it_is_taken() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir().unwrap();
+    let home = SamHome::new(tmp.path().join("home"));
+    let model = sam_models::require_test_model().expect("the test model (scripts/fetch-test-model.sh)");
+    let mut cfg = PipelineConfig::new(home.root(), model);
+    cfg.train.duration = sam_trainer::Duration::Iters(3);
+    cfg.train.eval_every = 3;
+    cfg.train.output.save_every = 1;
+    cfg.train.batch.max_seq_len = 64;
+    cfg.prep.max_seq_len = 64;
+    cfg.dpo = None;
+    cfg.near_dup = None;
+    cfg.deploy = None;
+    cfg.prep.split = "60,20,20".parse().unwrap();
+    cfg.max_eval_examples = Some(2);
+    cfg.max_valid_examples = Some(2);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    cfg.stop = Some(stop.clone());
+    let mut store = SqliteStore::open_in_memory().unwrap();
+    let mut pipeline = Pipeline::standard();
+    pipeline.insert_before("mine", Insert { from: 0, n: 12 }).unwrap();
+
+    let err = pipeline.run_on(&cfg, &mut store, &mut StopAtFirstStep(stop.clone())).unwrap_err();
+    let sam_pipeline::Error::Stopped { stage, run_id: Some(id) } = err else { panic!("{err}") };
+    assert_eq!(stage, "train");
+    let run = sam_runs::RunDir::open(home.run_dir(&id)).unwrap();
+    let st = run.status().unwrap();
+    assert_eq!(st.status, sam_runs::RunStatus::Stopped, "{st:?}");
+    assert!((1..3).contains(&st.step), "{st:?}");
+
+    // Still asked to stop: the next invocation stops before the stage it
+    // would run, having run nothing.
+    let err = pipeline.run_on(&cfg, &mut store, &mut NoEvents).unwrap_err();
+    assert!(matches!(&err, sam_pipeline::Error::Stopped { stage, run_id: None } if stage == "train"), "{err}");
+    assert_eq!(run.status().unwrap().step, st.step);
+
+    // The training is finished outside the pipeline, as `sam runs resume` does.
+    stop.store(false, Ordering::SeqCst);
+    let job = sam_trainer::Job::open(run.path()).unwrap();
+    let done = job.run(&mut sam_trainer::NoopObserver, Default::default()).unwrap();
+    assert_eq!(done.status, sam_runs::RunStatus::Completed);
+
+    // The next run takes it as it is and goes on to evaluate it.
+    let s = pipeline.run_on(&cfg, &mut store, &mut NoEvents).unwrap();
+    assert_eq!((s.outcome, s.resumed_at.as_deref()), (Outcome::Trained, Some("train")));
+    let t = s.train.as_ref().unwrap();
+    assert_eq!((t.run_id.as_str(), t.steps), (id.as_str(), 3));
+    assert!(s.eval.as_ref().is_some_and(|e| e.adapter.is_some()), "{:?}", s.eval);
+    let steps: Vec<u64> = run.metrics().unwrap().iter().filter(|m| m.train_loss.is_some()).map(|m| m.step).collect();
+    assert_eq!(steps, [1, 2, 3], "each step trained once");
+}

@@ -187,7 +187,8 @@ fn stopped(ctx: &Ctx, stage: &str, run_id: Option<&str>) -> anyhow::Result<()> {
     match run_id {
         Some(id) => eprintln!(
             "sam run: stopped in the {stage} stage; training run {id} checkpointed. `sam run` continues it \
-             from that checkpoint (`sam runs show {id}` shows it)"
+             from that checkpoint (or `sam runs resume {id}` finishes the training alone, and `sam run` \
+             goes on from it)"
         ),
         None => eprintln!(
             "sam run: stopped before the {stage} stage; the stages before it are kept. `sam run` continues there"

@@ -1,7 +1,8 @@
 //! Train: a LoRA adapter as a `sam_trainer::Job` in its run folder — SFT,
 //! then DPO from the SFT adapter when the dataset has preference pairs —
 //! recorded in the store's training runs. An interrupted training continues
-//! in its own run folder from its last checkpoint.
+//! in its own run folder from its last checkpoint; one finished meanwhile
+//! outside the pipeline (`sam runs resume`) is taken as it is.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -180,9 +181,21 @@ fn train_config(cx: &mut Context<'_>, prep: &PrepInfo) -> Result<TrainConfig> {
 fn open_job(cx: &mut Context<'_>, prep: &PrepInfo, train: &TrainConfig) -> Result<Job> {
     let home = cx.home();
     if let Some(old) = cx.mark::<String>(TrainStage::RUN_MARK)
-        && RunDir::open(home.run_dir(&old)).is_ok()
+        && let Ok(run) = RunDir::open(home.run_dir(&old))
     {
         cx.events().warn(Warning::TrainingContinued { run_id: old.clone() });
+        // Finished outside the pipeline (`sam runs resume` after a stop):
+        // the job, opened again, finds every phase done and hands back its
+        // adapter without training a step.
+        let st = run.status()?;
+        if st.status == sam_runs::RunStatus::Completed {
+            run.set_status(
+                sam_runs::RunStatus::Stopped,
+                Some("completed outside the pipeline".into()),
+                st.step,
+                st.total_steps,
+            )?;
+        }
         return Ok(Job::open(&home.run_dir(&old))?);
     }
     let id = sam_runs::new_run_id();
