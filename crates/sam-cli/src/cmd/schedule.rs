@@ -124,6 +124,12 @@ fn scheduler(ctx: &Ctx) -> anyhow::Result<Scheduler> {
     let mut settings = file.schedule.clone();
     let resolve = |p: &PathBuf| ctx.home.resolve_path(p);
     let model = match &settings.model {
+        Some(m) if m.as_os_str().is_empty() => {
+            anyhow::bail!(
+                "{}: [schedule] model is empty: name a Hugging Face folder or a .gguf file, or remove the key (the test model)",
+                ctx.home.config_file().display()
+            )
+        }
         Some(m) => resolve(m),
         // Not fetched here: a missing model is the trigger's recorded error, with its hint.
         None => sam_models::default_test_model(),
@@ -393,12 +399,24 @@ fn what_it_did(out: &serde_json::Value) -> Option<String> {
         let mut w = format!("{total} unseen eligible examples (trains at {})", n("threshold").unwrap_or(0));
         if let Some(run) = out.get("stopped_run").and_then(|r| r.as_str()) {
             w.push_str(&format!("; training run {run} checkpointed, continues at the next start"));
+        } else if let Some(stage) = out.get("stopped_at").and_then(|r| r.as_str()) {
+            w.push_str(&format!("; stopped before the {stage} stage, continues there at the next start"));
         }
         let eval = &out["pipeline"]["eval"];
         if let (Some(base), Some(adapter)) = (eval["base"]["loss"].as_f64(), eval["adapter"]["loss"].as_f64()) {
             w.push_str(&format!("; test loss base {base:.3}, adapter {adapter:.3}"));
         }
+        let short = &out["pipeline"]["not_gated"];
+        if let (Some(have), Some(need)) = (short["test_examples"].as_u64(), short["need"].as_u64()) {
+            w.push_str(&format!(
+                "; not gated: {have} held-out test examples, the gate needs {need} \
+                 (capture more, or a larger test share in [prep] split, or lower [pipeline] min_test_examples)"
+            ));
+        }
         let deploy = &out["pipeline"]["deploy"];
+        if deploy["promote"]["decision"] == "unchanged" && deploy["gate"].is_null() {
+            w.push_str("; gate: not judged, the same adapter is in place already");
+        }
         if let Some(gate) = deploy["gate"]["summary"].as_str() {
             w.push_str(&format!("; gate: {gate}"));
         }
