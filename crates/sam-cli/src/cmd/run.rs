@@ -424,6 +424,9 @@ fn get<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Option<T> {
 fn stage_line(stage: &str, output: &serde_json::Value) -> String {
     let line = match stage {
         "mine" => get::<MineReport>(output).map(|m| {
+            if m.sources.is_empty() {
+                return "nothing to mine (no repository, no captures): the store as it is".to_string();
+            }
             let each: Vec<String> =
                 m.sources.iter().map(|s| format!("{} {} new/{}", s.source, s.inserted, s.collected)).collect();
             format!("{}; {} redactions", each.join(", "), m.redacted.total())
@@ -539,10 +542,7 @@ fn print_not_gated(n: &NotGated) {
     println!("              nothing was registered; production is as it was. To gate the next run:");
     println!("              - capture or mine more examples (`sam ingest FILE`, `sam run --repo PATH`), or");
     println!("              - give the test split a larger share: [prep] split = \"80,10,10\" in sam.toml, or");
-    println!(
-        "              - lower [pipeline] min_test_examples in sam.toml (now {}), or `sam deploy register` the adapter",
-        n.need
-    );
+    println!("              - lower [pipeline] min_test_examples in sam.toml (now {})", n.need);
 }
 
 /// The gate's verdict, leaf by leaf, and what moved.
@@ -604,7 +604,7 @@ fn print_summary(s: &Summary) {
                 Some(Decision::Refused) => "trained and evaluated an adapter; the gate refused it",
                 Some(Decision::Unchanged) => "trained and evaluated an adapter, already in place",
                 None if s.not_gated.is_some() => {
-                    "trained and evaluated an adapter; too few held-out test examples to gate it"
+                    "trained and evaluated an adapter, not gated (too few held-out examples)"
                 }
                 None => "trained and evaluated an adapter",
             };
@@ -635,7 +635,11 @@ fn print_summary(s: &Summary) {
                 t
             })
             .collect();
-        println!("  mined       {}", srcs.join("; "));
+        if srcs.is_empty() {
+            println!("  mined       nothing: no repository, no captures (`--repo PATH`)");
+        } else {
+            println!("  mined       {}", srcs.join("; "));
+        }
         if !m.redacted.is_empty() {
             println!("  redacted    {}", m.redacted);
         }
