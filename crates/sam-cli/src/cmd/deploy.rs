@@ -603,11 +603,23 @@ fn alias_json(reg: &Registry, slot: &str, id: Option<&str>) -> Value {
     }
 }
 
-fn status(env: &Env<'_>, a: SlotOpt) -> anyhow::Result<()> {
-    let slots = match &a.slot {
+/// The slots `status` and `list` show: the one named, else every slot.
+fn chosen_slots(env: &Env<'_>, slot: Option<&str>) -> anyhow::Result<Vec<Slot>> {
+    Ok(match slot {
         Some(s) => vec![env.reg.slot(s)?],
         None => env.reg.slots()?,
-    };
+    })
+}
+
+/// A version as `status` and `list` show it, with its last verdict.
+fn version_json(env: &Env<'_>, v: &Version) -> Value {
+    let last = env.reg.verdicts(v).ok().and_then(|mut r| r.pop());
+    json!({"version": v.id, "number": v.number, "created_at": v.created_at, "run_id": v.run_id, "tags": v.tags,
+           "last_verdict": last.map(|r| json!({"pass": r.verdict.pass, "against": r.against, "at": r.at}))})
+}
+
+fn status(env: &Env<'_>, a: SlotOpt) -> anyhow::Result<()> {
+    let slots = chosen_slots(env, a.slot.as_deref())?;
     let mut out = Vec::new();
     for s in &slots {
         let al = env.reg.aliases(&s.name)?;
@@ -625,14 +637,7 @@ fn status(env: &Env<'_>, a: SlotOpt) -> anyhow::Result<()> {
                 aliases.insert(name.clone(), alias_json(&env.reg, &s.name, Some(id)));
             }
         }
-        let last_verdicts: Vec<Value> = versions
-            .iter()
-            .map(|v| {
-                let last = env.reg.verdicts(v).ok().and_then(|mut r| r.pop());
-                json!({"version": v.id, "number": v.number, "created_at": v.created_at, "run_id": v.run_id,
-                       "tags": v.tags, "last_verdict": last.map(|r| json!({"pass": r.verdict.pass, "against": r.against, "at": r.at}))})
-            })
-            .collect();
+        let last_verdicts: Vec<Value> = versions.iter().map(|v| version_json(env, v)).collect();
         out.push(
             json!({"slot": s.name, "base": {"id": s.base.id, "path": s.base.path, "fingerprint": s.base.fingerprint},
                         "golden": s.golden, "aliases": aliases, "versions": last_verdicts}),
@@ -671,10 +676,7 @@ fn status(env: &Env<'_>, a: SlotOpt) -> anyhow::Result<()> {
 
 /// `sam deploy list`: each slot's versions with the aliases on them.
 fn list(env: &Env<'_>, a: ListArgs) -> anyhow::Result<()> {
-    let slots = match &a.slot {
-        Some(s) => vec![env.reg.slot(s)?],
-        None => env.reg.slots()?,
-    };
+    let slots = chosen_slots(env, a.slot.as_deref())?;
     let mut out = Vec::new();
     for s in &slots {
         let al = env.reg.aliases(&s.name)?;
@@ -685,10 +687,14 @@ fn list(env: &Env<'_>, a: ListArgs) -> anyhow::Result<()> {
             .map(|v| {
                 let on: Vec<&str> =
                     al.aliases.iter().filter(|(_, id)| **id == v.id).map(|(name, _)| name.as_str()).collect();
-                let last = env.reg.verdicts(v).ok().and_then(|mut r| r.pop());
-                json!({"version": v.id, "number": v.number, "created_at": v.created_at, "aliases": on,
-                       "run_id": v.run_id, "source": v.source, "rank": v.adapter.rank, "adapter_dir": env.reg.adapter_dir(v),
-                       "last_verdict": last.map(|r| json!({"pass": r.verdict.pass, "against": r.against, "at": r.at}))})
+                let mut row = version_json(env, v);
+                if let Value::Object(o) = &mut row {
+                    o.insert("aliases".into(), json!(on));
+                    o.insert("source".into(), json!(v.source));
+                    o.insert("rank".into(), json!(v.adapter.rank));
+                    o.insert("adapter_dir".into(), json!(env.reg.adapter_dir(v)));
+                }
+                row
             })
             .collect();
         out.push(json!({"slot": s.name, "base": s.base.id, "versions": versions}));
