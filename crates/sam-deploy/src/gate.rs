@@ -195,7 +195,9 @@ impl std::fmt::Display for Reason {
             Reason::WellFormed { modules } => write!(f, "well-formed: {modules} LoRA modules fit the slot's base"),
             Reason::BaseMismatch { expected, found } => write!(
                 f,
-                "the base model loaded (fingerprint {found}) is not the slot's (fingerprint {expected}): its file changed"
+                "the base model loaded (fingerprint {found}) is not the slot's (fingerprint {expected}): its files \
+                 changed since the slot was made, or an older sam made the slot with another kind of fingerprint \
+                 (make a new slot for this model: `sam deploy slot NAME --model PATH --golden-from DATASET`)"
             ),
             Reason::NoTestSplit => {
                 write!(f, "no held-out test split to compare on (register with a dataset, or pass --data)")
