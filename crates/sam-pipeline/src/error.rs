@@ -66,6 +66,18 @@ pub enum Error {
         /// The training run that checkpointed, when the stop came during training.
         run_id: Option<String>,
     },
+    /// Another pipeline run is in progress under this home (`sam run`, or
+    /// the scheduler's training trigger); two at once would both write the
+    /// state file.
+    #[error("another pipeline run is in progress under this home (process {}): wait for it to end, or stop it \
+             (Ctrl-C in its `sam run`, `sam schedule stop` for the scheduler's); lock {}",
+        pid.map_or_else(|| "unknown".to_string(), |p| p.to_string()), path.display())]
+    Busy {
+        /// The lock file.
+        path: PathBuf,
+        /// The process holding it, when it wrote its pid.
+        pid: Option<u32>,
+    },
     /// There is nothing to train on at all.
     #[error("nothing to train on: {0}")]
     NoData(String),

@@ -312,6 +312,7 @@ impl Pipeline {
         }
         let home = &cfg.home;
         std::fs::create_dir_all(home.root()).map_err(|e| Error::io(home.root(), e))?;
+        let _lock = lock(home)?;
         let names = self.names();
         let mut st = match PipelineState::load(home)? {
             Some(mut s) if s.outcome.is_none() => {
@@ -393,4 +394,34 @@ impl Pipeline {
         events.emit(Event::Finished(Box::new(summary.clone())));
         Ok(summary)
     }
+}
+
+/// The pipeline's lock under `home`, held for a run (the OS lets go when the
+/// process ends, however it ends): one run at a time per home.
+fn lock(home: &SamHome) -> Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = home.lock_file("pipeline");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(Error::Busy { pid: text.trim().parse().ok(), path });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+    }
+    let pid = std::process::id().to_string();
+    let res = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(pid.as_bytes()));
+    res.map_err(|e| Error::io(&path, e))?;
+    Ok(file)
 }

@@ -404,6 +404,21 @@ fn the_driver_resumes_skips_and_ends_runs_on_a_store_in_memory() {
 
     let mut pipeline = toy(0, 3, true);
     assert!(matches!(pipeline.insert_before("nope", Count), Err(sam_pipeline::Error::NoSuchStage(_))));
+
+    // One run at a time per home: while another process (here, another
+    // open of the lock) holds the pipeline's lock, a run is refused,
+    // naming the holder, and runs nothing.
+    {
+        std::fs::create_dir_all(home.locks_dir()).unwrap();
+        let held = std::fs::File::create(home.lock_file("pipeline")).unwrap();
+        held.lock().unwrap();
+        std::fs::write(home.lock_file("pipeline"), "4242").unwrap();
+        let err = toy(0, 3, false).run_on(&cfg, &mut store, &mut NoEvents).unwrap_err();
+        assert!(matches!(err, sam_pipeline::Error::Busy { pid: Some(4242), .. }), "{err}");
+        assert!(err.to_string().contains("in progress"), "{err}");
+        assert_eq!(store.count(&Filter::default()).unwrap(), 0);
+        assert!(PipelineState::load(&home).unwrap().is_none());
+    }
     let mut seen = Recorder::default();
     let err = pipeline.run_on(&cfg, &mut store, &mut seen).unwrap_err();
     assert!(err.to_string().contains("flaky failed"), "{err}");

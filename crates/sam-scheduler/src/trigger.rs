@@ -246,6 +246,11 @@ impl Task for TrainTrigger {
                     json!({ "unseen": u, "threshold": self.threshold, "stopped_at": stage, "stopped_run": run_id });
                 return Ok(TaskReport { done: Done::Stopped, steps: steps.finish(), output });
             }
+            // `sam run` is running the pipeline: look again at the next check.
+            Err(sam_pipeline::Error::Busy { pid, .. }) => {
+                let output = json!({ "unseen": u, "threshold": self.threshold, "busy_pid": pid });
+                return Ok(TaskReport { done: Done::Idle, steps: steps.finish(), output });
+            }
             Err(e) => return Err(e.into()),
         };
         // The export just trained on is the new "seen" set.

@@ -399,6 +399,10 @@ fn what_it_did(out: &serde_json::Value) -> Option<String> {
         let mut w = format!("{total} unseen eligible examples (trains at {})", n("threshold").unwrap_or(0));
         if let Some(run) = out.get("stopped_run").and_then(|r| r.as_str()) {
             w.push_str(&format!("; training run {run} checkpointed, continues at the next start"));
+        } else if let Some(pid) = out.get("busy_pid").and_then(|p| p.as_u64()) {
+            w.push_str(&format!(
+                "; another pipeline run (process {pid}) was in progress: looked again at the next check"
+            ));
         } else if let Some(stage) = out.get("stopped_at").and_then(|r| r.as_str()) {
             w.push_str(&format!("; stopped before the {stage} stage, continues there at the next start"));
         }
