@@ -2,8 +2,8 @@
 //! on the CPU with candle, plus evaluation, generation and adapters in
 //! PEFT's or mlx-lm's layout.
 //!
-//! It reads a base model (a Hugging Face folder or a GGUF file) and a
-//! prepared dataset (the token cache sam-prep writes), and writes run
+//! It reads a base model (a Hugging Face folder, an mlx-lm folder or a GGUF
+//! file) and a prepared dataset (the token cache sam-prep writes), and writes run
 //! folders: adapters, checkpoints, metrics, evaluation reports. It never
 //! opens a database.
 //!
@@ -22,6 +22,16 @@
 //! - **Models**: [`load_model`] ([`LoadOptions`]) gives a [`Decoder`];
 //!   [`random_model`] builds one of any [`ModelConfig`] shape;
 //!   [`ModelSource`] names either for a job.
+//!
+//! A quantized base — an mlx-lm quantized folder (affine, 2–8 bits, with a
+//! quantized embedding and tied or separate head) or a GGUF in Q4_0, Q4_1,
+//! Q8_0, Q4_K, Q5_K or Q6_K — stays quantized in memory by default
+//! ([`LoadOptions::keep_quantized`], [`WeightType::Auto`]): QLoRA-style,
+//! every product dequantizes a bounded tile of rows into f32, and the LoRA
+//! weights, their gradients and the AdamW moments are f32. Training,
+//! evaluation and generation read the same quantized weights; an adapter
+//! trained on an mlx 4-bit folder is what mlx-lm loads on top of it
+//! (`docs/mlx-quantized-check.md`).
 //!
 //! ```
 //! use sam_trainer::{
