@@ -10,7 +10,7 @@
 //! - [`Eta`]: time left from a rolling window of step times.
 //! - [`MemoryGuard`]: pauses between steps while available memory is below a
 //!   threshold and resumes above a higher one; the [`MemoryProbe`] trait lets
-//!   tests drive it.
+//!   tests drive it; [`available_memory`] reads the machine's free memory.
 //! - [`loss_svg`]: train and validation loss curves as a standalone SVG.
 //!
 //! ```
@@ -41,7 +41,9 @@ mod run_dir;
 use std::path::{Path, PathBuf};
 
 pub use eta::{Eta, format_duration};
-pub use memory::{GuardEvent, MemoryGuard, MemoryGuardConfig, MemoryProbe, SystemProbe, current_rss, peak_rss};
+pub use memory::{
+    GuardEvent, MemoryGuard, MemoryGuardConfig, MemoryProbe, SystemProbe, available_memory, current_rss, peak_rss,
+};
 pub use plot::{loss_svg, nice_ticks, tick_label};
 pub use run_dir::{
     Event, EventKind, MetricRecord, RunDir, RunStatus, StatusFile, new_run_id, process_alive, unix_now,

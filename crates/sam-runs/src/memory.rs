@@ -133,6 +133,16 @@ impl MemoryGuard {
     }
 }
 
+/// The memory available to new allocations on this machine now, in bytes
+/// (MemAvailable on Linux, what sysinfo reports elsewhere), or `None` where
+/// the OS gives no memory figures. What `sam train` sizes its
+/// recomputation by.
+pub fn available_memory() -> Option<u64> {
+    let mut sys = sysinfo::System::new().ok()?;
+    sys.refresh_memory();
+    Some(sys.available_memory()).filter(|&b| b > 0)
+}
+
 /// Resident memory of this process now, in bytes (0 where unknown).
 pub fn current_rss() -> u64 {
     #[cfg(target_os = "linux")]
@@ -207,6 +217,9 @@ mod tests {
     fn real_probe_and_rss_are_plausible() {
         let avail = SystemProbe::new().available_bytes();
         assert!(avail > 0);
+        let free = available_memory().expect("Linux reports MemAvailable");
+        // Another process may allocate in between: same order of magnitude.
+        assert!(free > avail / 4 && free < avail.saturating_mul(4), "{free} vs {avail}");
         let rss = current_rss();
         assert!(rss > 1_000_000, "rss {rss}");
         assert!(peak_rss() >= rss);

@@ -10,7 +10,10 @@
 //! weights); dtype is how the frozen weights are held: f32 (default), bf16,
 //! `auto` (a quantized file's weights kept quantized), or q4 / q8 (a random
 //! model quantized in mlx's 4- or 8-bit format, kept quantized); RECOMPUTE_EVERY (default 1) recomputes every
-//! N-th layer in the backward pass, `nockpt` keeps all activations.
+//! N-th layer in the backward pass, `nockpt` keeps all activations, `auto`
+//! picks what `sam train` picks by default: the fastest setting whose
+//! estimated peak fits this machine's available memory with a margin
+//! ([`StepShape::choose`]).
 //! The last argument picks the step, each on `seq` tokens in all:
 //! - `sft` (default): one sequence of `seq` tokens, loss on every position;
 //! - `dpo`: one preference pair, prompt `seq/4` tokens, chosen and rejected
@@ -26,7 +29,8 @@
 //! temporary run folder (no validation, no periodic checkpoint, no final
 //! evaluation); `load_s` is the time until training starts (model and data).
 //!
-//! Prints one JSON line. With `SAM_PROFILE=1` in the environment it also
+//! Prints one JSON line, with the measured peak RSS (`peak_rss_mb`) beside
+//! the trainer's estimate of it (`estimated_peak_mb`, [`StepShape::estimate`]). With `SAM_PROFILE=1` in the environment it also
 //! reports where the steps after the first two went (`profile`: wall and
 //! process CPU seconds per step of each span of the fused path, see
 //! `sam_kernels::profile`).
@@ -35,7 +39,8 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use sam_dataset::{Split, preference_cache_path, sft_cache_path, write_preference, write_sft};
 use sam_trainer::{
     BatchConfig, ComputeConfig, Duration, Job, JobControl, JobMode, JobSpec, Layers, LoraConfig, ModelConfig,
-    ModelSource, Observer, OptimConfig, StepMetrics, Target, TokenizedExample, TokenizedPair, TrainConfig, WeightType,
+    ModelSource, Observer, OptimConfig, StepMetrics, StepShape, Target, TokenizedExample, TokenizedPair, TrainConfig,
+    WeightType,
 };
 use std::time::Instant;
 
@@ -131,7 +136,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ids: Vec<u32> = (0..seq).map(|_| rng.random_range(0..vocab)).collect();
     let ex =
         TokenizedExample { id: "bench".into(), domain: "bench".into(), loss_mask: vec![true; seq], input_ids: ids };
-    let cfg = TrainConfig {
+    let mut cfg = TrainConfig {
         lora: LoraConfig {
             rank,
             alpha: 2.0 * rank as f64,
@@ -161,9 +166,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         ..Default::default()
     };
+    let kind = args.get(7).map(String::as_str).unwrap_or("sft");
+    // DPO trains chosen and rejected (seq/2 each) as one batch of two; so does sft2.
+    let (batch, len) = if kind == "sft" { (1, seq) } else { (2, seq / 2) };
+    let model_cfg = model.config()?;
+    let shape = StepShape { model: &model_cfg, weights, lora: &cfg.lora, batch, seq: len };
+    let mut available = None;
+    if args.get(6).map(String::as_str) == Some("auto") {
+        let free = sam_runs::available_memory().ok_or("this OS reports no available memory: pass a setting")?;
+        let choice = shape.choose(free);
+        cfg.compute.recompute_every = choice.recompute_every;
+        available = Some(free);
+    }
+    let estimate = shape.estimate(cfg.compute.recompute_every);
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");
-    let kind = args.get(7).map(String::as_str).unwrap_or("sft");
     let mut random_ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab)).collect() };
     let (mode, train) = match kind {
         "sft" => {
@@ -238,6 +255,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "median_step_cpu_s": (cpu_s * 100.0).round() / 100.0,
             "tokens_per_s": ((seq as f64 / step_s) * 10.0).round() / 10.0,
             "peak_rss_mb": peak_rss_mb(),
+            "estimated_peak_mb": estimate.total() >> 20,
+            "estimate": estimate,
+            "available_mb": available.map(|a| a >> 20),
             "losses": times.1.iter().map(|l| (l * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
             "profile": profile,
         })

@@ -22,6 +22,10 @@
 //! - **Models**: [`load_model`] ([`LoadOptions`]) gives a [`Decoder`];
 //!   [`random_model`] builds one of any [`ModelConfig`] shape;
 //!   [`ModelSource`] names either for a job.
+//! - **Memory**: [`StepShape::estimate`] gives a step's peak memory
+//!   ([`MemoryEstimate`]) from the model's shape and the settings;
+//!   [`StepShape::choose`] the fastest recomputation setting that fits
+//!   ([`RecomputeChoice`], for [`ComputeConfig::recompute_every`]).
 //!
 //! A quantized base — an mlx-lm quantized folder (affine, 2–8 bits, with a
 //! quantized embedding and tied or separate head) or a GGUF in Q4_0, Q4_1,
@@ -93,6 +97,7 @@ mod layer;
 mod load;
 mod lora;
 mod loss;
+mod memory;
 mod model;
 mod observe;
 mod ops;
@@ -114,6 +119,7 @@ pub use generate::{GenerateConfig, generate};
 pub use job::{Job, JobControl, JobMode, JobOutcome, JobSpec, WeightType};
 pub use load::{LoadOptions, ModelSource, load_model, random_model, read_config};
 pub use lora::{Layers, LoraConfig, Target};
+pub use memory::{MemoryEstimate, RecomputeChoice, StepShape, fits};
 pub use model::{Decoder, KvCache, Mode};
 pub use observe::{EvalMetrics, NoopObserver, Observer, PreferenceMetrics, PreferenceStats, StepMetrics};
 pub use sam_dataset::{PreparedData, Split, TokenizedExample, TokenizedPair};
