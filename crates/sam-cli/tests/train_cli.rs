@@ -380,3 +380,56 @@ fn sam_run_starts_a_canary_and_the_same_adapter_again_is_unchanged() {
     let st: Value = serde_json::from_str(&ok(h, &["--json", "deploy", "status"])).unwrap();
     assert_eq!(st["slots"][0]["aliases"]["canary"]["version"], version.as_str(), "{st}");
 }
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The run folder's recorded recomputation setting.
+fn recorded_recompute_every(run: &Path) -> u64 {
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    cfg["train"]["recompute_every"].as_u64().unwrap()
+}
+
+#[test]
+fn the_recomputation_setting_is_chosen_and_printed_and_the_flag_overrides_it() {
+    let (home, model, data) = setup();
+    let (h, model, data) = (home.path(), model.as_str(), data.as_str());
+    let args = |run: &'static str| -> Vec<String> {
+        let out = sam_home::SamHome::new(h).run_dir(run);
+        ["train", "--data", data, "--model", model, "--out", out.to_str().unwrap(), "--iters", "1"]
+            .into_iter()
+            .chain(["--eval-every", "0", "--max-valid", "1", "--max-seq-len", "64", "--rank", "4"])
+            .map(String::from)
+            .collect()
+    };
+
+    // By default: chosen from the memory available, said before training, and used.
+    let out = sam(h, &strs(&args("auto")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let line = err.lines().find(|l| l.contains("est. peak")).unwrap_or_else(|| panic!("no choice printed:\n{err}"));
+    assert!(line.contains("chosen from the memory available; --recompute-every N overrides"), "{line}");
+    assert!(line.contains(" GB available for batches of 1 × "), "{line}");
+    let every = recorded_recompute_every(&sam_home::SamHome::new(h).run_dir("auto"));
+    assert_eq!(line.starts_with("keeping activations"), every == 0, "{line} vs recompute_every {every}");
+
+    // --recompute-every 3 is obeyed, and --json carries the decision and its estimate.
+    let mut a = vec!["--json".to_string()];
+    a.extend(args("every3"));
+    a.extend(["--recompute-every".to_string(), "3".to_string()]);
+    let out = sam(h, &strs(&a));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("est. peak"), "--json prints no sentence: {err}");
+    let v: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let r = &v["recompute"];
+    assert_eq!((r["recompute_every"].as_u64(), r["source"].as_str()), (Some(3), Some("flag")), "{r}");
+    // The test model has 30 layers, all adapted: every 3rd is 10 of them.
+    assert_eq!(
+        (r["estimate"]["layers_recomputed"].as_u64(), r["estimate"]["layers_kept"].as_u64()),
+        (Some(10), Some(20))
+    );
+    assert!(r["estimate"]["weights"].as_u64().unwrap() > 500_000_000, "{r}");
+    assert_eq!(recorded_recompute_every(&sam_home::SamHome::new(h).run_dir("every3")), 3);
+}

@@ -297,8 +297,16 @@ pub struct TrainSection {
     pub steps: usize,
     /// A checkpoint every this many steps (0: every quarter of the run).
     pub save_every: usize,
-    /// Recompute every Nth decoder layer in the backward pass (0: none).
-    pub checkpoint_every: usize,
+    /// Recompute every Nth adapted decoder layer in the backward pass
+    /// instead of keeping its activations (0: keep all, fastest; 1: least
+    /// memory). Unset: `sam run` picks the fastest setting whose estimated
+    /// peak fits the memory available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recompute_every: Option<usize>,
+    /// The old name of `recompute_every`, still read; see
+    /// [`Config::deprecated_keys`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<usize>,
     /// DPO steps on the preference pairs after SFT (0: no DPO).
     pub dpo_steps: usize,
     /// Peak learning rate of DPO.
@@ -319,12 +327,35 @@ impl Default for TrainSection {
             grad_accum: 2,
             steps: 32,
             save_every: 0,
-            checkpoint_every: 0,
+            recompute_every: None,
+            checkpoint_every: None,
             dpo_steps: 8,
             dpo_lr: 5e-4,
             dpo_beta: 0.1,
         }
     }
+}
+
+impl TrainSection {
+    /// The recomputation setting: `recompute_every`, else the old
+    /// `checkpoint_every`; `None` when neither is set (choose from the
+    /// memory available).
+    pub fn recompute(&self) -> Option<usize> {
+        self.recompute_every.or(self.checkpoint_every)
+    }
+}
+
+/// A key the file uses under an old name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeprecatedKey {
+    /// Its section, `train` say.
+    pub section: &'static str,
+    /// The old name, which is still read.
+    pub old: &'static str,
+    /// The name to use instead.
+    pub new: &'static str,
+    /// Whether the new name is set too (then it wins).
+    pub both_set: bool,
 }
 
 /// `[pipeline]`.
@@ -695,7 +726,15 @@ pub const SECTIONS: &[Section] = &[
             key("grad_accum", "Micro-batches per optimiser step."),
             key("steps", "SFT optimiser steps."),
             key("save_every", "A checkpoint every this many steps (0: every quarter of the run)."),
-            key("checkpoint_every", "Recompute every Nth decoder layer in the backward pass to save memory (0: none)."),
+            Key {
+                name: "recompute_every",
+                doc: "Recompute every Nth adapted layer in the backward pass instead of keeping its\n\
+                      activations: 0 keeps all (fastest), 1 needs the least memory (about a third more\n\
+                      compute), 2 is in between. Unset: `sam run` estimates the step's peak memory and\n\
+                      picks the fastest setting that fits the memory available, with a margin.\n\
+                      (The old name, checkpoint_every, is still read.)",
+                unset_example: Some("2"),
+            },
             key("dpo_steps", "DPO steps on the preference pairs after SFT (0: no DPO)."),
             key("dpo_lr", "Peak learning rate of DPO."),
             key("dpo_beta", "DPO's beta: how far the adapter may move from the reference."),
@@ -856,6 +895,21 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
         toml::from_str(text)
     }
+
+    /// The keys this configuration sets under an old name (still read; the
+    /// CLI says what to rename them to).
+    pub fn deprecated_keys(&self) -> Vec<DeprecatedKey> {
+        let mut out = Vec::new();
+        if self.train.checkpoint_every.is_some() {
+            out.push(DeprecatedKey {
+                section: "train",
+                old: "checkpoint_every",
+                new: "recompute_every",
+                both_set: self.train.recompute_every.is_some(),
+            });
+        }
+        out
+    }
 }
 
 /// The table of a (possibly dotted) section name, `store.quality` say.
@@ -889,9 +943,14 @@ mod tests {
         let text = Config::default_file();
         assert_eq!(Config::parse(&text).unwrap(), Config::default(), "{text}");
         // The commented-out keys are valid when uncommented.
-        let uncommented = text.replace("# spool = ", "spool = ").replace("# system_prompt = ", "system_prompt = ");
+        let uncommented = text
+            .replace("# spool = ", "spool = ")
+            .replace("# system_prompt = ", "system_prompt = ")
+            .replace("# recompute_every = ", "recompute_every = ");
         let cfg = Config::parse(&uncommented).unwrap();
         assert!(cfg.capture.spool.is_some() && cfg.prep.system_prompt.is_some());
+        assert_eq!(cfg.train.recompute(), Some(2));
+        assert!(cfg.deprecated_keys().is_empty());
     }
 
     #[test]
@@ -929,7 +988,27 @@ mod tests {
             assert!(err.contains(name), "{text}: {err}");
         }
         let cfg = Config::parse("[store]\nbatch_size = 7\n").unwrap();
+        assert_eq!(cfg.train.recompute(), None);
         assert_eq!(cfg.store.batch_size, 7);
         assert_eq!(cfg.store.quality, QualitySection::default());
+    }
+
+    #[test]
+    fn the_old_name_of_recompute_every_is_read_and_reported() {
+        let cfg = Config::parse("[train]\ncheckpoint_every = 1\n").unwrap();
+        assert_eq!(cfg.train.recompute(), Some(1));
+        let notes = cfg.deprecated_keys();
+        assert_eq!(notes.len(), 1);
+        assert_eq!(
+            (notes[0].section, notes[0].old, notes[0].new, notes[0].both_set),
+            ("train", "checkpoint_every", "recompute_every", false)
+        );
+        // The new name wins when both are set.
+        let cfg = Config::parse("[train]\ncheckpoint_every = 1\nrecompute_every = 0\n").unwrap();
+        assert_eq!(cfg.train.recompute(), Some(0));
+        assert!(cfg.deprecated_keys()[0].both_set);
+        // Written back under the name it was read with, so nothing is lost.
+        let back = Config::parse(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
     }
 }

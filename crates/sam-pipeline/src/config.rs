@@ -147,7 +147,9 @@ impl PipelineConfig {
                 save_every: if t.save_every > 0 { t.save_every } else { (steps / 4).max(1) },
                 ..OutputConfig::default()
             },
-            compute: ComputeConfig { recompute_every: t.checkpoint_every },
+            // Unset: keep every activation here; `sam run` (the CLI) picks
+            // the setting from the memory available before it runs.
+            compute: ComputeConfig { recompute_every: t.recompute().unwrap_or(0) },
             ..TrainConfig::default()
         };
         let dpo = (t.dpo_steps > 0).then(|| DpoSettings {

@@ -124,7 +124,15 @@ pub fn run(cmd: RunCommand, ctx: &Ctx) -> anyhow::Result<()> {
     if let Some(n) = a.max_seq_len {
         file.prep.max_seq_len = n;
     }
+    for d in file.deprecated_keys() {
+        let wins = if d.both_set { format!(" ({} is set too and wins)", d.new) } else { String::new() };
+        tracing::warn!("[{}] {} in sam.toml is deprecated: rename it to {}{wins}", d.section, d.old, d.new);
+    }
     let mut cfg = PipelineConfig::from_config(ctx.home.clone(), &file, model)?;
+    let recompute = choose_recompute(&mut cfg, &file);
+    if let (Some(r), false) = (&recompute, ctx.json) {
+        eprintln!("{}", r.sentence("[train] recompute_every in sam.toml"));
+    }
     cfg.repos = repos;
     if file.pipeline.sample_captures && !a.no_samples {
         cfg.captures = crate::samples::sample_captures()?;
@@ -157,7 +165,11 @@ pub fn run(cmd: RunCommand, ctx: &Ctx) -> anyhow::Result<()> {
     };
     events.clear_bar();
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        let mut v = serde_json::to_value(&summary)?;
+        if let (Some(r), Some(obj)) = (&recompute, v.as_object_mut()) {
+            obj.insert("recompute".into(), serde_json::to_value(r)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_summary(&summary);
     }
@@ -195,6 +207,34 @@ fn stopped(ctx: &Ctx, stage: &str, run_id: Option<&str>) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Settles how much the pipeline's training recomputes: `[train]
+/// recompute_every` when set, else the fastest setting whose estimate fits
+/// the memory available, for micro-batches of `[train] batch_size`
+/// sequences of up to `[prep] max_seq_len` tokens (twice the batch with
+/// DPO). `None` when the model's shape cannot be read: the train stage then
+/// reports the model.
+fn choose_recompute(cfg: &mut PipelineConfig, file: &sam_home::Config) -> Option<crate::cmd::train::Recompute> {
+    use crate::cmd::train::{RecomputeSource, decide_recompute};
+    let model = sam_trainer::read_config(&cfg.model).ok()?;
+    let batch = cfg.train.batch.batch_size;
+    let seq = cfg.train.batch.max_seq_len;
+    let mut shapes = vec![(batch, seq)];
+    if cfg.dpo.is_some() {
+        shapes.push((2 * batch, seq));
+    }
+    let fixed = file.train.recompute();
+    let r = decide_recompute(
+        &model,
+        sam_trainer::WeightType::F32,
+        &cfg.train.lora,
+        &shapes,
+        fixed,
+        RecomputeSource::Config,
+    );
+    cfg.train.compute.recompute_every = r.recompute_every;
+    Some(r)
 }
 
 /// The test model, fetched with the project's script when it is missing.

@@ -12,7 +12,7 @@ use sam_prep::cache::{PreparedData, Split};
 use sam_trainer::{
     AdapterFormat, BatchConfig, ComputeConfig, DType, DpoConfig, DpoLoss, Duration, EvalConfig, EvalMetrics,
     GenerateConfig, Job, JobControl, JobMode, JobOutcome, JobSpec, Layers, LoadOptions, LoraConfig, Observer,
-    OptimConfig, OutputConfig, PreferenceMetrics, Reference, StepMetrics, Target, TrainConfig,
+    OptimConfig, OutputConfig, PreferenceMetrics, Reference, StepMetrics, StepShape, Target, TrainConfig,
 };
 
 use sam_store::RunState;
@@ -196,11 +196,14 @@ pub struct TrainArgs {
     /// quantized), f32 or bf16
     #[arg(long, value_enum, default_value_t = WeightType::Auto, long_help = WEIGHTS_HELP)]
     weights: WeightType,
-    /// Recompute every N-th layer in the backward pass to save memory
-    /// (0: keep all activations, fastest; 1: least memory; 2: in between —
-    /// for the test model 1.0 GB peak vs 1.35 GB and 0.76 GB)
-    #[arg(long, default_value_t = 2, value_name = "N")]
-    recompute_every: usize,
+    /// Recompute every N-th adapted layer in the backward pass instead of
+    /// keeping its activations (0: keep all, fastest; 1: least memory, about
+    /// a third more compute; 2: in between — the test model at 512 tokens
+    /// peaks at 1.33 GB, 0.72 GB and 1.03 GB) [default: the fastest setting
+    /// whose estimated peak fits the memory available, with a margin;
+    /// printed before training starts]
+    #[arg(long, value_name = "N")]
+    recompute_every: Option<usize>,
     /// Deprecated name of --recompute-every (gradient recomputation is not
     /// a checkpoint: checkpoints are the resume points --save-every writes)
     #[arg(long, value_name = "N", hide = true)]
@@ -431,6 +434,11 @@ pub(crate) fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atom
 /// Runs (or continues) a job with a progress bar and signal handling, then
 /// prints its summary.
 pub(crate) fn run_job(job: &Job, ctx: &Ctx) -> anyhow::Result<()> {
+    run_job_with(job, ctx, None)
+}
+
+/// [`run_job`], with the recomputation decision in `--json`'s output.
+fn run_job_with(job: &Job, ctx: &Ctx, recompute: Option<&Recompute>) -> anyhow::Result<()> {
     // A run that may not start (completed, or trained by another process)
     // is refused before anything is recorded: the store keeps what it has.
     job.check_runnable()?;
@@ -456,7 +464,7 @@ pub(crate) fn run_job(job: &Job, ctx: &Ctx) -> anyhow::Result<()> {
     let outcome = res.with_context(|| {
         format!("run {} failed (see {})", job.run_dir().id(), job.run_dir().events_path().display())
     })?;
-    print_outcome(&outcome, ctx)
+    print_outcome(&outcome, ctx, recompute)
 }
 
 /// Records the run in the store's training runs (with the hash of the
@@ -486,9 +494,13 @@ fn record_in_store(job: &Job, ctx: &Ctx, state: RunState, outcome: Option<&JobOu
     }
 }
 
-fn print_outcome(o: &JobOutcome, ctx: &Ctx) -> anyhow::Result<()> {
+fn print_outcome(o: &JobOutcome, ctx: &Ctx, recompute: Option<&Recompute>) -> anyhow::Result<()> {
     if ctx.json {
-        println!("{}", serde_json::to_string(o)?);
+        let mut v = serde_json::to_value(o)?;
+        if let (Some(r), Some(obj)) = (recompute, v.as_object_mut()) {
+            obj.insert("recompute".into(), serde_json::to_value(r)?);
+        }
+        println!("{}", serde_json::to_string(&v)?);
         return Ok(());
     }
     println!("run folder: {}", o.run_dir.display());
@@ -550,14 +562,15 @@ fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     // Fail early on a folder that is not a prepared dataset, or an unreadable model.
     let data = PreparedData::open(data_dir)?;
     let info = BaseModel::open(model_path).with_context(|| format!("reading {}", model_path.display()))?;
-    let recompute_every = match a.checkpoint_every {
-        Some(n) => {
+    let flag = match (a.recompute_every, a.checkpoint_every) {
+        (Some(n), _) => Some(n),
+        (None, Some(n)) => {
             tracing::warn!("--checkpoint-every is deprecated: it is now --recompute-every");
-            n
+            Some(n)
         }
-        None => a.recompute_every,
+        (None, None) => None,
     };
-    let train = TrainConfig {
+    let mut train = TrainConfig {
         lora: LoraConfig {
             rank: a.rank,
             alpha: a.alpha.unwrap_or(2.0 * a.rank as f64),
@@ -585,7 +598,7 @@ fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             },
             base_model: Some(model_path.display().to_string()),
         },
-        compute: ComputeConfig { recompute_every },
+        compute: ComputeConfig::default(),
     };
     let dpo = DpoConfig {
         beta: a.beta,
@@ -614,6 +627,26 @@ fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
             );
         }
     }
+    // The step's shape: the longest training sequence (cut to
+    // --max-seq-len) in batches of --batch; DPO trains chosen and rejected
+    // together, so twice the batch.
+    let model_cfg = sam_trainer::read_config(model_path)?;
+    let mut shapes = Vec::new();
+    if mode != JobMode::Dpo {
+        let longest = data.sft(Split::Train)?.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
+        shapes.push((a.batch, longest.min(a.max_seq_len)));
+    }
+    if mode != JobMode::Sft {
+        let pair = |p: &sam_trainer::TokenizedPair| p.prompt_ids.len() + p.chosen_ids.len().max(p.rejected_ids.len());
+        let longest = data.preference(Split::Train)?.iter().map(pair).max().unwrap_or(0);
+        shapes.push((2 * a.batch, longest.min(a.max_seq_len)));
+    }
+    let source = if flag.is_some() { RecomputeSource::Flag } else { RecomputeSource::Auto };
+    let recompute = decide_recompute(&model_cfg, a.weights.trainer(), &train.lora, &shapes, flag, source);
+    train.compute.recompute_every = recompute.recompute_every;
+    if !ctx.json {
+        eprintln!("{}", recompute.sentence("--recompute-every N"));
+    }
     let spec = JobSpec {
         model: model_path.into(),
         data: data_dir.clone(),
@@ -634,7 +667,125 @@ fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         },
     };
     let job = Job::create_at(&out, spec).with_context(|| format!("creating the run folder {}", out.display()))?;
-    run_job(&job, ctx)
+    run_job_with(&job, ctx, Some(&recompute))
+}
+
+/// Where the recomputation setting came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RecomputeSource {
+    /// Chosen from the memory available and the estimate.
+    Auto,
+    /// `--recompute-every` (or its old name).
+    Flag,
+    /// `[train] recompute_every` (or `checkpoint_every`) in sam.toml.
+    Config,
+}
+
+/// How much a run recomputes, and why: the setting, its estimated peak and
+/// the memory available (`--json` carries it as `recompute`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Recompute {
+    pub(crate) recompute_every: usize,
+    pub(crate) source: RecomputeSource,
+    /// Bytes the machine had available (absent where the OS does not say).
+    pub(crate) available_bytes: Option<u64>,
+    /// Whether the estimate fits that with the margin.
+    pub(crate) fits: Option<bool>,
+    /// The estimated peak of a training step with this setting, by part.
+    pub(crate) estimate: sam_trainer::MemoryEstimate,
+    /// The estimate with every activation kept (the fastest setting).
+    pub(crate) kept_bytes: u64,
+    /// The step shape estimated: sequences per micro-batch, tokens each.
+    pub(crate) batch: usize,
+    pub(crate) seq: usize,
+}
+
+/// Settles the recomputation setting: `fixed` when given (from `source`),
+/// else the fastest that fits the memory available for the largest of
+/// `shapes` (`(batch, seq)` of each phase's micro-batch), else — where the
+/// OS gives no memory figures — the trainer's default.
+pub(crate) fn decide_recompute(
+    model: &sam_trainer::ModelConfig,
+    weights: sam_trainer::WeightType,
+    lora: &LoraConfig,
+    shapes: &[(usize, usize)],
+    fixed: Option<usize>,
+    source: RecomputeSource,
+) -> Recompute {
+    let shape_of = |&(batch, seq): &(usize, usize)| StepShape { model, weights, lora, batch, seq };
+    let shape = shapes.iter().map(shape_of).max_by_key(|s| s.estimate(0).total()).unwrap_or_else(|| shape_of(&(1, 1)));
+    let available = sam_runs::available_memory();
+    let (every, source) = match (fixed, available) {
+        (Some(n), _) => (n, source),
+        (None, Some(free)) => (shape.choose(free).recompute_every, RecomputeSource::Auto),
+        (None, None) => (ComputeConfig::default().recompute_every, RecomputeSource::Auto),
+    };
+    let estimate = shape.estimate(every);
+    Recompute {
+        recompute_every: every,
+        source,
+        available_bytes: available,
+        fits: available.map(|free| sam_trainer::fits(estimate.total(), free)),
+        estimate,
+        kept_bytes: shape.estimate(0).total(),
+        batch: shape.batch,
+        seq: shape.seq,
+    }
+}
+
+impl Recompute {
+    /// One line for the terminal: the setting, its estimate and why;
+    /// `overrides` names what sets it instead of the automatic choice.
+    pub(crate) fn sentence(&self, overrides: &str) -> String {
+        let gb = |b: u64| format!("{:.1} GB", b as f64 / 1e9);
+        let e = &self.estimate;
+        let what = match self.recompute_every {
+            0 => "keeping activations".to_string(),
+            n => format!(
+                "recomputing {} ({} of {})",
+                every_nth(n),
+                e.layers_recomputed,
+                e.layers_kept + e.layers_recomputed
+            ),
+        };
+        let free = match self.available_bytes {
+            Some(free) => format!("est. peak {} of {} available", gb(e.total()), gb(free)),
+            None => format!("est. peak {} (this OS does not report available memory)", gb(e.total())),
+        };
+        let kept = if self.recompute_every > 0 && self.source == RecomputeSource::Auto {
+            format!("; keeping every activation would need {}", gb(self.kept_bytes))
+        } else {
+            String::new()
+        };
+        let why = match self.source {
+            RecomputeSource::Auto => format!("chosen from the memory available; {overrides} overrides"),
+            RecomputeSource::Flag => "--recompute-every".into(),
+            RecomputeSource::Config => "[train] recompute_every in sam.toml".into(),
+        };
+        let warn = if self.fits == Some(false) {
+            " — more than fits: expect the memory guard to pause the run or the OS to swap; \
+             try --weights bf16, a shorter --max-seq-len, a smaller --batch or --layers N"
+        } else {
+            ""
+        };
+        format!("{what}: {free} for batches of {} × {} tokens{kept} ({why}){warn}", self.batch, self.seq)
+    }
+}
+
+/// "every layer", "every 2nd layer", "every 3rd layer", …
+fn every_nth(n: usize) -> String {
+    if n == 1 {
+        return "every layer".into();
+    }
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("every {n}{suffix} layer")
 }
 
 fn generate(a: GenerateArgs) -> anyhow::Result<()> {
