@@ -186,7 +186,7 @@ impl StepShape<'_> {
         let input = f32b * n * h;
         let lowest = adapted.first().copied();
         let recomputed = |li: usize| {
-            recompute_every > 0 && lowest.is_some_and(|lo| li >= lo && (li - lo) % recompute_every == 0)
+            recompute_every > 0 && lowest.is_some_and(|lo| li >= lo && (li - lo).is_multiple_of(recompute_every))
         };
         let layers_recomputed = adapted.iter().filter(|&&li| recomputed(li)).count();
         let layers_kept = adapted.len() - layers_recomputed;
