@@ -170,7 +170,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // DPO trains chosen and rejected (seq/2 each) as one batch of two; so does sft2.
     let (batch, len) = if kind == "sft" { (1, seq) } else { (2, seq / 2) };
     let model_cfg = model.config()?;
-    let shape = StepShape { model: &model_cfg, weights, lora: &cfg.lora, batch, seq: len };
+    let weight_bytes = match model.path() {
+        Some(p) => sam_trainer::weight_bytes(p, weights)?,
+        None => None,
+    };
+    let shape = StepShape { model: &model_cfg, weights, lora: &cfg.lora, batch, seq: len, weight_bytes };
     let mut available = None;
     if args.get(6).map(String::as_str) == Some("auto") {
         let free = sam_runs::available_memory().ok_or("this OS reports no available memory: pass a setting")?;

@@ -25,7 +25,8 @@
 //! - **Memory**: [`StepShape::estimate`] gives a step's peak memory
 //!   ([`MemoryEstimate`]) from the model's shape and the settings;
 //!   [`StepShape::choose`] the fastest recomputation setting that fits
-//!   ([`RecomputeChoice`], for [`ComputeConfig::recompute_every`]).
+//!   ([`RecomputeChoice`], for [`ComputeConfig::recompute_every`]);
+//!   [`weight_bytes`] reads quantized weights' stored size from a model file.
 //!
 //! A quantized base — an mlx-lm quantized folder (affine, 2–8 bits, with a
 //! quantized embedding and tied or separate head) or a GGUF in Q4_0, Q4_1,
@@ -119,7 +120,7 @@ pub use generate::{GenerateConfig, generate};
 pub use job::{Job, JobControl, JobMode, JobOutcome, JobSpec, WeightType};
 pub use load::{LoadOptions, ModelSource, load_model, random_model, read_config};
 pub use lora::{Layers, LoraConfig, Target};
-pub use memory::{MemoryEstimate, RecomputeChoice, StepShape, fits};
+pub use memory::{MemoryEstimate, RecomputeChoice, StepShape, fits, weight_bytes};
 pub use model::{Decoder, KvCache, Mode};
 pub use observe::{EvalMetrics, NoopObserver, Observer, PreferenceMetrics, PreferenceStats, StepMetrics};
 pub use sam_dataset::{PreparedData, Split, TokenizedExample, TokenizedPair};

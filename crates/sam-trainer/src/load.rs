@@ -296,7 +296,7 @@ impl Weights for GgufWeights {
     }
 }
 
-fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io_err(dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -37,7 +37,7 @@
 //!
 //! let model = ModelConfig::qwen2_5_coder_1_5b();
 //! let lora = LoraConfig::default(); // rank 8 on q and v, every layer
-//! let shape = StepShape { model: &model, weights: WeightType::F32, lora: &lora, batch: 1, seq: 512 };
+//! let shape = StepShape { model: &model, weights: WeightType::F32, lora: &lora, batch: 1, seq: 512, weight_bytes: None };
 //! let kept = shape.estimate(0);
 //! assert!(kept.total() > shape.estimate(2).total());
 //! // 24 GB free: keep the activations; 8.5 GB free: recompute some layers.
@@ -47,9 +47,12 @@
 //! ```
 
 use crate::config::ModelConfig;
+use crate::error::{Result, io_err};
 use crate::job::WeightType;
 use crate::lora::{LoraConfig, Target};
+use candle_core::quantized::{GgmlDType, gguf_file};
 use serde::Serialize;
+use std::path::Path;
 
 /// Most bytes of logits the fused loss head holds at once (the fused
 /// head's block size).
@@ -89,6 +92,51 @@ pub struct StepShape<'a> {
     pub batch: usize,
     /// Tokens per sequence (the longest in a batch: shorter ones are padded).
     pub seq: usize,
+    /// Bytes of the frozen weights as loaded, when read from the model file
+    /// ([`weight_bytes`]: quantized weights kept quantized count at their
+    /// stored size); `None`: from the shape, dense in `weights`' type.
+    pub weight_bytes: Option<u64>,
+}
+
+/// Bytes the frozen weights of the model at `path` (a GGUF file or a
+/// safetensors folder) take once loaded as `weights`. With
+/// [`WeightType::Auto`] quantized tensors stay as stored — GGUF blocks,
+/// mlx's packed integers with their scales and biases — and dense ones are
+/// held in f32; with `F32` or `Bf16` everything is dense, so `None`: the
+/// shape says it ([`StepShape::estimate`]).
+pub fn weight_bytes(path: &Path, weights: WeightType) -> Result<Option<u64>> {
+    if weights != WeightType::Auto {
+        return Ok(None);
+    }
+    let mut total = 0u64;
+    if path.is_dir() {
+        let files = crate::load::safetensor_files(path)?;
+        // SAFETY: read-only maps of the model's files, only for their headers' shapes and sizes.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files)? };
+        let tensors = st.tensors();
+        let packed: std::collections::HashSet<&str> = tensors
+            .iter()
+            .filter(|(_, v)| v.dtype() == safetensors::Dtype::U32)
+            .filter_map(|(n, _)| n.strip_suffix(".weight"))
+            .collect();
+        for (name, view) in &tensors {
+            let module = name.strip_suffix(".scales").or_else(|| name.strip_suffix(".biases"));
+            let quantized = view.dtype() == safetensors::Dtype::U32 || module.is_some_and(|m| packed.contains(m));
+            let elems: usize = view.shape().iter().product();
+            total += if quantized { view.data().len() as u64 } else { 4 * elems as u64 };
+        }
+    } else {
+        let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+        let content = gguf_file::Content::read(&mut f)?;
+        for info in content.tensor_infos.values() {
+            let elems = info.shape.elem_count() as u64;
+            total += match info.ggml_dtype {
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => 4 * elems,
+                q => elems / q.block_size() as u64 * q.type_size() as u64,
+            };
+        }
+    }
+    Ok(Some(total))
 }
 
 /// The estimated peak memory of a training step, in bytes, by part.
@@ -159,8 +207,10 @@ impl StepShape<'_> {
         let per_layer_matrices = 2 * h * dq + 2 * h * dkv + 3 * h * inter;
         let per_layer_f32 = 2 * h + if c.attention_bias { dq + 2 * dkv } else { 0 };
         let head = if c.tie_word_embeddings { 0 } else { vocab * h };
-        let weights = wb * (vocab * h + head + c.num_layers as u64 * per_layer_matrices)
-            + f32b * (c.num_layers as u64 * per_layer_f32 + h);
+        let weights = self.weight_bytes.unwrap_or(
+            wb * (vocab * h + head + c.num_layers as u64 * per_layer_matrices)
+                + f32b * (c.num_layers as u64 * per_layer_f32 + h),
+        );
 
         let dims = |t: Target| -> (u64, u64) {
             match t {
@@ -243,7 +293,7 @@ mod tests {
     use crate::lora::Layers;
 
     fn shape<'a>(model: &'a ModelConfig, lora: &'a LoraConfig, seq: usize) -> StepShape<'a> {
-        StepShape { model, weights: WeightType::F32, lora, batch: 1, seq }
+        StepShape { model, weights: WeightType::F32, lora, batch: 1, seq, weight_bytes: None }
     }
 
     #[test]

@@ -225,14 +225,10 @@ fn choose_recompute(cfg: &mut PipelineConfig, file: &sam_home::Config) -> Option
         shapes.push((2 * batch, seq));
     }
     let fixed = file.train.recompute();
-    let r = decide_recompute(
-        &model,
-        sam_trainer::WeightType::F32,
-        &cfg.train.lora,
-        &shapes,
-        fixed,
-        RecomputeSource::Config,
-    );
+    // The pipeline's job holds the weights as JobSpec::new says: quantized ones kept quantized.
+    let weights = sam_trainer::WeightType::Auto;
+    let bytes = sam_trainer::weight_bytes(&cfg.model, weights).ok().flatten();
+    let r = decide_recompute(&model, (weights, bytes), &cfg.train.lora, &shapes, fixed, RecomputeSource::Config);
     cfg.train.compute.recompute_every = r.recompute_every;
     Some(r)
 }

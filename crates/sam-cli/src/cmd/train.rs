@@ -642,7 +642,8 @@ fn train(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         shapes.push((2 * a.batch, longest.min(a.max_seq_len)));
     }
     let source = if flag.is_some() { RecomputeSource::Flag } else { RecomputeSource::Auto };
-    let recompute = decide_recompute(&model_cfg, a.weights.trainer(), &train.lora, &shapes, flag, source);
+    let weights = (a.weights.trainer(), sam_trainer::weight_bytes(model_path, a.weights.trainer())?);
+    let recompute = decide_recompute(&model_cfg, weights, &train.lora, &shapes, flag, source);
     train.compute.recompute_every = recompute.recompute_every;
     if !ctx.json {
         eprintln!("{}", recompute.sentence("--recompute-every N"));
@@ -701,19 +702,21 @@ pub(crate) struct Recompute {
     pub(crate) seq: usize,
 }
 
-/// Settles the recomputation setting: `fixed` when given (from `source`),
+/// Settles the recomputation setting for frozen weights held as `weights`
+/// (with their size in bytes where read from the file, [`sam_trainer::weight_bytes`]):
+/// `fixed` when given (from `source`),
 /// else the fastest that fits the memory available for the largest of
 /// `shapes` (`(batch, seq)` of each phase's micro-batch), else — where the
 /// OS gives no memory figures — the trainer's default.
 pub(crate) fn decide_recompute(
     model: &sam_trainer::ModelConfig,
-    weights: sam_trainer::WeightType,
+    (weights, weight_bytes): (sam_trainer::WeightType, Option<u64>),
     lora: &LoraConfig,
     shapes: &[(usize, usize)],
     fixed: Option<usize>,
     source: RecomputeSource,
 ) -> Recompute {
-    let shape_of = |&(batch, seq): &(usize, usize)| StepShape { model, weights, lora, batch, seq };
+    let shape_of = |&(batch, seq): &(usize, usize)| StepShape { model, weights, lora, batch, seq, weight_bytes };
     let shape = shapes.iter().map(shape_of).max_by_key(|s| s.estimate(0).total()).unwrap_or_else(|| shape_of(&(1, 1)));
     let available = sam_runs::available_memory();
     let (every, source) = match (fixed, available) {
