@@ -198,7 +198,7 @@ pub struct TrainArgs {
     weights: WeightType,
     /// Recompute every N-th adapted layer in the backward pass instead of
     /// keeping its activations (0: keep all, fastest; 1: least memory, about
-    /// a third more compute; 2: in between — the test model at 512 tokens
+    /// a third more compute; 2: in between — the test model in f32 at 512 tokens
     /// peaks at 1.33 GB, 0.72 GB and 1.03 GB) [default: the fastest setting
     /// whose estimated peak fits the memory available, with a margin;
     /// printed before training starts]
