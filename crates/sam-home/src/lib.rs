@@ -303,6 +303,11 @@ impl SamHome {
         self.locks_dir().join(format!("{name}.lock"))
     }
 
+    /// The pipeline's lock, held by the one pipeline run in progress.
+    pub fn pipeline_lock(&self) -> PathBuf {
+        self.lock_file("pipeline")
+    }
+
     /// The HTTP server's folder.
     pub fn serve_dir(&self) -> PathBuf {
         self.root.join(names::SERVE)

@@ -400,7 +400,7 @@ impl Pipeline {
 /// process ends, however it ends): one run at a time per home.
 fn lock(home: &SamHome) -> Result<std::fs::File> {
     use std::io::{Read as _, Seek as _, Write as _};
-    let path = home.lock_file("pipeline");
+    let path = home.pipeline_lock();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }

@@ -410,9 +410,9 @@ fn the_driver_resumes_skips_and_ends_runs_on_a_store_in_memory() {
     // naming the holder, and runs nothing.
     {
         std::fs::create_dir_all(home.locks_dir()).unwrap();
-        let held = std::fs::File::create(home.lock_file("pipeline")).unwrap();
+        let held = std::fs::File::create(home.pipeline_lock()).unwrap();
         held.lock().unwrap();
-        std::fs::write(home.lock_file("pipeline"), "4242").unwrap();
+        std::fs::write(home.pipeline_lock(), "4242").unwrap();
         let err = toy(0, 3, false).run_on(&cfg, &mut store, &mut NoEvents).unwrap_err();
         assert!(matches!(err, sam_pipeline::Error::Busy { pid: Some(4242), .. }), "{err}");
         assert!(err.to_string().contains("in progress"), "{err}");
