@@ -215,7 +215,10 @@ fn stopped(ctx: &Ctx, stage: &str, run_id: Option<&str>) -> anyhow::Result<()> {
 /// sequences of up to `[prep] max_seq_len` tokens (twice the batch with
 /// DPO). `None` when the model's shape cannot be read: the train stage then
 /// reports the model.
-fn choose_recompute(cfg: &mut PipelineConfig, file: &sam_home::Config) -> Option<crate::cmd::train::Recompute> {
+pub(crate) fn choose_recompute(
+    cfg: &mut PipelineConfig,
+    file: &sam_home::Config,
+) -> Option<crate::cmd::train::Recompute> {
     use crate::cmd::train::{RecomputeSource, decide_recompute};
     let model = sam_trainer::read_config(&cfg.model).ok()?;
     let batch = cfg.train.batch.batch_size;

@@ -136,6 +136,10 @@ fn scheduler(ctx: &Ctx) -> anyhow::Result<Scheduler> {
     };
     let mut pipeline = sam_pipeline::PipelineConfig::from_config(ctx.home.clone(), &file, model)
         .with_context(|| format!("{}", ctx.home.config_file().display()))?;
+    // Recomputation as `sam run` settles it, for the memory available when the daemon starts.
+    if let Some(r) = crate::cmd::run::choose_recompute(&mut pipeline, &file) {
+        tracing::info!("training trigger: {}", r.sentence("[train] recompute_every in sam.toml"));
+    }
     // No sample captures: the daemon trains on what is mined and captured.
     settings.repos = settings.repos.iter().map(resolve).collect();
     settings.folders = settings.folders.iter().map(resolve).collect();
