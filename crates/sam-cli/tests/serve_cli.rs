@@ -885,6 +885,11 @@ fn the_dashboard_renders_its_charts_in_headless_chromium() {
         }
     }
     ok(h, &["validate"]);
+    // A run folder whose status cannot be read: left out of the runs
+    // listed and counted below, by the CLI and the server alike.
+    let broken = SamHome::new(h).run_dir("20250101-000000-bad0");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("status.json"), "{\"status\": \"runn").unwrap();
 
     // The adapter lookup agrees with `sam deploy which`, key by key.
     for key in ["user-1", "user-2", "user-3", "user-4", "user-5"] {

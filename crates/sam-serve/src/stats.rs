@@ -170,7 +170,7 @@ impl From<&sam_store::SourceHealth> for SourceHealth {
 pub(crate) async fn totals(State(s): State<Arc<AppState>>) -> Result<Json<StatsResponse>, ApiError> {
     let mut totals = StatsResponse::from(current(&s).await?.as_ref());
     let root = s.runs.clone();
-    totals.training_runs = blocking(move || Ok(sam_runs::RunDir::list(&root)?.len() as u64)).await?;
+    totals.training_runs = blocking(move || Ok(crate::runs::all(&root)?.len() as u64)).await?;
     Ok(Json(totals))
 }
 

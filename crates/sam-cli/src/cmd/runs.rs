@@ -131,7 +131,12 @@ fn list(ctx: &Ctx) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for run in &runs {
         let metrics = run.metrics().unwrap_or_default();
-        rows.push(summarize(run, &metrics)?);
+        // One unreadable run folder (a status.json cut short by hand, a
+        // disk error) is named, not a reason to list nothing.
+        match summarize(run, &metrics) {
+            Ok(row) => rows.push(row),
+            Err(e) => eprintln!("warning: run {} left out: {e:#}", run.id()),
+        }
     }
     if ctx.json {
         println!("{}", serde_json::to_string(&rows)?);
