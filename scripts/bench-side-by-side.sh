@@ -12,7 +12,8 @@
 #   bf16     1.5B shape, bf16 weights and bf16 products   vs PyTorch f32
 #   layers4  1.5B shape, LoRA on the last 4 layers only   vs PyTorch, the same layers
 #   small    the 135M test model at sequence 512          vs PyTorch f32
-#   q4       1.5B shape at 4 bits (mlx affine, kept quantized) vs the bf16 path (sam vs sam)
+#   q4       1.5B shape at 4 bits (mlx affine, kept quantized) vs bf16 weights, both at `sam train`'s
+#            default recomputation (sam vs sam: issue 19's step and peak-memory targets)
 #
 # Needs an idle machine (only idle side-by-sides count), the peers' venv
 # (scripts/setup-peers.sh; PEERS_PY overrides /tmp/peers/bin/python) and ~12 GB free memory:
@@ -50,7 +51,7 @@ for r in $(seq 1 "$rounds"); do
       layers4) a=(SAM_BENCH_LAYERS=4 "$b" $q 512 4 8 f32 nockpt); c=("$py" scripts/peft_lora_bench_1p5b.py layers=4) ;;
       small) a=(SAM_X=1 "$b" "$model" 512 5 8 f32 nockpt)
              c=("$py" /work/shared/peers/peft_lora_bench.py "$(dirname "$model")" "$(basename "$model")" 512 5 8) ;;
-      q4) a=(SAM_X=1 "$b" qwen2.5-coder-1.5b-random-q4 512 4 8 auto auto); c=(SAM_X=1 "$b" $q 512 4 8 bf16 auto) ;;
+      q4) a=(SAM_X=1 "$b" $q 512 4 8 q4 auto); c=(SAM_X=1 "$b" $q 512 4 8 bf16 auto) ;;
       *) echo "unknown pair $p" >&2; exit 2 ;;
     esac
     ja=$(json "${a[@]}" || true)
