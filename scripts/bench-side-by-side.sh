@@ -38,6 +38,9 @@ echo
 echo "| round | pair | side | median step s | tokens/s | peak RSS MB | sam / peer |"
 echo "|---|---|---|---|---|---|---|"
 
+# A command as a table cell: file names without folders, no placeholder variable.
+label() { local w out=(); for w in "$@"; do [ "$w" = SAM_X=1 ] || out+=("${w##*/}"); done; echo "${out[*]}"; }
+
 # Runs a command, prints the last JSON line it wrote to stdout.
 json() { env "$@" 2>/dev/null | grep '^{' | tail -1; }
 
@@ -70,7 +73,7 @@ for r in $(seq 1 "$rounds"); do
       ratio=$(jq -rn --argjson a "$ja" --argjson c "$jc" \
         '"\(($a.tokens_per_s / $c.tokens_per_s * 100 | round) / 100)× tokens/s, \(($a.peak_rss_mb / $c.peak_rss_mb * 100 | round) / 100)× RSS"')
     fi
-    row "sam: ${a[*]:1}" "$ja" "$ratio"
-    row "peer: ${c[*]##*/}" "$jc" ""
+    row "sam: $(label "${a[@]}")" "$ja" "$ratio"
+    row "peer: $(label "${c[@]}")" "$jc" ""
   done
 done
