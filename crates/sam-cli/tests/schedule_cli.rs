@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
 fn cmd(home: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sam"));
     c.args(args).env("SAM_HOME", home).env_remove("RUST_LOG").stdin(Stdio::null());
@@ -201,18 +203,7 @@ fn sigterm_during_a_training_exits_0_at_once_and_the_next_start_resumes_it() {
     );
     std::fs::write(sam_home::SamHome::new(home).config_file(), toml).unwrap();
     ok(home, &["init"]);
-    let data = home.join("new.jsonl");
-    let lines: Vec<String> = (0..24)
-        .map(|i| {
-            serde_json::json!({
-                "instruction": format!("What does `cache_op_{i}` do in the cachey crate?"),
-                "output": format!("`cache_op_{i}` returns entry number {i} of the cache; expired entries are skipped, and the call never blocks."),
-                "domain": "code",
-            })
-            .to_string()
-        })
-        .collect();
-    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let data = common::distinct_examples(home, 24);
     ok(home, &["ingest", data.to_str().unwrap()]);
     ok(home, &["validate"]);
 

@@ -241,18 +241,7 @@ fn run_home(n: usize, split: &str, extra: &str) -> (tempfile::TempDir, String) {
          [pipeline]\nsample_captures = false\nnear_dup = false\nmax_valid_examples = 2\nmax_eval_examples = 2\n{extra}"
     );
     std::fs::write(sam_home::SamHome::new(h).config_file(), toml).unwrap();
-    let lines: Vec<String> = (0..n)
-        .map(|i| {
-            serde_json::json!({
-                "instruction": format!("What does `cache_op_{i}` do in the cachey crate?"),
-                "output": format!("`cache_op_{i}` returns entry number {i} of the cache; expired entries are skipped, and the call never blocks."),
-                "domain": "code",
-            })
-            .to_string()
-        })
-        .collect();
-    let data = h.join("new.jsonl");
-    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let data = common::distinct_examples(h, n);
     ok(h, &["init"]);
     ok(h, &["ingest", data.to_str().unwrap()]);
     ok(h, &["validate"]);

@@ -51,3 +51,21 @@ pub fn prepared(home: &Path, model: &str) -> PathBuf {
     ok(home, &[&args[..], &["--max-seq-len", "64", "--split", "80,10,10"]].concat());
     dir
 }
+
+/// `HOME/new.jsonl` with `n` distinct instruction examples about a made-up
+/// crate (none a near-duplicate of another), for `sam ingest`.
+pub fn distinct_examples(home: &Path, n: usize) -> PathBuf {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "instruction": format!("What does `cache_op_{i}` do in the cachey crate?"),
+                "output": format!("`cache_op_{i}` returns entry number {i} of the cache; expired entries are skipped, and the call never blocks."),
+                "domain": "code",
+            })
+            .to_string()
+        })
+        .collect();
+    let data = home.join("new.jsonl");
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    data
+}
