@@ -18,18 +18,6 @@ fn tiny() -> Decoder {
     crate::load::load_model(&common::fixture("tiny_qwen2"), &LoadOptions::default()).unwrap()
 }
 
-/// B starts at zero; give it small deterministic values so the adapter
-/// changes the output and every variable is expected to get a gradient.
-fn randomise_b(model: &Decoder) {
-    for (k, (name, var)) in model.lora_vars().into_iter().enumerate() {
-        if name.ends_with("lora_B") {
-            let n: usize = var.dims().iter().product();
-            let v: Vec<f32> = (0..n).map(|i| 0.05 * ((i * 7919 + k * 104_729) as f32 * 0.618).sin()).collect();
-            var.set(&Tensor::from_vec(v, var.dims(), var.device()).unwrap()).unwrap();
-        }
-    }
-}
-
 fn pair(id: usize, prompt: Vec<u32>, chosen: Vec<u32>, rejected: Vec<u32>) -> TokenizedPair {
     TokenizedPair {
         id: format!("p{id}"),
@@ -59,7 +47,7 @@ fn attach(model: &mut Decoder) {
 fn sequence_logps_are_the_negated_per_sequence_nll() {
     let mut model = tiny();
     attach(&mut model);
-    randomise_b(&model);
+    common::randomise_b(&model);
     let seqs: Vec<PairSeqs> = pairs().iter().map(|p| PairSeqs::new(p, 64).unwrap()).collect();
     let all: Vec<Sequence<'_>> = seqs.iter().flat_map(|p| [p.chosen(), p.rejected()]).collect();
     let batched: Vec<f32> = dpo::sequence_logps(&model, &all, 0, Mode::INFER).unwrap().to_vec1().unwrap();
@@ -77,7 +65,7 @@ fn every_lora_variable_gets_a_gradient_from_the_dpo_loss() {
         let mut model = tiny();
         model.set_recompute_every(checkpoint);
         attach(&mut model);
-        randomise_b(&model);
+        common::randomise_b(&model);
         let seqs: Vec<PairSeqs> = pairs().iter().map(|p| PairSeqs::new(p, 64).unwrap()).collect();
         let refs = dpo::reference_logps(&model, &seqs, 2, 0, Reference::Base).unwrap();
         let sel: Vec<&PairSeqs> = seqs.iter().take(3).collect();
@@ -106,7 +94,7 @@ fn every_lora_variable_gets_a_gradient_from_the_dpo_loss() {
 fn the_initial_reference_gives_zero_rewards_and_the_base_does_not() {
     let mut model = tiny();
     attach(&mut model);
-    randomise_b(&model);
+    common::randomise_b(&model);
     let seqs: Vec<PairSeqs> = pairs().iter().map(|p| PairSeqs::new(p, 64).unwrap()).collect();
     let cfg = DpoConfig::default();
     let initial = dpo::reference_logps(&model, &seqs, 4, 0, Reference::Initial).unwrap();

@@ -17,19 +17,6 @@ fn load_model_at(p: &std::path::Path) -> Decoder {
     crate::load::load_model(p, &LoadOptions::default()).unwrap()
 }
 
-/// B starts at zero, which makes A's gradient zero by construction: give B
-/// small random values so every variable is expected to get a gradient.
-fn randomise_b(model: &Decoder) {
-    for (k, (name, var)) in model.lora_vars().into_iter().enumerate() {
-        if name.ends_with("lora_B") {
-            // Deterministic pseudo-random values, so the test never flakes.
-            let n: usize = var.dims().iter().product();
-            let v: Vec<f32> = (0..n).map(|i| 0.05 * ((i * 7919 + k * 104_729) as f32 * 0.618).sin()).collect();
-            var.set(&Tensor::from_vec(v, var.dims(), var.device()).unwrap()).unwrap();
-        }
-    }
-}
-
 fn batch(model: &Decoder, seqs: &[(Vec<u32>, Vec<bool>)]) -> Batch {
     let s: Vec<Sequence<'_>> = seqs.iter().map(|(i, m)| Sequence { ids: i, mask: m }).collect();
     Batch::new(&s, 0, model.device()).unwrap()
@@ -63,7 +50,7 @@ fn every_lora_variable_gets_a_gradient_tiny(checkpoint: usize) {
     model.set_recompute_every(checkpoint);
     let cfg = LoraConfig { rank: 4, targets: Target::ALL.to_vec(), ..Default::default() };
     model.attach_lora(&cfg, 3).unwrap();
-    randomise_b(&model);
+    common::randomise_b(&model);
     assert_eq!(model.lora_vars().len(), 2 * 2 * 7);
     // Two sequences of different length: padding and masking both in play.
     let b = batch(
@@ -82,7 +69,7 @@ fn every_lora_variable_gets_a_gradient_smollm2_last_layers() {
     model.set_recompute_every(1);
     let cfg = LoraConfig { rank: 2, targets: Target::ALL.to_vec(), layers: Layers::Last(2), ..Default::default() };
     model.attach_lora(&cfg, 1).unwrap();
-    randomise_b(&model);
+    common::randomise_b(&model);
     assert_eq!(model.lora_vars().len(), 2 * 2 * 7);
     let ids: Vec<u32> = (0..24).map(|i| 100 + 37 * i).collect();
     let mask: Vec<bool> = (0..24).map(|i| i >= 8).collect();
@@ -113,7 +100,7 @@ fn finite_differences(checkpoint: usize) {
     model.set_recompute_every(checkpoint);
     let cfg = LoraConfig { rank: 4, targets: Target::ALL.to_vec(), ..Default::default() };
     model.attach_lora(&cfg, 5).unwrap();
-    randomise_b(&model);
+    common::randomise_b(&model);
     let b = batch(
         &model,
         &[
